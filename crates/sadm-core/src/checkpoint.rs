@@ -1,0 +1,270 @@
+//! Checkpoints as directories (design §5): model, EMA, discriminator and optimizer tensors as safetensors, and
+//! `state.json` (format version, config, step, RNG state, caller's extra state) written last as the completion
+//! marker. Everything is written under a temporary name, synced and renamed into place, so a crash never leaves
+//! a partial checkpoint where a complete one was.
+use crate::config::CoreConfig;
+use crate::error::{Error, Result};
+use crate::rng::{Rng, RngState};
+use crate::train::Trainer;
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const EMA_FILE: &str = "ema.safetensors";
+pub const DISC_FILE: &str = "discriminator.safetensors";
+pub const OPTIM_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "state.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub format_version: u32,
+    pub config: CoreConfig,
+    pub step: u64,
+    pub rng: RngState,
+    /// Whatever the caller keeps with the checkpoint (data position, metrics, its own config).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+fn io<T>(r: std::io::Result<T>, what: impl FnOnce() -> String) -> Result<T> {
+    r.map_err(|e| Error::io(what(), e))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = io(fs::File::create(path), || format!("cannot create {}", path.display()))?;
+    io(f.write_all(bytes), || format!("cannot write {}", path.display()))?;
+    io(f.sync_all(), || format!("cannot sync {}", path.display()))
+}
+
+fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    // Tensors go to the CPU first so a CUDA run writes the same files.
+    let cpu: HashMap<String, Tensor> =
+        tensors.iter().map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
+    candle_core::safetensors::save(&cpu, path)?;
+    let f = io(fs::File::open(path), || format!("cannot reopen {}", path.display()))?;
+    io(f.sync_all(), || format!("cannot sync {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) {
+    // Directory fsync makes the rename durable; not every filesystem allows it, and the data is already synced.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `trainer` to `dir` atomically, replacing a previous checkpoint there only once the new one is whole.
+pub fn save(trainer: &Trainer, dir: &Path, extra: serde_json::Value) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dir.file_name().ok_or_else(|| Error::checkpoint(dir, "not a directory name"))?.to_string_lossy().to_string();
+    io(fs::create_dir_all(parent), || format!("cannot create {}", parent.display()))?;
+    let stamp = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    let tmp = parent.join(format!(".{name}.tmp-{stamp}"));
+    io(fs::create_dir(&tmp), || format!("cannot create {} (is the directory writable?)", tmp.display()))?;
+    let result = (|| {
+        save_tensors(&tmp.join(MODEL_FILE), &Trainer::var_tensors(&trainer.dit_vars))?;
+        save_tensors(&tmp.join(EMA_FILE), &trainer.ema_tensors())?;
+        save_tensors(&tmp.join(DISC_FILE), &Trainer::var_tensors(&trainer.disc_vars))?;
+        let mut opt = HashMap::new();
+        trainer.opt_dit.state_tensors("dit", &mut opt)?;
+        trainer.opt_disc.state_tensors("disc", &mut opt)?;
+        save_tensors(&tmp.join(OPTIM_FILE), &opt)?;
+        let state = State { format_version: FORMAT_VERSION, config: trainer.cfg.clone(), step: trainer.step, rng: trainer.rng.state(), extra };
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::checkpoint(dir, e.to_string()))?;
+        write_synced(&tmp.join(STATE_FILE), &json)?;
+        sync_dir(&tmp);
+        if dir.exists() {
+            let old = parent.join(format!(".{name}.old-{stamp}"));
+            io(fs::rename(dir, &old), || format!("cannot move the previous {} aside", dir.display()))?;
+            io(fs::rename(&tmp, dir), || format!("cannot rename {} into place", tmp.display()))?;
+            let _ = fs::remove_dir_all(&old);
+        } else {
+            io(fs::rename(&tmp, dir), || format!("cannot rename {} into place", tmp.display()))?;
+        }
+        sync_dir(parent);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+pub fn read_state(dir: &Path) -> Result<State> {
+    let path = dir.join(STATE_FILE);
+    if !dir.is_dir() {
+        return Err(Error::checkpoint(dir, "no such checkpoint directory"));
+    }
+    let bytes = fs::read(&path).map_err(|_| {
+        Error::checkpoint(dir, "state.json is missing: this is not a complete checkpoint (it may have been interrupted while writing)")
+    })?;
+    let state: State = serde_json::from_slice(&bytes).map_err(|e| Error::checkpoint(&path, format!("state.json is not valid: {e}")))?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(Error::checkpoint(dir, format!("format version {} is not supported (expected {FORMAT_VERSION})", state.format_version)));
+    }
+    state.config.validate().map_err(|e| Error::checkpoint(dir, format!("its config is invalid: {e}")))?;
+    Ok(state)
+}
+
+pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    if !path.is_file() {
+        return Err(Error::checkpoint(path, "file is missing"));
+    }
+    candle_core::safetensors::load(path, device).map_err(|e| Error::checkpoint(path, format!("cannot read safetensors: {e}")))
+}
+
+/// Checks `tensors` against the expected names and shapes, naming the first mismatch in sorted order.
+pub fn check_shapes(path: &Path, expected: &[(String, Vec<usize>)], tensors: &HashMap<String, Tensor>, ignore: &[&str]) -> Result<()> {
+    for (name, shape) in expected {
+        match tensors.get(name) {
+            None => return Err(Error::checkpoint(path, format!("tensor '{name}' is missing"))),
+            Some(t) if t.dims() != shape.as_slice() => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("tensor '{name}' has shape {:?} but the model expects {:?}", t.dims(), shape),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let mut extra: Vec<&String> =
+        tensors.keys().filter(|k| !ignore.contains(&k.as_str()) && !expected.iter().any(|(n, _)| n == *k)).collect();
+    extra.sort();
+    if let Some(k) = extra.first() {
+        return Err(Error::checkpoint(path, format!("unexpected tensor '{k}': the checkpoint is of another architecture")));
+    }
+    Ok(())
+}
+
+fn expected(vars: &[(String, Var)]) -> Vec<(String, Vec<usize>)> {
+    vars.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect()
+}
+
+fn assign(path: &Path, vars: &[(String, Var)], tensors: &HashMap<String, Tensor>) -> Result<()> {
+    check_shapes(path, &expected(vars), tensors, &["pos_embed"])?;
+    for (name, var) in vars {
+        var.set(&tensors[name].to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
+
+/// Restores a trainer from a checkpoint directory, with the `extra` the caller saved.
+pub fn load(dir: &Path, device: &Device) -> Result<(Trainer, serde_json::Value)> {
+    let state = read_state(dir)?;
+    let mut tr = Trainer::build(state.config.clone(), device, false)?;
+    assign(&dir.join(MODEL_FILE), &tr.dit_vars, &load_tensors(&dir.join(MODEL_FILE), device)?)?;
+    assign(&dir.join(DISC_FILE), &tr.disc_vars, &load_tensors(&dir.join(DISC_FILE), device)?)?;
+    let ema_path = dir.join(EMA_FILE);
+    let ema = load_tensors(&ema_path, device)?;
+    check_shapes(&ema_path, &expected(&tr.dit_vars), &ema, &["pos_embed"])?;
+    tr.ema = tr.dit_vars.iter().map(|(n, _)| ema[n].to_dtype(DType::F32)).collect::<candle_core::Result<_>>()?;
+    let opt_path = dir.join(OPTIM_FILE);
+    let opt = load_tensors(&opt_path, device)?;
+    tr.opt_dit.load_state("dit", &opt, &opt_path)?;
+    tr.opt_disc.load_state("disc", &opt, &opt_path)?;
+    tr.rng = Rng::from_state(&state.rng).map_err(|e| Error::checkpoint(dir, e))?;
+    tr.step = state.step;
+    Ok((tr, state.extra))
+}
+
+/// The DiT weights of a checkpoint for sampling: its EMA (or raw) tensors, checked against its config.
+pub fn load_weights(dir: &Path, device: &Device, use_ema: bool) -> Result<(CoreConfig, HashMap<String, Tensor>)> {
+    let state = read_state(dir)?;
+    let path: PathBuf = dir.join(if use_ema { EMA_FILE } else { MODEL_FILE });
+    let tensors = load_tensors(&path, device)?;
+    let probe = Trainer::build(state.config.clone(), &Device::Cpu, false)?;
+    check_shapes(&path, &expected(&probe.dit_vars), &tensors, &["pos_embed"])?;
+    Ok((state.config, tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::StepParams;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sadm-ckpt-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn bytes(dir: &Path) -> Vec<Vec<u8>> {
+        [MODEL_FILE, EMA_FILE, DISC_FILE, OPTIM_FILE].iter().map(|f| fs::read(dir.join(f)).unwrap()).collect()
+    }
+
+    fn trained() -> Trainer {
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu).unwrap();
+        let mut rng = Rng::new(1);
+        let x: Vec<f32> = rng.normal_vec(4 * 784).iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        let p = StepParams { lambda: 0.1, lr: 1e-3, disc_lr: 1e-3, ema_decay: 0.5, update_disc: true };
+        for _ in 0..2 {
+            tr.step(&x, &[0, 1, 2, 3], &p).unwrap();
+        }
+        tr
+    }
+
+    #[test]
+    fn round_trip_is_bit_exact_and_resumes_the_same_sequence() -> Result<()> {
+        let dir = tmpdir("rt");
+        let mut a = trained();
+        save(&a, &dir.join("c1"), serde_json::json!({"epoch": 3}))?;
+        let (mut b, extra) = load(&dir.join("c1"), &Device::Cpu)?;
+        assert_eq!(extra["epoch"], 3);
+        save(&b, &dir.join("c2"), extra)?;
+        assert_eq!(bytes(&dir.join("c1")), bytes(&dir.join("c2")));
+        // The next step after loading equals the next step of the original.
+        let x: Vec<f32> = Rng::new(2).normal_vec(4 * 784).iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        let p = StepParams { lambda: 0.1, lr: 1e-3, disc_lr: 1e-3, ema_decay: 0.5, update_disc: true };
+        let sa = a.step(&x, &[4, 5, 6, 7], &p)?;
+        let sb = b.step(&x, &[4, 5, 6, 7], &p)?;
+        assert_eq!((sa.loss, sa.structure, sa.step), (sb.loss, sb.structure, sb.step));
+        save(&a, &dir.join("c3"), serde_json::Value::Null)?;
+        save(&b, &dir.join("c4"), serde_json::Value::Null)?;
+        assert_eq!(bytes(&dir.join("c3")), bytes(&dir.join("c4")));
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn overwrite_replaces_whole_and_leaves_no_temporaries() -> Result<()> {
+        let dir = tmpdir("ow");
+        let tr = trained();
+        save(&tr, &dir.join("c"), serde_json::json!(1))?;
+        save(&tr, &dir.join("c"), serde_json::json!(2))?;
+        assert_eq!(read_state(&dir.join("c"))?.extra, serde_json::json!(2));
+        let names: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert_eq!(names, vec!["c".to_string()]);
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn mismatches_name_the_first_bad_tensor() -> Result<()> {
+        let dir = tmpdir("mm");
+        save(&trained(), &dir.join("c"), serde_json::Value::Null)?;
+        // Another architecture: same names, wider model.
+        let mut cfg = CoreConfig::tiny_mnist();
+        cfg.model.hidden_size = 32;
+        let other = Trainer::build(cfg, &Device::Cpu, false)?;
+        let t = load_tensors(&dir.join("c").join(MODEL_FILE), &Device::Cpu)?;
+        let e = check_shapes(Path::new("m"), &expected(&other.dit_vars), &t, &[]).unwrap_err().to_string();
+        assert!(e.contains("'blocks.0.adaLN_modulation.1.bias' has shape [384] but the model expects [192]"), "{e}");
+        // A missing state.json is not a checkpoint.
+        fs::remove_file(dir.join("c").join(STATE_FILE)).unwrap();
+        assert!(load(&dir.join("c"), &Device::Cpu).err().unwrap().to_string().contains("state.json is missing"));
+        // A truncated tensor file is reported, not a panic.
+        save(&trained(), &dir.join("d"), serde_json::Value::Null)?;
+        let f = dir.join("d").join(MODEL_FILE);
+        let b = fs::read(&f).unwrap();
+        fs::write(&f, &b[..b.len() / 2]).unwrap();
+        assert!(load(&dir.join("d"), &Device::Cpu).err().unwrap().to_string().contains("cannot read safetensors"));
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! The configuration the core needs, as the TypeScript layer sends it (camelCase JSON). The TS side validates
+//! user input with friendly messages; [`CoreConfig::validate`] re-checks what would otherwise panic or silently
+//! misbehave here, because the core is also usable on its own.
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelConfig {
+    pub input_size: usize,
+    pub in_channels: usize,
+    pub patch_size: usize,
+    pub hidden_size: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: f64,
+    /// 0 means unconditional.
+    pub num_classes: usize,
+    pub learn_sigma: bool,
+    pub class_dropout_prob: f64,
+}
+
+impl ModelConfig {
+    /// A reference DiT preset: `"S" | "B" | "L" | "XL"` with patch 2, 4 or 8, on `input_size`² × `in_channels`.
+    pub fn preset(name: &str, input_size: usize, in_channels: usize, num_classes: usize) -> Result<Self> {
+        let (size, patch) = name
+            .trim_start_matches("DiT-")
+            .split_once('/')
+            .ok_or_else(|| Error::Config(format!("unknown preset '{name}': expected e.g. DiT-S/2")))?;
+        let (depth, hidden_size, num_heads) = match size {
+            "S" => (12, 384, 6),
+            "B" => (12, 768, 12),
+            "L" => (24, 1024, 16),
+            "XL" => (28, 1152, 16),
+            _ => return Err(Error::Config(format!("unknown preset size '{size}': expected S, B, L or XL"))),
+        };
+        let patch_size = match patch {
+            "2" => 2,
+            "4" => 4,
+            "8" => 8,
+            _ => return Err(Error::Config(format!("unknown preset patch '{patch}': expected 2, 4 or 8"))),
+        };
+        Ok(Self {
+            input_size,
+            in_channels,
+            patch_size,
+            hidden_size,
+            depth,
+            num_heads,
+            mlp_ratio: 4.0,
+            num_classes,
+            learn_sigma: true,
+            class_dropout_prob: 0.1,
+        })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        if self.learn_sigma { 2 * self.in_channels } else { self.in_channels }
+    }
+    pub fn grid(&self) -> usize {
+        self.input_size / self.patch_size
+    }
+    pub fn mlp_hidden(&self) -> usize {
+        (self.hidden_size as f64 * self.mlp_ratio) as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BetaSchedule {
+    Linear,
+    Cosine,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiffusionConfig {
+    pub num_timesteps: usize,
+    pub schedule: BetaSchedule,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Kernel {
+    Cosine,
+    Euclidean,
+    Gaussian,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Distance {
+    L1,
+    Squared,
+    Huber,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Pairs {
+    /// `Â_ij = ẑ_i·ẑ_j`
+    Within,
+    /// `Â_ij = z_i·ẑ_j`
+    Cross,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Weighting {
+    Snr,
+    Uniform,
+    Cutoff,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiscriminatorConfig {
+    pub patch_size: usize,
+    pub width: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub proj_dim: usize,
+    pub kernel: Kernel,
+    /// Bandwidth of the Gaussian kernel.
+    pub tau: f64,
+    pub distance: Distance,
+    pub huber_delta: f64,
+    pub pairs: Pairs,
+    pub weighting: Weighting,
+    /// With `weighting = cutoff`, pairs count only where both timesteps are below this.
+    pub t_max: usize,
+    /// Discriminator updates per denoiser update.
+    pub steps: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OptimConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value; 0 disables clipping.
+    pub grad_clip: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, grad_clip: 0.0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CoreConfig {
+    pub seed: u64,
+    pub model: ModelConfig,
+    pub diffusion: DiffusionConfig,
+    pub discriminator: DiscriminatorConfig,
+    pub dit_optim: OptimConfig,
+    pub disc_optim: OptimConfig,
+}
+
+fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond { Ok(()) } else { Err(Error::Config(msg())) }
+}
+
+impl CoreConfig {
+    pub fn from_json(json: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(json).map_err(|e| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
+        check(m.input_size > 0 && m.in_channels > 0, || "model.inputSize and model.inChannels must be positive".into())?;
+        check(m.patch_size > 0 && m.input_size % m.patch_size == 0, || {
+            format!("model.patchSize {} must divide model.inputSize {}", m.patch_size, m.input_size)
+        })?;
+        check(m.depth > 0 && m.hidden_size > 0, || "model.depth and model.hiddenSize must be positive".into())?;
+        check(m.num_heads > 0 && m.hidden_size % m.num_heads == 0, || {
+            format!("model.numHeads {} must divide model.hiddenSize {}", m.num_heads, m.hidden_size)
+        })?;
+        check(m.hidden_size % 4 == 0, || format!("model.hiddenSize {} must be a multiple of 4 (2-D sin-cos positions)", m.hidden_size))?;
+        check(m.mlp_ratio > 0.0, || "model.mlpRatio must be positive".into())?;
+        check((0.0..1.0).contains(&m.class_dropout_prob), || "model.classDropoutProb must be in [0, 1)".into())?;
+        check(self.diffusion.num_timesteps >= 2, || "diffusion.numTimesteps must be at least 2".into())?;
+        let d = &self.discriminator;
+        check(d.patch_size > 0 && m.input_size % d.patch_size == 0, || {
+            format!("discriminator.patchSize {} must divide model.inputSize {}", d.patch_size, m.input_size)
+        })?;
+        check(d.width > 0 && d.depth > 0 && d.proj_dim > 0, || "discriminator width, depth and projDim must be positive".into())?;
+        check(d.width % 4 == 0, || format!("discriminator.width {} must be a multiple of 4", d.width))?;
+        check(d.num_heads > 0 && d.width % d.num_heads == 0, || {
+            format!("discriminator.numHeads {} must divide discriminator.width {}", d.num_heads, d.width)
+        })?;
+        check(d.tau > 0.0, || "discriminator.tau must be positive".into())?;
+        check(d.huber_delta > 0.0, || "discriminator.huberDelta must be positive".into())?;
+        check(d.steps >= 1, || "discriminator.steps must be at least 1".into())?;
+        check(d.t_max >= 1 && d.t_max <= self.diffusion.num_timesteps, || {
+            format!("discriminator.tMax must be in [1, {}]", self.diffusion.num_timesteps)
+        })?;
+        for (name, o) in [("ditOptim", &self.dit_optim), ("discOptim", &self.disc_optim)] {
+            check((0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2), || format!("{name}.beta1/beta2 must be in [0, 1)"))?;
+            check(o.eps > 0.0 && o.weight_decay >= 0.0 && o.grad_clip >= 0.0, || {
+                format!("{name}: eps must be positive, weightDecay and gradClip non-negative")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A small config for tests and the MNIST default.
+    pub fn tiny_mnist() -> Self {
+        Self {
+            seed: 0,
+            model: ModelConfig {
+                input_size: 28,
+                in_channels: 1,
+                patch_size: 4,
+                hidden_size: 64,
+                depth: 2,
+                num_heads: 4,
+                mlp_ratio: 4.0,
+                num_classes: 10,
+                learn_sigma: true,
+                class_dropout_prob: 0.1,
+            },
+            diffusion: DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear },
+            discriminator: DiscriminatorConfig {
+                patch_size: 4,
+                width: 64,
+                depth: 2,
+                num_heads: 4,
+                proj_dim: 32,
+                kernel: Kernel::Cosine,
+                tau: 1.0,
+                distance: Distance::L1,
+                huber_delta: 0.1,
+                pairs: Pairs::Within,
+                weighting: Weighting::Snr,
+                t_max: 1000,
+                steps: 1,
+            },
+            dit_optim: OptimConfig::default(),
+            disc_optim: OptimConfig::default(),
+        }
+    }
+}

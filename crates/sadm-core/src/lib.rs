@@ -1,0 +1,17 @@
+//! sadm-core: structure-guided adversarial training (SADM, Yang et al., CVPR 2024) of diffusion transformers
+//! on candle. See `shared/design.md` for the method and the layout.
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod diffusion;
+pub mod discriminator;
+pub mod dit;
+pub mod error;
+pub mod nn;
+pub mod optim;
+pub mod rng;
+pub mod train;
+
+pub use config::CoreConfig;
+pub use error::{Error, Result};
+pub use train::{StepParams, StepStats, Trainer};

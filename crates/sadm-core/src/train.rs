@@ -1,0 +1,413 @@
+//! The fused SADM training step (design §1.2): DiT forward and denoising loss, discriminator update(s) on the
+//! detached reconstructions, denoiser update on `L_den + λ·D` with φ fixed, EMA. One call, one step.
+use crate::config::CoreConfig;
+use crate::diffusion::{self, GaussianDiffusion, SampleOptions};
+use crate::discriminator::{self, Encoder};
+use crate::dit::{self, DiT};
+use crate::error::{Error, Result};
+use crate::nn::sorted_vars;
+use crate::optim::AdamW;
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::HashMap;
+
+/// RNG streams: the training stream's state is checkpointed; initialisation uses its own streams so that
+/// changing one network's size does not shift the other's weights.
+const STREAM_TRAIN: u64 = 0;
+const STREAM_INIT_DIT: u64 = 1;
+const STREAM_INIT_DISC: u64 = 2;
+
+/// What the schedule (owned by the caller) decides for one step.
+#[derive(Clone, Debug)]
+pub struct StepParams {
+    pub lambda: f64,
+    pub lr: f64,
+    pub disc_lr: f64,
+    pub ema_decay: f64,
+    /// Run the discriminator update this step (false for plain DiT training).
+    pub update_disc: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    pub step: u64,
+    /// L_den + λ·D, what the denoiser minimised.
+    pub loss: f64,
+    pub mse: f64,
+    pub vb: f64,
+    pub structure: Option<f64>,
+    pub disc_loss: Option<f64>,
+    pub grad_norm_dit: f64,
+    pub grad_norm_disc: Option<f64>,
+}
+
+pub struct Trainer {
+    pub(crate) cfg: CoreConfig,
+    pub(crate) device: Device,
+    diffusion: GaussianDiffusion,
+    dit: DiT,
+    pub(crate) dit_vars: Vec<(String, Var)>,
+    pub(crate) ema: Vec<Tensor>,
+    disc: Encoder,
+    pub(crate) disc_vars: Vec<(String, Var)>,
+    pub(crate) opt_dit: AdamW,
+    pub(crate) opt_disc: AdamW,
+    pub(crate) rng: Rng,
+    pub(crate) step: u64,
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+impl Trainer {
+    /// A fresh trainer with the reference initialisation drawn from `cfg.seed`.
+    pub fn new(cfg: CoreConfig, device: &Device) -> Result<Self> {
+        Self::build(cfg, device, true)
+    }
+
+    /// Builds the networks; with `init = false` the weights are left for a checkpoint to fill.
+    pub(crate) fn build(cfg: CoreConfig, device: &Device, init: bool) -> Result<Self> {
+        cfg.validate()?;
+        let m = &cfg.model;
+        let (dit, dit_map, disc, disc_map) = if init {
+            let (dit, dm) = dit::new_trainable(m, &mut Rng::derive(cfg.seed, STREAM_INIT_DIT), device)?;
+            let (disc, cm) = discriminator::new_trainable(
+                &cfg.discriminator,
+                m.in_channels,
+                m.input_size,
+                &mut Rng::derive(cfg.seed, STREAM_INIT_DISC),
+                device,
+            )?;
+            (dit, dm, disc, cm)
+        } else {
+            let (dm, cm) = (VarMap::new(), VarMap::new());
+            let dit = DiT::new(m, VarBuilder::from_varmap(&dm, DType::F32, device))?;
+            let disc = Encoder::new(&cfg.discriminator, m.in_channels, m.input_size, VarBuilder::from_varmap(&cm, DType::F32, device))?;
+            (dit, dm, disc, cm)
+        };
+        let dit_vars = sorted_vars(&dit_map);
+        let disc_vars = sorted_vars(&disc_map);
+        let ema = dit_vars.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            diffusion: GaussianDiffusion::new(&cfg.diffusion),
+            opt_dit: AdamW::new(dit_vars.clone(), cfg.dit_optim.clone())?,
+            opt_disc: AdamW::new(disc_vars.clone(), cfg.disc_optim.clone())?,
+            rng: Rng::derive(cfg.seed, STREAM_TRAIN),
+            step: 0,
+            device: device.clone(),
+            dit,
+            dit_vars,
+            ema,
+            disc,
+            disc_vars,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn num_params(&self) -> (usize, usize) {
+        let count = |vs: &[(String, Var)]| vs.iter().map(|(_, v)| v.elem_count()).sum();
+        (count(&self.dit_vars), count(&self.disc_vars))
+    }
+    pub(crate) fn ema_tensors(&self) -> HashMap<String, Tensor> {
+        self.dit_vars.iter().zip(&self.ema).map(|((n, _), t)| (n.clone(), t.clone())).collect()
+    }
+    pub(crate) fn var_tensors(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
+        vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+    }
+
+    /// Checks a batch against the model: sizes, label range and finite values.
+    fn check_batch(&self, x0: &[f32], labels: &[i32]) -> Result<usize> {
+        let m = &self.cfg.model;
+        let per = m.in_channels * m.input_size * m.input_size;
+        let b = labels.len();
+        if b == 0 {
+            return Err(Error::Input("empty batch: labels has length 0".into()));
+        }
+        if x0.len() != b * per {
+            return Err(Error::Input(format!(
+                "batch has {} values but {} labels × {}×{}×{} needs {}",
+                x0.len(), b, m.in_channels, m.input_size, m.input_size, b * per
+            )));
+        }
+        if m.num_classes > 0 {
+            if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| l < 0 || l as usize >= m.num_classes) {
+                return Err(Error::Input(format!("label {l} at index {i} is outside [0, {})", m.num_classes)));
+            }
+        }
+        if let Some(i) = x0.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Input(format!("batch value at index {i} is not finite")));
+        }
+        Ok(b)
+    }
+
+    /// D(φ) on (x0, x̂0): the real embeddings, the reconstructions' embeddings, the pair weights.
+    fn structure(&self, x0: &Tensor, x0_hat: &Tensor, t: &[usize], detach_real: bool) -> Result<Tensor> {
+        let z = self.disc.forward(x0)?;
+        let z = if detach_real { z.detach() } else { z };
+        let z_hat = self.disc.forward(x0_hat)?;
+        let w = discriminator::sample_weights(&self.cfg.discriminator, t, &self.diffusion.alphas_cumprod);
+        Ok(discriminator::structure_distance(&z, &z_hat, &w, &self.cfg.discriminator)?)
+    }
+
+    /// One SADM step on a batch (NCHW floats in [-1, 1], labels in [0, numClasses)).
+    pub fn step(&mut self, x0: &[f32], labels: &[i32], p: &StepParams) -> Result<StepStats> {
+        let b = self.check_batch(x0, labels)?;
+        let adversarial = p.lambda > 0.0 || p.update_disc;
+        if adversarial && b < 2 {
+            return Err(Error::Input("the structure loss compares pairs: use a batch of at least 2".into()));
+        }
+        let m = &self.cfg.model;
+        let (c, s) = (m.in_channels, m.input_size);
+        let dev = self.device.clone();
+        let x0 = Tensor::from_slice(x0, (b, c, s, s), &dev)?;
+
+        // Randomness in a fixed order, whatever λ is, so λ = 0 and λ > 0 runs see the same draws.
+        let t: Vec<usize> = (0..b).map(|_| self.rng.below(self.cfg.diffusion.num_timesteps as u32) as usize).collect();
+        let noise = self.rng.randn(&[b, c, s, s], &dev)?;
+        let y: Vec<u32> = labels
+            .iter()
+            .map(|&l| {
+                let drop = self.rng.uniform() < m.class_dropout_prob as f32;
+                if drop { m.num_classes as u32 } else { l as u32 }
+            })
+            .collect();
+        let y = (m.num_classes > 0).then(|| Tensor::new(y, &dev)).transpose()?;
+
+        // 1. DiT forward, denoising loss, x̂0.
+        let x_t = self.diffusion.q_sample(&x0, &t, &noise)?;
+        let t_model = Tensor::new(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), &dev)?;
+        let out = self.dit.forward(&x_t, &t_model, y.as_ref())?;
+        let losses = self.diffusion.training_losses(&out, &x0, &x_t, &t, &noise)?;
+        let mut stats = StepStats { mse: scalar(&losses.mse)?, vb: scalar(&losses.vb)?, ..Default::default() };
+
+        // 2. Discriminator: maximise D with x̂0 detached.
+        if p.update_disc {
+            let x0_hat = losses.x0_hat.detach();
+            for k in 0..self.cfg.discriminator.steps {
+                let d = self.structure(&x0, &x0_hat, &t, false)?;
+                let grads = d.neg()?.backward()?;
+                let norm = self.opt_disc.grad_norm(&grads)?;
+                let d_val = scalar(&d)?;
+                if !d_val.is_finite() || !norm.is_finite() {
+                    return Err(Error::Numerical(format!("discriminator loss {d_val} / grad norm {norm} at step {}", self.step)));
+                }
+                self.opt_disc.step(&grads, p.disc_lr, self.opt_disc.clip_factor(norm))?;
+                if k == 0 {
+                    stats.disc_loss = Some(-d_val);
+                    stats.structure = Some(d_val);
+                    stats.grad_norm_disc = Some(norm);
+                }
+            }
+        }
+
+        // 3. Denoiser: L_den + λ·D with φ fixed; A is a constant for θ, only Â carries gradient.
+        let mut total = (&losses.mse + &losses.vb)?;
+        if p.lambda > 0.0 {
+            let d = self.structure(&x0, &losses.x0_hat, &t, true)?;
+            stats.structure = Some(scalar(&d)?);
+            total = (total + (d * p.lambda)?)?;
+        }
+        stats.loss = scalar(&total)?;
+        let grads = total.backward()?;
+        let norm = self.opt_dit.grad_norm(&grads)?;
+        if !stats.loss.is_finite() || !norm.is_finite() {
+            return Err(Error::Numerical(format!("denoiser loss {} / grad norm {norm} at step {}", stats.loss, self.step)));
+        }
+        self.opt_dit.step(&grads, p.lr, self.opt_dit.clip_factor(norm))?;
+        stats.grad_norm_dit = norm;
+
+        // 4. EMA of θ.
+        for (e, (_, v)) in self.ema.iter_mut().zip(&self.dit_vars) {
+            *e = ((&*e * p.ema_decay)? + (v.as_tensor() * (1.0 - p.ema_decay))?)?;
+        }
+        self.step += 1;
+        stats.step = self.step;
+        Ok(stats)
+    }
+
+    /// Samples from the EMA weights (or the raw weights with `use_ema = false`).
+    pub fn sample(&self, labels: &[i32], opts: &SampleOptions, use_ema: bool) -> Result<Tensor> {
+        let weights = if use_ema { self.ema_tensors() } else { Self::var_tensors(&self.dit_vars) };
+        sample_with(&self.cfg, weights, &self.device, labels, opts)
+    }
+}
+
+/// Samples n = labels.len() images from a DiT given by its weights.
+pub fn sample_with(
+    cfg: &CoreConfig,
+    weights: HashMap<String, Tensor>,
+    device: &Device,
+    labels: &[i32],
+    opts: &SampleOptions,
+) -> Result<Tensor> {
+    let m = &cfg.model;
+    if labels.is_empty() {
+        return Err(Error::Input("nothing to sample: labels is empty".into()));
+    }
+    if opts.steps == 0 || opts.steps > cfg.diffusion.num_timesteps {
+        return Err(Error::Input(format!("sampling steps must be in [1, {}] (got {})", cfg.diffusion.num_timesteps, opts.steps)));
+    }
+    let ys: Option<Vec<u32>> = if m.num_classes > 0 {
+        if let Some(l) = labels.iter().find(|&&l| l < 0 || l as usize >= m.num_classes) {
+            return Err(Error::Input(format!("class {l} is outside [0, {})", m.num_classes)));
+        }
+        Some(labels.iter().map(|&l| l as u32).collect())
+    } else {
+        None
+    };
+    let dit = DiT::new(m, VarBuilder::from_tensors(weights, DType::F32, device))?;
+    let diffusion = GaussianDiffusion::new(&cfg.diffusion);
+    let shape = (labels.len(), m.in_channels, m.input_size, m.input_size);
+    Ok(diffusion::sample(&diffusion, &dit, shape, ys.as_deref(), m.num_classes, opts, device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CoreConfig;
+
+    pub(crate) fn batch(b: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
+        let mut rng = Rng::new(seed);
+        let x: Vec<f32> = rng.normal_vec(b * 784).into_iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        let y = (0..b).map(|i| (i % 10) as i32).collect();
+        (x, y)
+    }
+
+    pub(crate) fn params(lambda: f64) -> StepParams {
+        StepParams { lambda, lr: 1e-3, disc_lr: 1e-3, ema_decay: 0.9, update_disc: true }
+    }
+
+    fn weights(vars: &[(String, Var)]) -> Vec<Vec<f32>> {
+        vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect()
+    }
+
+    #[test]
+    fn every_trainable_variable_gets_a_gradient() -> Result<()> {
+        // After one step every weight of both networks must have a non-zero gradient. adaLN-Zero makes most DiT
+        // gradients zero at init, so take a few steps first to move the zero-initialised layers.
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
+        let (x, y) = batch(8, 1);
+        for _ in 0..3 {
+            tr.step(&x, &y, &params(0.1))?;
+        }
+        let x0 = Tensor::from_slice(&x, (8, 1, 28, 28), &Device::Cpu)?;
+        let t = vec![10usize, 100, 200, 300, 400, 500, 600, 50];
+        let noise = Rng::new(9).randn(&[8, 1, 28, 28], &Device::Cpu)?;
+        let x_t = tr.diffusion.q_sample(&x0, &t, &noise)?;
+        let tt = Tensor::new(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), &Device::Cpu)?;
+        let yy = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 10, 7], &Device::Cpu)?;
+        let out = tr.dit.forward(&x_t, &tt, Some(&yy))?;
+        let l = tr.diffusion.training_losses(&out, &x0, &x_t, &t, &noise)?;
+        let d = tr.structure(&x0, &l.x0_hat, &t, false)?;
+        let grads = ((l.mse + l.vb)? + d)?.backward()?;
+        for (name, var) in tr.dit_vars.iter().chain(&tr.disc_vars) {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+            // Check q, k and v separately: a softmax without backward would leave only v's rows trained.
+            let parts = if name.contains("attn.qkv") { g.chunk(3, 0)? } else { vec![g.clone()] };
+            for (k, part) in parts.iter().enumerate() {
+                let n = part.abs()?.sum_all()?.to_scalar::<f32>()?;
+                assert!(n > 0.0, "zero gradient for {name} (part {k})");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn lambda_zero_is_plain_dit_training() -> Result<()> {
+        // λ = 0 with the discriminator training beside it must leave the DiT exactly as plain training does.
+        let cfg = CoreConfig::tiny_mnist();
+        let mut sadm = Trainer::new(cfg.clone(), &Device::Cpu)?;
+        let mut plain = Trainer::new(cfg, &Device::Cpu)?;
+        let (x, y) = batch(6, 2);
+        for _ in 0..3 {
+            sadm.step(&x, &y, &params(0.0))?;
+            plain.step(&x, &y, &StepParams { update_disc: false, ..params(0.0) })?;
+        }
+        assert_eq!(weights(&sadm.dit_vars), weights(&plain.dit_vars));
+        assert_ne!(weights(&sadm.disc_vars), weights(&plain.disc_vars), "the discriminator should have trained");
+        // And λ > 0 must change the DiT update.
+        let mut adv = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
+        for _ in 0..3 {
+            adv.step(&x, &y, &params(1.0))?;
+        }
+        assert_ne!(weights(&adv.dit_vars), weights(&plain.dit_vars));
+        Ok(())
+    }
+
+    #[test]
+    fn same_seed_same_step() -> Result<()> {
+        let (x, y) = batch(4, 3);
+        let run = |seed: u64| -> Result<(StepStats, Vec<Vec<f32>>)> {
+            let mut cfg = CoreConfig::tiny_mnist();
+            cfg.seed = seed;
+            let mut tr = Trainer::new(cfg, &Device::Cpu)?;
+            let s = tr.step(&x, &y, &params(0.1))?;
+            Ok((s, weights(&tr.dit_vars)))
+        };
+        let (a, wa) = run(5)?;
+        let (b, wb) = run(5)?;
+        let (c, _) = run(6)?;
+        assert_eq!((a.loss, a.structure), (b.loss, b.structure));
+        assert_eq!(wa, wb);
+        assert_ne!(a.loss, c.loss);
+        Ok(())
+    }
+
+    #[test]
+    fn loss_goes_down_on_a_fixed_batch() -> Result<()> {
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
+        let (x, y) = batch(16, 4);
+        let mut losses = vec![];
+        for _ in 0..40 {
+            losses.push(tr.step(&x, &y, &StepParams { lr: 2e-3, ..params(0.1) })?.mse);
+        }
+        let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
+        let last: f64 = losses[30..].iter().sum::<f64>() / 10.0;
+        assert!(last < 0.8 * first, "mse {first} → {last}");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_batches_are_rejected() -> Result<()> {
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
+        let (x, y) = batch(4, 1);
+        let err = |r: Result<StepStats>| r.unwrap_err().to_string();
+        assert!(err(tr.step(&x[..100], &y, &params(0.1))).contains("needs 3136"));
+        assert!(err(tr.step(&x, &[0, 1, 2, 10], &params(0.1))).contains("label 10 at index 3"));
+        let mut nan = x.clone();
+        nan[7] = f32::NAN;
+        assert!(err(tr.step(&nan, &y, &params(0.1))).contains("index 7"));
+        assert!(err(tr.step(&x[..784], &y[..1], &params(0.1))).contains("at least 2"));
+        assert_eq!(tr.step_count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn sampling_shapes_and_guidance_identity() -> Result<()> {
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
+        let (x, y) = batch(4, 1);
+        for _ in 0..2 {
+            tr.step(&x, &y, &StepParams { ema_decay: 0.0, ..params(0.0) })?;
+        }
+        let opts = SampleOptions { sampler: diffusion::Sampler::Ddpm, steps: 5, cfg_scale: 1.0, eta: 0.0, clip_denoised: true, seed: 3 };
+        let a = tr.sample(&[1, 2, 3], &opts, true)?;
+        assert_eq!(a.dims(), &[3, 1, 28, 28]);
+        let b = tr.sample(&[1, 2, 3], &opts, true)?;
+        assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
+        let g = tr.sample(&[1, 2, 3], &SampleOptions { cfg_scale: 4.0, ..opts.clone() }, true)?;
+        assert_ne!(a.flatten_all()?.to_vec1::<f32>()?, g.flatten_all()?.to_vec1::<f32>()?);
+        assert!(tr.sample(&[11], &opts, true).unwrap_err().to_string().contains("class 11"));
+        Ok(())
+    }
+}
