@@ -188,7 +188,7 @@ impl GaussianDiffusion {
             return Ok(mean);
         }
         let logvar = self.model_log_variance(v.as_ref(), &t, x_t.device())?;
-        mean + (logvar * 0.5)?.exp()?.mul(noise)?
+        mean + (logvar * 0.5)?.exp()?.broadcast_mul(noise)?
     }
 
     /// One DDIM step from index `i` with stochasticity `eta` (0 = deterministic).

@@ -239,6 +239,34 @@ mod tests {
     }
 
     #[test]
+    fn structure_gradients_match_finite_differences() -> Result<()> {
+        // Through the encoder's L2 normalisation and every kernel/distance/pair option, w.r.t. the generated
+        // inputs (the path that trains the DiT).
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(11);
+        let mut cfg = CoreConfig::tiny_mnist().discriminator;
+        cfg.proj_dim = 8;
+        let raw = rng.randn(&[5, 8], &dev)?;
+        let raw_hat = candle_core::Var::from_tensor(&rng.randn(&[5, 8], &dev)?)?;
+        let w = [1.0f32, 0.3, 0.8, 0.5, 0.9];
+        let norm = |t: &Tensor| -> Result<Tensor> { t.broadcast_div(&t.sqr()?.sum_keepdim(1)?.sqrt()?) };
+        for (kernel, distance, pairs) in [
+            (Kernel::Cosine, Distance::L1, Pairs::Within),
+            (Kernel::Cosine, Distance::Squared, Pairs::Cross),
+            (Kernel::Gaussian, Distance::Huber, Pairs::Within),
+            (Kernel::Euclidean, Distance::Squared, Pairs::Within),
+        ] {
+            cfg.kernel = kernel;
+            cfg.distance = distance;
+            cfg.pairs = pairs;
+            cfg.huber_delta = 0.05;
+            let f = || structure_distance(&norm(&raw)?, &norm(raw_hat.as_tensor())?, &w, &cfg);
+            nn::check_grad(&f, &raw_hat, &[0, 9, 17, 26, 39])?;
+        }
+        Ok(())
+    }
+
+    #[test]
     fn snr_weights_equal_alpha_bar() {
         let cfg = CoreConfig::tiny_mnist().discriminator;
         let ac = [0.9, 0.5, 0.1];

@@ -231,6 +231,31 @@ mod tests {
     }
 
     #[test]
+    fn block_gradients_match_finite_differences() -> Result<()> {
+        // A block with every weight random (not adaLN-Zero, which would hide the attention and MLP paths).
+        let dev = Device::Cpu;
+        let mut c = cfg();
+        c.hidden_size = 16;
+        c.num_heads = 2;
+        let vm = VarMap::new();
+        let block = DiTBlock::new(&c, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        nn::init_vars(&vm, &mut Rng::new(4), |_| Init::Normal(0.3))?;
+        let mut rng = Rng::new(5);
+        let x = candle_core::Var::from_tensor(&rng.randn(&[2, 5, 16], &dev)?)?;
+        let cond = rng.randn(&[2, 16], &dev)?;
+        let r = rng.randn(&[2, 5, 16], &dev)?;
+        let f = || (block.forward(x.as_tensor(), &cond)? * &r)?.sum_all();
+        nn::check_grad(&f, &x, &[0, 7, 33, 101, 159])?;
+        let vars = vm.data().lock().unwrap().clone();
+        for name in ["attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.bias", "adaLN_modulation.1.weight"] {
+            let n = vars[name].elem_count();
+            // Probe the q and k thirds of qkv too: they only get gradient through the softmax.
+            nn::check_grad(&f, &vars[name], &[0, n / 6, n / 2, n - 1])?;
+        }
+        Ok(())
+    }
+
+    #[test]
     fn timestep_embedding_cos_then_sin() -> Result<()> {
         let e = timestep_embedding(&Tensor::new(&[0f32, 1.], &Device::Cpu)?, 4)?.to_vec2::<f32>()?;
         assert_eq!(e[0], vec![1., 1., 0., 0.]);

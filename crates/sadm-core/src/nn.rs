@@ -199,3 +199,27 @@ mod tests {
         Ok(())
     }
 }
+
+/// Finite-difference gradient check for tests: compares d f / d var (from backward) with central differences
+/// at `probes` coordinates. f32 arithmetic, so the step and the tolerance are sized for single precision.
+#[cfg(test)]
+pub fn check_grad(f: &dyn Fn() -> Result<Tensor>, var: &Var, probes: &[usize]) -> Result<()> {
+    let grads = f()?.backward()?;
+    let analytic = grads.get(var.as_tensor()).expect("no gradient").flatten_all()?.to_vec1::<f32>()?;
+    let base = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let shape = var.dims().to_vec();
+    let h = 1e-2f32;
+    for &i in probes {
+        let eval = |delta: f32| -> Result<f64> {
+            let mut v = base.clone();
+            v[i] += delta;
+            var.set(&Tensor::from_vec(v, shape.as_slice(), var.device())?)?;
+            Ok(f()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        };
+        let fd = (eval(h)? - eval(-h)?) / (2.0 * h as f64);
+        var.set(&Tensor::from_vec(base.clone(), shape.as_slice(), var.device())?)?;
+        let a = analytic[i] as f64;
+        assert!((fd - a).abs() <= 2e-3 + 2e-2 * a.abs().max(fd.abs()), "coordinate {i}: analytic {a}, finite difference {fd}");
+    }
+    Ok(())
+}
