@@ -1,0 +1,190 @@
+/**
+ * Checkpoint directories: `<outDir>/checkpoints/step-<8 digits>/` holding model.safetensors, ema.safetensors,
+ * discriminator.safetensors, optimizer.safetensors and state.json (written last by the native core, so a directory
+ * whose state.json parses is complete).
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { CheckpointError, errorMessage } from "./errors.js";
+import type { CoreConfig, SadmConfig } from "./config.js";
+import type { DataPosition } from "./data.js";
+
+/** Name of the folder holding a run's checkpoints. */
+export const CHECKPOINTS_DIR = "checkpoints";
+/** The completion marker of a checkpoint. */
+export const STATE_FILE = "state.json";
+/** Weight files the native core writes. */
+export const WEIGHT_FILES = [
+  "model.safetensors",
+  "ema.safetensors",
+  "discriminator.safetensors",
+  "optimizer.safetensors",
+] as const;
+
+const STEP_DIR = /^step-(\d{8,})$/;
+
+/** Metrics recorded in a checkpoint's `extra`. */
+export interface CheckpointMetrics {
+  /** The last step's statistics (with the λ and LR used). */
+  last?: Record<string, number>;
+  /** Averages logged so far (one entry per logEvery window, capped). */
+  history?: Array<Record<string, number>>;
+}
+
+/** What the TS side stores in state.json's `extra`. */
+export interface CheckpointExtra {
+  /** The resolved user config of the run. */
+  config?: SadmConfig;
+  /** The data-order position to continue from. */
+  data?: DataPosition;
+  /** Metrics so far. */
+  metrics?: CheckpointMetrics;
+  /** sadm version that wrote it. */
+  sadmVersion?: string;
+}
+
+/** A checkpoint's state.json (as written by the native core). */
+export interface CheckpointState {
+  formatVersion: number;
+  config: CoreConfig;
+  step: number;
+  rng: unknown;
+  extra: CheckpointExtra;
+}
+
+/** A complete checkpoint found on disk. */
+export interface CheckpointInfo {
+  /** Absolute path of the checkpoint directory. */
+  dir: string;
+  /** Optimizer steps taken when it was written. */
+  step: number;
+}
+
+/** Directory name for a step: `step-00001500`. */
+export function checkpointName(step: number): string {
+  return `step-${String(step).padStart(8, "0")}`;
+}
+
+/** Path of the checkpoint for `step` under a run directory. */
+export function checkpointDir(outDir: string, step: number): string {
+  return path.join(outDir, CHECKPOINTS_DIR, checkpointName(step));
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Reads and checks a checkpoint's state.json.
+ * @throws CheckpointError when the directory, state.json or a weight file is missing, or state.json is corrupt.
+ */
+export function readState(dir: string): CheckpointState {
+  if (!fs.existsSync(dir)) throw new CheckpointError(`checkpoint ${dir} does not exist`);
+  if (!fs.statSync(dir).isDirectory()) throw new CheckpointError(`checkpoint ${dir} is not a directory`);
+  const file = path.join(dir, STATE_FILE);
+  if (!fs.existsSync(file))
+    throw new CheckpointError(`checkpoint ${dir} is incomplete: ${STATE_FILE} is missing (interrupted save?)`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} is corrupt: ${errorMessage(e)}`, { cause: e });
+  }
+  if (!isRecord(parsed)) throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} is not a JSON object`);
+  const { formatVersion, config, step, rng, extra } = parsed;
+  if (typeof formatVersion !== "number")
+    throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} has no numeric formatVersion`);
+  if (typeof step !== "number" || !Number.isInteger(step) || step < 0)
+    throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} has no valid step`);
+  if (!isRecord(config)) throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} has no config`);
+  const ext = extra === undefined || extra === null ? {} : extra;
+  if (!isRecord(ext)) throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} has a non-object extra`);
+  return {
+    formatVersion,
+    config: config as unknown as CoreConfig,
+    step,
+    rng,
+    extra: ext as CheckpointExtra,
+  };
+}
+
+/** Checks the weight files are there too. @throws CheckpointError naming the missing file. */
+export function assertComplete(dir: string): CheckpointState {
+  const state = readState(dir);
+  for (const f of WEIGHT_FILES)
+    if (!fs.existsSync(path.join(dir, f))) throw new CheckpointError(`checkpoint ${dir} is incomplete: ${f} is missing`);
+  return state;
+}
+
+function tryState(dir: string): CheckpointState | undefined {
+  try {
+    return readState(dir);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The complete checkpoints of a run (state.json exists and parses), oldest first. */
+export function listCheckpoints(outDir: string): CheckpointInfo[] {
+  const root = path.resolve(outDir, CHECKPOINTS_DIR);
+  let names: string[];
+  try {
+    names = fs.readdirSync(root);
+  } catch {
+    return [];
+  }
+  const out: CheckpointInfo[] = [];
+  for (const name of names) {
+    const m = STEP_DIR.exec(name);
+    if (!m) continue;
+    const dir = path.join(root, name);
+    const state = tryState(dir);
+    if (!state) continue;
+    out.push({ dir, step: state.step });
+  }
+  return out.sort((a, b) => a.step - b.step || a.dir.localeCompare(b.dir));
+}
+
+/** The newest complete checkpoint of a run, or undefined. */
+export function latestCheckpoint(outDir: string): CheckpointInfo | undefined {
+  const all = listCheckpoints(outDir);
+  return all.length > 0 ? all[all.length - 1] : undefined;
+}
+
+/**
+ * Deletes all but the newest `keep` complete checkpoints.
+ * @returns the directories removed.
+ */
+export function pruneCheckpoints(outDir: string, keep: number): string[] {
+  if (!Number.isInteger(keep) || keep < 1) throw new CheckpointError(`keepCheckpoints must be ≥ 1 (got ${keep})`);
+  const all = listCheckpoints(outDir);
+  const doomed = all.slice(0, Math.max(0, all.length - keep));
+  for (const c of doomed) fs.rmSync(c.dir, { recursive: true, force: true });
+  return doomed.map((c) => c.dir);
+}
+
+/**
+ * Resolves what a user named as a checkpoint: a checkpoint directory (has state.json), or a run directory
+ * (its latest complete checkpoint).
+ * @throws CheckpointError when nothing usable is there.
+ */
+export function resolveCheckpoint(target: string): string {
+  const abs = path.resolve(target);
+  if (!fs.existsSync(abs)) throw new CheckpointError(`checkpoint ${target} does not exist`);
+  if (fs.existsSync(path.join(abs, STATE_FILE))) return abs;
+  if (fs.existsSync(path.join(abs, CHECKPOINTS_DIR))) {
+    const latest = latestCheckpoint(abs);
+    if (!latest) throw new CheckpointError(`run ${target} has no complete checkpoint`);
+    return latest.dir;
+  }
+  // Let readState produce the precise message (not a directory / no state.json).
+  readState(abs);
+  return abs;
+}
+
+/** The run directory a checkpoint directory belongs to (`<outDir>/checkpoints/step-N` → `<outDir>`), if it does. */
+export function runDirOf(checkpoint: string): string | undefined {
+  const abs = path.resolve(checkpoint);
+  const parent = path.dirname(abs);
+  return path.basename(parent) === CHECKPOINTS_DIR && STEP_DIR.test(path.basename(abs)) ? path.dirname(parent) : undefined;
+}

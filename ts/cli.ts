@@ -1,0 +1,365 @@
+#!/usr/bin/env node
+/**
+ * The `sadm` command line: `sadm train`, `sadm sample`, `sadm info`, `sadm presets`.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import yargs from "yargs";
+import type { Argv } from "yargs";
+import { ConfigError, SadmError, errorMessage } from "./errors.js";
+import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, setPath, type SadmConfigInput } from "./config.js";
+import { train } from "./trainer.js";
+import { sampleGrid } from "./sampler.js";
+import { loadNative, nativeLoaderPath } from "./native.js";
+import { version } from "./version.js";
+
+type PlainObject = { [key: string]: unknown };
+
+/** Parses "0,1,2" into class labels. @throws ConfigError */
+export function parseClassList(text: string, field: string): number[] {
+  const parts = text
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+  if (parts.length === 0) throw new ConfigError(field, `must be a comma-separated list of classes (got "${text}")`);
+  return parts.map((p) => {
+    if (!/^\d+$/.test(p)) throw new ConfigError(field, `"${p}" is not a class label (expected e.g. 0,1,2)`);
+    return Number(p);
+  });
+}
+
+/** Parses a `--set key.path=value` override; the value is JSON when it parses, else a string. */
+export function parseSet(expr: string): [string, unknown] {
+  const eq = expr.indexOf("=");
+  if (eq <= 0) throw new ConfigError("--set", `expected key.path=value (got "${expr}")`);
+  const key = expr.slice(0, eq).trim();
+  const raw = expr.slice(eq + 1).trim();
+  let value: unknown = raw;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    value = raw;
+  }
+  return [key, value];
+}
+
+function readConfigFile(file: string): PlainObject {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    throw new ConfigError("--config", `cannot read ${file}: ${errorMessage(e)}`);
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError("--config", `${file} is not valid JSON: ${errorMessage(e)}`);
+  }
+  if (typeof v !== "object" || v === null || Array.isArray(v))
+    throw new ConfigError("--config", `${file} must hold a JSON object`);
+  return v as PlainObject;
+}
+
+/** Flags of `sadm train` (as parsed by yargs). */
+interface TrainArgs {
+  config?: string;
+  preset?: string;
+  steps?: number;
+  batchSize?: number;
+  lambda?: number;
+  lr?: number;
+  discLr?: number;
+  advWarmup?: number;
+  advRamp?: number;
+  out?: string;
+  resume?: string;
+  force?: boolean;
+  device?: string;
+  seed?: number;
+  sampleEvery?: number;
+  checkpointEvery?: number;
+  keep?: number;
+  classes?: string;
+  limit?: number;
+  sampler?: string;
+  sampleSteps?: number;
+  cfg?: number;
+  set?: string[];
+  quiet?: boolean;
+}
+
+/** Builds the config input of `sadm train` from a config file, `--set` overrides and flags (flags win). */
+export function trainInputFromArgs(a: TrainArgs): SadmConfigInput {
+  const cfg: PlainObject = a.config ? readConfigFile(a.config) : {};
+  for (const s of a.set ?? []) {
+    const [k, v] = parseSet(s);
+    setPath(cfg, k, v);
+  }
+  const flag = (key: string, value: unknown): void => {
+    if (value !== undefined) setPath(cfg, key, value);
+  };
+  flag("preset", a.preset);
+  flag("steps", a.steps);
+  flag("batchSize", a.batchSize);
+  flag("lambda", a.lambda);
+  flag("lr", a.lr);
+  flag("discLr", a.discLr);
+  flag("advWarmupSteps", a.advWarmup);
+  flag("advRampSteps", a.advRamp);
+  flag("outDir", a.out);
+  flag("device", a.device);
+  flag("seed", a.seed);
+  flag("sampleEvery", a.sampleEvery);
+  flag("checkpointEvery", a.checkpointEvery);
+  flag("keepCheckpoints", a.keep);
+  flag("data.classes", a.classes !== undefined ? parseClassList(a.classes, "--classes") : undefined);
+  flag("data.limit", a.limit);
+  flag("sampler", a.sampler);
+  flag("sampleSteps", a.sampleSteps);
+  flag("cfgScale", a.cfg);
+  return cfg as SadmConfigInput;
+}
+
+async function runTrain(a: TrainArgs): Promise<number> {
+  const input = trainInputFromArgs(a);
+  const controller = new AbortController();
+  let interrupts = 0;
+  const onSigint = (): void => {
+    interrupts++;
+    if (interrupts === 1) {
+      process.stderr.write("\nsadm: interrupted; finishing the current step and saving a checkpoint (Ctrl-C again to quit)\n");
+      controller.abort();
+    } else process.exit(130);
+  };
+  process.on("SIGINT", onSigint);
+  try {
+    const r = await train(input, {
+      resume: a.resume === undefined ? undefined : a.resume === "" ? "latest" : a.resume,
+      force: a.force,
+      quiet: a.quiet,
+      signal: controller.signal,
+    });
+    if (!a.quiet) {
+      const last = r.last;
+      process.stdout.write(
+        `sadm: ${r.aborted ? "stopped" : "done"} at step ${r.step} in ${r.seconds.toFixed(1)}s` +
+          (last ? ` (loss ${last.loss.toFixed(4)}, mse ${last.mse.toFixed(4)})` : "") +
+          `\n  checkpoint: ${r.checkpoint ?? "-"}\n` +
+          (r.samples.length > 0 ? `  samples:    ${r.samples[r.samples.length - 1]}\n` : ""),
+      );
+    }
+    return r.aborted ? 130 : 0;
+  } finally {
+    process.off("SIGINT", onSigint);
+  }
+}
+
+interface SampleArgs {
+  checkpoint: string;
+  classes?: string;
+  perClass?: number;
+  n?: number;
+  cfg?: number;
+  steps?: number;
+  sampler?: string;
+  eta?: number;
+  seed?: number;
+  device?: string;
+  ema?: boolean;
+  out: string;
+}
+
+async function runSample(a: SampleArgs): Promise<number> {
+  if (a.sampler !== undefined && a.sampler !== "ddim" && a.sampler !== "ddpm")
+    throw new ConfigError("--sampler", `must be "ddim" or "ddpm" (got "${a.sampler}")`);
+  const r = await sampleGrid(
+    {
+      checkpoint: a.checkpoint,
+      classes: a.classes !== undefined ? parseClassList(a.classes, "--classes") : undefined,
+      perClass: a.perClass,
+      n: a.n,
+      cfgScale: a.cfg,
+      steps: a.steps,
+      sampler: a.sampler,
+      eta: a.eta,
+      seed: a.seed,
+      device: a.device,
+      useEma: a.ema,
+    },
+    a.out,
+  );
+  process.stdout.write(`sadm: wrote ${r.shape[0]} samples to ${r.path}\n`);
+  return 0;
+}
+
+function nodeBinaries(): string[] {
+  const found: string[] = [];
+  const envPath = process.env.NAPI_RS_NATIVE_LIBRARY_PATH;
+  if (envPath) found.push(`${envPath} (NAPI_RS_NATIVE_LIBRARY_PATH)`);
+  try {
+    const dir = path.dirname(nativeLoaderPath());
+    for (const f of fs.readdirSync(dir)) if (f.endsWith(".node")) found.push(path.join(dir, f));
+  } catch {
+    // no native dir
+  }
+  return found;
+}
+
+async function runInfo(a: { json?: boolean }): Promise<number> {
+  const native = loadNative();
+  const info = native.buildInfo();
+  const binaries = nodeBinaries();
+  if (a.json) {
+    process.stdout.write(JSON.stringify({ version: version(), native: info, binaries }, null, 2) + "\n");
+    return 0;
+  }
+  process.stdout.write(
+    `sadm ${version()} (native core ${info.version})\n` +
+      `features: ${info.features.length > 0 ? info.features.join(", ") : "(none)"}\n` +
+      `devices:  ${info.devices.join(", ")}\n` +
+      `binary:   ${binaries.length > 0 ? binaries.join("\n          ") : "(unknown)"}\n` +
+      `node:     ${process.version} ${process.platform}-${process.arch}\n`,
+  );
+  return 0;
+}
+
+function runPresets(): number {
+  const lines = ["run presets:"];
+  for (const [name, p] of Object.entries(RUN_PRESETS))
+    lines.push(`  ${name}${name === DEFAULT_PRESET ? " (default)" : ""}  ${p.description}`);
+  lines.push("model presets (DiT reference architectures):");
+  for (const [name, m] of Object.entries(MODEL_PRESETS))
+    lines.push(`  ${name}  depth ${m.depth}, hidden ${m.hiddenSize}, heads ${m.numHeads}, patch ${m.patchSize}`);
+  process.stdout.write(lines.join("\n") + "\n");
+  return 0;
+}
+
+function reportError(err: unknown): void {
+  if (err instanceof SadmError) {
+    process.stderr.write(`error: ${err.message}\n`);
+    if (process.env.SADM_DEBUG && err.stack) process.stderr.write(err.stack + "\n");
+  } else {
+    process.stderr.write(`error: ${errorMessage(err)}\n`);
+    if (err instanceof Error && err.stack) process.stderr.write(err.stack + "\n");
+  }
+}
+
+/** Builds the yargs parser (exported for tests). */
+export function buildCli(argv: string[]): Argv {
+  let result = 0;
+  const setResult = (p: Promise<number> | number): Promise<void> =>
+    Promise.resolve(p).then((code) => {
+      result = code;
+      process.exitCode = result;
+    });
+  return yargs(argv)
+    .scriptName("sadm")
+    .usage("$0 <command> [options]")
+    .command(
+      "train",
+      "Train a DiT with SADM (default: the built-in MNIST run, preset mnist-tiny)",
+      (y) =>
+        y
+          .option("config", { alias: "c", type: "string", describe: "JSON config file (flags override it)" })
+          .option("preset", {
+            type: "string",
+            describe: `Run preset (${Object.keys(RUN_PRESETS).join(", ")}) or DiT model preset (DiT-S/2 … DiT-XL/8)`,
+          })
+          .option("steps", { type: "number", describe: "Total optimizer steps" })
+          .option("batch-size", { alias: "b", type: "number", describe: "Images per step" })
+          .option("lambda", { type: "number", describe: "Max adversarial weight λ (0 = plain DiT)" })
+          .option("lr", { type: "number", describe: "DiT learning rate" })
+          .option("disc-lr", { type: "number", describe: "Discriminator learning rate" })
+          .option("adv-warmup", { type: "number", describe: "Steps with λ = 0 before the ramp" })
+          .option("adv-ramp", { type: "number", describe: "Steps of the linear λ ramp" })
+          .option("out", { alias: "o", type: "string", describe: "Run directory (default runs/mnist)" })
+          .option("resume", {
+            type: "string",
+            describe: "Continue a run: no value or 'latest' = newest checkpoint in --out; or a checkpoint/run dir",
+          })
+          .option("force", { type: "boolean", describe: "Overwrite a run already in --out" })
+          .option("device", { type: "string", describe: "cpu or cuda:N" })
+          .option("seed", { type: "number", describe: "Random seed" })
+          .option("sample-every", { type: "number", describe: "Write a sample grid every N steps" })
+          .option("checkpoint-every", { type: "number", describe: "Save a checkpoint every N steps" })
+          .option("keep", { type: "number", describe: "Keep the last K checkpoints" })
+          .option("classes", { type: "string", describe: "Train on these digits only, e.g. 0,1,7" })
+          .option("limit", { type: "number", describe: "Use at most N images" })
+          .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler for the grids" })
+          .option("sample-steps", { type: "number", describe: "Sampling steps for the grids" })
+          .option("cfg", { type: "number", describe: "Guidance scale for the grids" })
+          .option("set", {
+            type: "string",
+            array: true,
+            describe: "Override any config field: --set model.depth=2 --set discriminator.kernel=gaussian",
+          })
+          .option("quiet", { alias: "q", type: "boolean", describe: "No progress output" })
+          .example("$0 train", "train the built-in MNIST model into runs/mnist")
+          .example("$0 train --lambda 0 --out runs/baseline", "plain DiT baseline")
+          .example("$0 train --resume --steps 3000", "continue runs/mnist to 3000 steps"),
+      (a) => setResult(runTrain(a as TrainArgs)),
+    )
+    .command(
+      "sample",
+      "Sample a class-conditional grid from a checkpoint (EMA weights)",
+      (y) =>
+        y
+          .option("checkpoint", { alias: "k", type: "string", demandOption: true, describe: "Checkpoint or run dir" })
+          .option("classes", { type: "string", describe: "Classes, one column each, e.g. 0,1,2 (default: all)" })
+          .option("per-class", { type: "number", describe: "Rows (samples per class), default 8" })
+          .option("n", { type: "number", describe: "Samples for an unconditional model, default 64" })
+          .option("cfg", { type: "number", describe: "Classifier-free guidance scale, default 3" })
+          .option("steps", { type: "number", describe: "Sampling steps, default 50" })
+          .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler, default ddim" })
+          .option("eta", { type: "number", describe: "DDIM η, default 0" })
+          .option("seed", { type: "number", describe: "Noise seed, default 0" })
+          .option("device", { type: "string", describe: "cpu or cuda:N" })
+          .option("ema", { type: "boolean", default: true, describe: "Use the EMA weights (--no-ema: raw)" })
+          .option("out", { alias: "o", type: "string", default: "samples.png", describe: "PNG to write" })
+          .example("$0 sample -k runs/mnist --classes 0,1,2 --cfg 4 --out grid.png", "three columns of digits"),
+      (a) => setResult(runSample(a as SampleArgs)),
+    )
+    .command(
+      "info",
+      "Show the version, native build features, devices and binary",
+      (y) => y.option("json", { type: "boolean", describe: "Print JSON" }),
+      (a) => setResult(runInfo(a)),
+    )
+    .command("presets", "List the presets", (y) => y, () => setResult(runPresets()))
+    .demandCommand(1, "give a command: train, sample, info or presets")
+    .strict()
+    .recommendCommands()
+    .help()
+    .alias("help", "h")
+    .version(version())
+    .wrap(Math.min(110, process.stdout.columns ?? 110))
+    .fail((msg, err) => {
+      if (err) throw err;
+      process.stderr.write(`error: ${msg}\nrun 'sadm --help' for usage\n`);
+      process.exit(1);
+    });
+}
+
+/** Runs the CLI; resolves with the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildCli(argv).parseAsync();
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (err) {
+    reportError(err);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      reportError(err);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,739 @@
+/**
+ * The user configuration: a strict zod schema, presets, defaults and the mapping to the native CoreConfig.
+ *
+ * Resolution order (later wins): {@link BASE_DEFAULTS} ← the preset ({@link RUN_PRESETS} or a DiT model preset
+ * from {@link MODEL_PRESETS}) ← the user's input; then derived defaults (λ warm-up at 30 % of the steps, the
+ * discriminator patch = the DiT patch, …) and cross-field checks.
+ */
+import { z } from "zod";
+import { ConfigError } from "./errors.js";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------------------------------
+
+/** DiT architecture (field names as the native core expects them). */
+export interface ModelConfig {
+  /** Side of the (square) input in pixels/latent cells. */
+  inputSize: number;
+  /** Input channels (1 for MNIST, 4 for SD latents). */
+  inChannels: number;
+  /** Patch side; must divide `inputSize`. */
+  patchSize: number;
+  /** Transformer width; must be divisible by `numHeads`. */
+  hiddenSize: number;
+  /** Number of DiT blocks. */
+  depth: number;
+  /** Attention heads. */
+  numHeads: number;
+  /** MLP hidden width = hiddenSize × mlpRatio. */
+  mlpRatio: number;
+  /** Number of classes; 0 = unconditional. */
+  numClasses: number;
+  /** Predict the variance interpolation as extra output channels (DiT default). */
+  learnSigma: boolean;
+  /** Probability of dropping a label to the null class in training (for classifier-free guidance). */
+  classDropoutProb: number;
+}
+
+/** Diffusion process. */
+export interface DiffusionConfig {
+  /** Number of diffusion timesteps T. */
+  numTimesteps: number;
+  /** β schedule. */
+  schedule: "linear" | "cosine";
+}
+
+/** The structure discriminator and the structural distance D. */
+export interface DiscriminatorConfig {
+  /** Patch side of the discriminator's patch embedding; must divide `model.inputSize`. Default: the DiT patch. */
+  patchSize: number;
+  /** Transformer width of the encoder. */
+  width: number;
+  /** Number of encoder blocks. */
+  depth: number;
+  /** Attention heads of the encoder; must divide `width`. */
+  numHeads: number;
+  /** Output dimension of the projector (the manifold space). */
+  projDim: number;
+  /** Affinity kernel between embeddings. */
+  kernel: "cosine" | "euclidean" | "gaussian";
+  /** Temperature of the Gaussian kernel. */
+  tau: number;
+  /** Distance between affinity matrices. */
+  distance: "l1" | "squared" | "huber";
+  /** δ of the Huber distance. */
+  huberDelta: number;
+  /** `within`: Â_ij = ẑ_i·ẑ_j; `cross`: Â_ij = z_i·ẑ_j. */
+  pairs: "within" | "cross";
+  /** Pair weights: SNR-based, uniform, or a cut-off t < tMax. */
+  weighting: "snr" | "uniform" | "cutoff";
+  /** Timestep cut-off for `weighting: "cutoff"`. */
+  tMax: number;
+  /** Discriminator updates per denoiser update. */
+  steps: number;
+}
+
+/** AdamW hyper-parameters (the learning rates are scheduled separately). */
+export interface OptimConfig {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** Global gradient-norm clip; 0 = off. */
+  gradClip: number;
+}
+
+/** Which data to train on. */
+export interface DataConfig {
+  /** Built-in dataset name. */
+  name: "mnist";
+  /** Keep only these class labels (labels keep their original values). */
+  classes?: number[];
+  /** Use at most this many images (after the class filter). */
+  limit?: number;
+}
+
+/** A fully resolved sadm configuration (every field present). */
+export interface SadmConfig {
+  /** The preset the run started from (a run preset such as `mnist-tiny`, or a DiT model preset such as `DiT-S/2`). */
+  preset: string;
+  model: ModelConfig;
+  diffusion: DiffusionConfig;
+  data: DataConfig;
+  discriminator: DiscriminatorConfig;
+  ditOptim: OptimConfig;
+  discOptim: OptimConfig;
+  /** Total optimizer steps. */
+  steps: number;
+  /** Images per step. */
+  batchSize: number;
+  /** DiT learning rate (after warm-up). */
+  lr: number;
+  /** Linear LR warm-up steps. */
+  lrWarmupSteps: number;
+  /** Discriminator learning rate. */
+  discLr: number;
+  /** Maximum adversarial weight λ (0 = plain DiT training). */
+  lambda: number;
+  /** Steps with λ = 0 before the ramp starts (default: 30 % of `steps`). */
+  advWarmupSteps: number;
+  /** Steps of the linear λ ramp (default: 10 % of `steps`). */
+  advRampSteps: number;
+  /** EMA decay of the DiT weights. */
+  emaDecay: number;
+  /** Use decay_t = min(decay, (1+t)/(10+t)). */
+  emaWarmup: boolean;
+  /** Write a sample grid every N steps (0 = only at the end). */
+  sampleEvery: number;
+  /** Save a checkpoint every N steps (0 = only at the end). */
+  checkpointEvery: number;
+  /** Keep the last K checkpoints. */
+  keepCheckpoints: number;
+  /** Append to metrics.jsonl every N steps (values averaged over the window). */
+  logEvery: number;
+  /** Without a TTY, print a progress line every N steps. */
+  printEvery: number;
+  /** Seed of everything (weights, noise, data order). */
+  seed: number;
+  /** `cpu` or `cuda:N`. */
+  device: string;
+  /** Run directory. */
+  outDir: string;
+  /** Sampler for the grids written during training (and the CLI default). */
+  sampler: "ddpm" | "ddim";
+  /** Sampling steps (respaced). */
+  sampleSteps: number;
+  /** Classifier-free guidance scale (1 = conditional sampling). */
+  cfgScale: number;
+  /** DDIM η. */
+  eta: number;
+  /** Rows of the training sample grids (one column per class). */
+  samplesPerClass: number;
+}
+
+/** Recursively optional version of T (arrays are replaced, not merged). */
+export type DeepPartial<T> = {
+  [K in keyof T]?: T[K] extends Array<infer U> ? U[] : T[K] extends object ? DeepPartial<T[K]> : T[K];
+};
+
+/** What users pass: any subset of {@link SadmConfig}. */
+export type SadmConfigInput = DeepPartial<SadmConfig>;
+
+/** The JSON the native core deserialises (`NativeTrainer.create`). All fields required. */
+export interface CoreConfig {
+  seed: number;
+  model: ModelConfig;
+  diffusion: DiffusionConfig;
+  discriminator: DiscriminatorConfig;
+  ditOptim: OptimConfig;
+  discOptim: OptimConfig;
+}
+
+/** Architecture fields of a DiT model preset. */
+export interface ModelPreset {
+  depth: number;
+  hiddenSize: number;
+  numHeads: number;
+  patchSize: number;
+  mlpRatio: number;
+  learnSigma: boolean;
+}
+
+/** A named run preset: a partial config plus a description. */
+export interface RunPreset {
+  description: string;
+  config: SadmConfigInput;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// ===== PRESET TABLE (edit numbers here) =====
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Named run presets for the built-in MNIST runs. `mnist-tiny` is the default and must finish in ≤ 15 min on a
+ * 2-core CPU; `mnist-small` in about 1 h.
+ */
+export const RUN_PRESETS: Readonly<Record<string, RunPreset>> = {
+  "mnist-tiny": {
+    description: "Tiny DiT on MNIST (default): ≤ 15 min on 2 CPU cores",
+    config: {
+      model: { patchSize: 4, hiddenSize: 128, depth: 4, numHeads: 4, mlpRatio: 4, learnSigma: false },
+      discriminator: { patchSize: 4, width: 64, depth: 2, numHeads: 4, projDim: 64 },
+      ditOptim: { gradClip: 1 },
+      batchSize: 64,
+      steps: 1500,
+      lr: 1e-3,
+      lrWarmupSteps: 100,
+      sampleEvery: 500,
+      checkpointEvery: 500,
+    },
+  },
+  "mnist-small": {
+    description: "Small DiT on MNIST: about 1 h on 2 CPU cores",
+    config: {
+      model: { patchSize: 4, hiddenSize: 192, depth: 6, numHeads: 6, mlpRatio: 4, learnSigma: false },
+      discriminator: { patchSize: 4, width: 128, depth: 2, numHeads: 4, projDim: 128 },
+      ditOptim: { gradClip: 1 },
+      batchSize: 128,
+      steps: 4000,
+      lr: 5e-4,
+      lrWarmupSteps: 200,
+      sampleEvery: 1000,
+      checkpointEvery: 1000,
+    },
+  },
+};
+
+const DIT_SIZES: Readonly<Record<string, { depth: number; hiddenSize: number; numHeads: number }>> = {
+  S: { depth: 12, hiddenSize: 384, numHeads: 6 },
+  B: { depth: 12, hiddenSize: 768, numHeads: 12 },
+  L: { depth: 24, hiddenSize: 1024, numHeads: 16 },
+  XL: { depth: 28, hiddenSize: 1152, numHeads: 16 },
+};
+
+/** The DiT reference model presets `DiT-{S,B,L,XL}/{2,4,8}` (architecture only; input size comes from the data). */
+export const MODEL_PRESETS: Readonly<Record<string, ModelPreset>> = Object.fromEntries(
+  Object.entries(DIT_SIZES).flatMap(([size, arch]) =>
+    [2, 4, 8].map((patchSize) => [`DiT-${size}/${patchSize}`, { ...arch, patchSize, mlpRatio: 4, learnSigma: true }]),
+  ),
+);
+
+/** The default preset. */
+export const DEFAULT_PRESET = "mnist-tiny";
+
+/** Defaults under every preset (a DiT model preset gets these training settings). */
+export const BASE_DEFAULTS: SadmConfigInput = {
+  model: { mlpRatio: 4, learnSigma: true, classDropoutProb: 0.1 },
+  diffusion: { numTimesteps: 1000, schedule: "linear" },
+  data: { name: "mnist" },
+  discriminator: {
+    width: 128,
+    depth: 2,
+    numHeads: 4,
+    projDim: 128,
+    kernel: "cosine",
+    tau: 1,
+    distance: "l1",
+    huberDelta: 0.1,
+    pairs: "within",
+    weighting: "snr",
+    tMax: 500,
+    steps: 1,
+  },
+  ditOptim: { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, gradClip: 0 },
+  discOptim: { beta1: 0.5, beta2: 0.999, eps: 1e-8, weightDecay: 0, gradClip: 1 },
+  steps: 1000,
+  batchSize: 32,
+  lr: 1e-4,
+  lrWarmupSteps: 0,
+  discLr: 1e-4,
+  lambda: 0.1,
+  emaDecay: 0.9999,
+  emaWarmup: true,
+  keepCheckpoints: 3,
+  logEvery: 10,
+  printEvery: 100,
+  seed: 0,
+  device: "cpu",
+  outDir: "runs/mnist",
+  sampler: "ddim",
+  sampleSteps: 50,
+  cfgScale: 3,
+  eta: 0,
+  samplesPerClass: 4,
+};
+
+/** Shape facts of the built-in datasets (used to default and check the model input). */
+export const DATASET_SHAPES: Readonly<Record<DataConfig["name"], { size: number; channels: number; numClasses: number }>> = {
+  mnist: { size: 28, channels: 1, numClasses: 10 },
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Schema
+// ---------------------------------------------------------------------------------------------------------------
+
+const MAX_STEPS = 1e9;
+
+function fmt(n: number): string {
+  return String(n);
+}
+
+/** A number in [min, max] (integer when `int`). */
+function num(min: number, max: number, int = false): z.ZodNumber {
+  const msg = `must be ${int ? "an integer" : "a number"} between ${fmt(min)} and ${fmt(max)}`;
+  let s = z.number({ error: msg });
+  if (int) s = s.int({ error: msg });
+  return s.gte(min, { error: msg }).lte(max, { error: msg });
+}
+
+/** A number in (0, max]. */
+function pos(max: number): z.ZodNumber {
+  const msg = `must be a number greater than 0 and at most ${fmt(max)}`;
+  return z.number({ error: msg }).gt(0, { error: msg }).lte(max, { error: msg });
+}
+
+/** A number in [min, max). */
+function halfOpen(min: number, max: number): z.ZodNumber {
+  const msg = `must be a number ≥ ${fmt(min)} and < ${fmt(max)}`;
+  return z.number({ error: msg }).gte(min, { error: msg }).lt(max, { error: msg });
+}
+
+function oneOf<const T extends readonly [string, ...string[]]>(values: T): z.ZodEnum<{ [K in T[number]]: K }> {
+  return z.enum(values, { error: `must be one of ${values.map((v) => `"${v}"`).join(", ")}` });
+}
+
+function bool(): z.ZodBoolean {
+  return z.boolean({ error: "must be true or false" });
+}
+
+const modelSchema = z.strictObject({
+  inputSize: num(2, 4096, true).optional(),
+  inChannels: num(1, 64, true).optional(),
+  patchSize: num(1, 64, true).optional(),
+  hiddenSize: num(1, 16384, true).optional(),
+  depth: num(1, 256, true).optional(),
+  numHeads: num(1, 256, true).optional(),
+  mlpRatio: pos(64).optional(),
+  numClasses: num(0, 1_000_000, true).optional(),
+  learnSigma: bool().optional(),
+  classDropoutProb: halfOpen(0, 1).optional(),
+});
+
+const diffusionSchema = z.strictObject({
+  numTimesteps: num(2, 100_000, true).optional(),
+  schedule: oneOf(["linear", "cosine"] as const).optional(),
+});
+
+const discriminatorSchema = z.strictObject({
+  patchSize: num(1, 64, true).optional(),
+  width: num(1, 16384, true).optional(),
+  depth: num(1, 64, true).optional(),
+  numHeads: num(1, 256, true).optional(),
+  projDim: num(1, 16384, true).optional(),
+  kernel: oneOf(["cosine", "euclidean", "gaussian"] as const).optional(),
+  tau: pos(1e6).optional(),
+  distance: oneOf(["l1", "squared", "huber"] as const).optional(),
+  huberDelta: pos(1e6).optional(),
+  pairs: oneOf(["within", "cross"] as const).optional(),
+  weighting: oneOf(["snr", "uniform", "cutoff"] as const).optional(),
+  tMax: num(1, 100_000, true).optional(),
+  steps: num(1, 100, true).optional(),
+});
+
+const optimSchema = z.strictObject({
+  beta1: halfOpen(0, 1).optional(),
+  beta2: halfOpen(0, 1).optional(),
+  eps: pos(1).optional(),
+  weightDecay: num(0, 10).optional(),
+  gradClip: num(0, 1e9).optional(),
+});
+
+const dataSchema = z.strictObject({
+  name: oneOf(["mnist"] as const).optional(),
+  classes: z
+    .array(num(0, 1_000_000, true), { error: "must be an array of class labels" })
+    .min(1, { error: "must list at least one class" })
+    .optional(),
+  limit: num(1, 1e9, true).optional(),
+});
+
+/** The strict schema of a user config (every field optional; unknown keys are errors). */
+export const configInputSchema = z.strictObject({
+  preset: z.string({ error: "must be a preset name" }).optional(),
+  model: modelSchema.optional(),
+  diffusion: diffusionSchema.optional(),
+  data: dataSchema.optional(),
+  discriminator: discriminatorSchema.optional(),
+  ditOptim: optimSchema.optional(),
+  discOptim: optimSchema.optional(),
+  steps: num(1, MAX_STEPS, true).optional(),
+  batchSize: num(1, 65536, true).optional(),
+  lr: pos(1).optional(),
+  lrWarmupSteps: num(0, MAX_STEPS, true).optional(),
+  discLr: num(0, 1).optional(),
+  lambda: num(0, 10).optional(),
+  advWarmupSteps: num(0, MAX_STEPS, true).optional(),
+  advRampSteps: num(0, MAX_STEPS, true).optional(),
+  emaDecay: num(0, 1).optional(),
+  emaWarmup: bool().optional(),
+  sampleEvery: num(0, MAX_STEPS, true).optional(),
+  checkpointEvery: num(0, MAX_STEPS, true).optional(),
+  keepCheckpoints: num(1, 1_000_000, true).optional(),
+  logEvery: num(1, MAX_STEPS, true).optional(),
+  printEvery: num(1, MAX_STEPS, true).optional(),
+  seed: num(0, Number.MAX_SAFE_INTEGER, true).optional(),
+  device: z
+    .string({ error: 'must be "cpu" or "cuda:N"' })
+    .regex(/^(cpu|cuda(:\d+)?)$/, { error: 'must be "cpu", "cuda" or "cuda:N"' })
+    .optional(),
+  outDir: z.string({ error: "must be a path" }).min(1, { error: "must not be empty" }).optional(),
+  sampler: oneOf(["ddpm", "ddim"] as const).optional(),
+  sampleSteps: num(1, 100_000, true).optional(),
+  cfgScale: num(0, 100).optional(),
+  eta: num(0, 10).optional(),
+  samplesPerClass: num(1, 64, true).optional(),
+});
+
+// Compile-time check that the schema accepts exactly SadmConfigInput.
+type SchemaInput = z.input<typeof configInputSchema>;
+const _schemaMatchesInput: (x: SchemaInput) => SadmConfigInput = (x) => x;
+const _inputMatchesSchema: (x: SadmConfigInput) => SchemaInput = (x) => x;
+void _schemaMatchesInput;
+void _inputMatchesSchema;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Resolution
+// ---------------------------------------------------------------------------------------------------------------
+
+type PlainObject = { [key: string]: unknown };
+
+function isPlainObject(v: unknown): v is PlainObject {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Deep-merges plain objects (later wins; arrays and scalars are replaced; `undefined` values are skipped). */
+export function deepMerge<T extends PlainObject>(...objs: ReadonlyArray<PlainObject | undefined>): T {
+  const out: PlainObject = {};
+  for (const o of objs) {
+    if (!o) continue;
+    for (const [k, v] of Object.entries(o)) {
+      if (v === undefined) continue;
+      const prev = out[k];
+      out[k] = isPlainObject(v) && isPlainObject(prev) ? deepMerge(prev, v) : isPlainObject(v) ? deepMerge(v) : v;
+    }
+  }
+  return out as T;
+}
+
+function valueAt(input: unknown, path: ReadonlyArray<PropertyKey>): unknown {
+  let cur: unknown = input;
+  for (const key of path) {
+    if (isPlainObject(cur) && typeof key === "string") cur = cur[key];
+    else if (Array.isArray(cur) && typeof key === "number") cur = cur[key];
+    else return undefined;
+  }
+  return cur;
+}
+
+function pathString(path: ReadonlyArray<PropertyKey>): string {
+  let s = "config";
+  for (const key of path) s += typeof key === "number" ? `[${key}]` : `.${String(key)}`;
+  return s;
+}
+
+function describe(v: unknown): string {
+  if (v === undefined) return "undefined";
+  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "number" || typeof v === "boolean" || v === null) return String(v);
+  if (Array.isArray(v)) return "an array";
+  return "an object";
+}
+
+/** Turns the first zod issue into a ConfigError naming the field, the allowed range and the value given. */
+function toConfigError(error: z.ZodError, input: unknown): ConfigError {
+  const issue = error.issues[0];
+  if (issue.code === "unrecognized_keys") {
+    const key = issue.keys[0];
+    const container = valueAt(input, issue.path);
+    void container;
+    return new ConfigError(pathString([...issue.path, key]), `unknown key "${key}"${allowedKeysHint(issue.path)}`);
+  }
+  const got = valueAt(input, issue.path);
+  return new ConfigError(pathString(issue.path), `${issue.message} (got ${describe(got)})`);
+}
+
+function allowedKeysHint(path: ReadonlyArray<PropertyKey>): string {
+  let schema: z.ZodType = configInputSchema;
+  for (const key of path) {
+    const inner = unwrapOptional(schema);
+    if (inner instanceof z.ZodObject && typeof key === "string") {
+      const next: unknown = inner.shape[key];
+      if (!(next instanceof z.ZodType)) return "";
+      schema = next;
+    } else return "";
+  }
+  const obj = unwrapOptional(schema);
+  if (!(obj instanceof z.ZodObject)) return "";
+  return ` (allowed: ${Object.keys(obj.shape).join(", ")})`;
+}
+
+function unwrapOptional(s: z.ZodType): z.ZodType {
+  return s instanceof z.ZodOptional ? (s.unwrap() as z.ZodType) : s;
+}
+
+/**
+ * Validates a user config (strictly: unknown keys are errors) without applying defaults.
+ * @throws ConfigError naming the first invalid field.
+ */
+export function parseConfigInput(input: unknown): SadmConfigInput {
+  const value = input === undefined || input === null ? {} : input;
+  if (!isPlainObject(value)) throw new ConfigError("config", `must be an object (got ${describe(value)})`);
+  const r = configInputSchema.safeParse(value);
+  if (!r.success) throw toConfigError(r.error, value);
+  return r.data;
+}
+
+/** The known preset names (run presets first). */
+export function presetNames(): string[] {
+  return [...Object.keys(RUN_PRESETS), ...Object.keys(MODEL_PRESETS)];
+}
+
+/** The partial config a preset contributes. @throws ConfigError for an unknown name. */
+export function presetConfig(name: string): SadmConfigInput {
+  const run = RUN_PRESETS[name];
+  if (run) return run.config;
+  const model = MODEL_PRESETS[name];
+  if (model) return { model: { ...model } };
+  throw new ConfigError("config.preset", `unknown preset "${name}" (known: ${presetNames().join(", ")})`);
+}
+
+function requireField<T>(v: T | undefined, field: string): T {
+  if (v === undefined) throw new ConfigError(field, "is required");
+  return v;
+}
+
+/**
+ * Validates a user config and fills every default (preset, derived values), then checks cross-field constraints.
+ * @param input a plain object (e.g. parsed JSON); `undefined` means all defaults.
+ * @throws ConfigError whose message names the field, e.g. `config.lambda: must be a number between 0 and 10 (got -1)`.
+ */
+export function resolveConfig(input: unknown): SadmConfig {
+  const user = parseConfigInput(input);
+  const preset = user.preset ?? DEFAULT_PRESET;
+  const fromPreset = presetConfig(preset);
+  const dataName = user.data?.name ?? fromPreset.data?.name ?? "mnist";
+  const shape = DATASET_SHAPES[dataName];
+  const dataDefaults: SadmConfigInput = {
+    model: { inputSize: shape.size, inChannels: shape.channels, numClasses: shape.numClasses },
+  };
+  const merged = deepMerge<PlainObject>(
+    BASE_DEFAULTS as PlainObject,
+    dataDefaults as PlainObject,
+    fromPreset as PlainObject,
+    user as PlainObject,
+    { preset },
+  );
+  // Re-validate the merged object: catches bad preset-table edits with the same messages.
+  const m = parseConfigInput(merged);
+  const steps = requireField(m.steps, "config.steps");
+  const model = m.model ?? {};
+  const disc = m.discriminator ?? {};
+  const cfg: SadmConfig = {
+    preset,
+    model: {
+      inputSize: requireField(model.inputSize, "config.model.inputSize"),
+      inChannels: requireField(model.inChannels, "config.model.inChannels"),
+      patchSize: requireField(model.patchSize, "config.model.patchSize"),
+      hiddenSize: requireField(model.hiddenSize, "config.model.hiddenSize"),
+      depth: requireField(model.depth, "config.model.depth"),
+      numHeads: requireField(model.numHeads, "config.model.numHeads"),
+      mlpRatio: requireField(model.mlpRatio, "config.model.mlpRatio"),
+      numClasses: requireField(model.numClasses, "config.model.numClasses"),
+      learnSigma: requireField(model.learnSigma, "config.model.learnSigma"),
+      classDropoutProb: requireField(model.classDropoutProb, "config.model.classDropoutProb"),
+    },
+    diffusion: {
+      numTimesteps: requireField(m.diffusion?.numTimesteps, "config.diffusion.numTimesteps"),
+      schedule: requireField(m.diffusion?.schedule, "config.diffusion.schedule"),
+    },
+    data: {
+      name: dataName,
+      ...(m.data?.classes ? { classes: [...m.data.classes] } : {}),
+      ...(m.data?.limit !== undefined ? { limit: m.data.limit } : {}),
+    },
+    discriminator: {
+      patchSize: disc.patchSize ?? requireField(model.patchSize, "config.model.patchSize"),
+      width: requireField(disc.width, "config.discriminator.width"),
+      depth: requireField(disc.depth, "config.discriminator.depth"),
+      numHeads: requireField(disc.numHeads, "config.discriminator.numHeads"),
+      projDim: requireField(disc.projDim, "config.discriminator.projDim"),
+      kernel: requireField(disc.kernel, "config.discriminator.kernel"),
+      tau: requireField(disc.tau, "config.discriminator.tau"),
+      distance: requireField(disc.distance, "config.discriminator.distance"),
+      huberDelta: requireField(disc.huberDelta, "config.discriminator.huberDelta"),
+      pairs: requireField(disc.pairs, "config.discriminator.pairs"),
+      weighting: requireField(disc.weighting, "config.discriminator.weighting"),
+      tMax: requireField(disc.tMax, "config.discriminator.tMax"),
+      steps: requireField(disc.steps, "config.discriminator.steps"),
+    },
+    ditOptim: resolveOptim(m.ditOptim, "config.ditOptim"),
+    discOptim: resolveOptim(m.discOptim, "config.discOptim"),
+    steps,
+    batchSize: requireField(m.batchSize, "config.batchSize"),
+    lr: requireField(m.lr, "config.lr"),
+    lrWarmupSteps: requireField(m.lrWarmupSteps, "config.lrWarmupSteps"),
+    discLr: requireField(m.discLr, "config.discLr"),
+    lambda: requireField(m.lambda, "config.lambda"),
+    advWarmupSteps: m.advWarmupSteps ?? Math.round(0.3 * steps),
+    advRampSteps: m.advRampSteps ?? Math.round(0.1 * steps),
+    emaDecay: requireField(m.emaDecay, "config.emaDecay"),
+    emaWarmup: requireField(m.emaWarmup, "config.emaWarmup"),
+    sampleEvery: m.sampleEvery ?? steps,
+    checkpointEvery: m.checkpointEvery ?? steps,
+    keepCheckpoints: requireField(m.keepCheckpoints, "config.keepCheckpoints"),
+    logEvery: requireField(m.logEvery, "config.logEvery"),
+    printEvery: requireField(m.printEvery, "config.printEvery"),
+    seed: requireField(m.seed, "config.seed"),
+    device: normalizeDevice(requireField(m.device, "config.device")),
+    outDir: requireField(m.outDir, "config.outDir"),
+    sampler: requireField(m.sampler, "config.sampler"),
+    sampleSteps: requireField(m.sampleSteps, "config.sampleSteps"),
+    cfgScale: requireField(m.cfgScale, "config.cfgScale"),
+    eta: requireField(m.eta, "config.eta"),
+    samplesPerClass: requireField(m.samplesPerClass, "config.samplesPerClass"),
+  };
+  checkCrossFields(cfg);
+  return cfg;
+}
+
+function resolveOptim(o: DeepPartial<OptimConfig> | undefined, field: string): OptimConfig {
+  return {
+    beta1: requireField(o?.beta1, `${field}.beta1`),
+    beta2: requireField(o?.beta2, `${field}.beta2`),
+    eps: requireField(o?.eps, `${field}.eps`),
+    weightDecay: requireField(o?.weightDecay, `${field}.weightDecay`),
+    gradClip: requireField(o?.gradClip, `${field}.gradClip`),
+  };
+}
+
+/** `cuda` → `cuda:0`; everything else unchanged. */
+export function normalizeDevice(device: string): string {
+  return device === "cuda" ? "cuda:0" : device;
+}
+
+function checkCrossFields(c: SadmConfig): void {
+  const m = c.model;
+  const shape = DATASET_SHAPES[c.data.name];
+  if (m.inputSize !== shape.size)
+    throw new ConfigError("config.model.inputSize", `must match the ${c.data.name} images (${shape.size}) (got ${m.inputSize})`);
+  if (m.inChannels !== shape.channels)
+    throw new ConfigError(
+      "config.model.inChannels",
+      `must match the ${c.data.name} images (${shape.channels}) (got ${m.inChannels})`,
+    );
+  if (m.numClasses !== 0 && m.numClasses < shape.numClasses)
+    throw new ConfigError(
+      "config.model.numClasses",
+      `must be 0 (unconditional) or at least ${shape.numClasses} for ${c.data.name} (got ${m.numClasses})`,
+    );
+  if (m.inputSize % m.patchSize !== 0)
+    throw new ConfigError(
+      "config.model.patchSize",
+      `must divide model.inputSize (${m.inputSize}) (got ${m.patchSize}${c.preset in MODEL_PRESETS ? ` from preset ${c.preset}` : ""})`,
+    );
+  if (m.hiddenSize % m.numHeads !== 0)
+    throw new ConfigError("config.model.numHeads", `must divide model.hiddenSize (${m.hiddenSize}) (got ${m.numHeads})`);
+  if (m.hiddenSize % 4 !== 0)
+    throw new ConfigError(
+      "config.model.hiddenSize",
+      `must be a multiple of 4 (2-D sin-cos position embedding) (got ${m.hiddenSize})`,
+    );
+  const d = c.discriminator;
+  if (m.inputSize % d.patchSize !== 0)
+    throw new ConfigError(
+      "config.discriminator.patchSize",
+      `must divide model.inputSize (${m.inputSize}) (got ${d.patchSize})`,
+    );
+  if (d.width % d.numHeads !== 0)
+    throw new ConfigError(
+      "config.discriminator.numHeads",
+      `must divide discriminator.width (${d.width}) (got ${d.numHeads})`,
+    );
+  if (d.tMax > c.diffusion.numTimesteps)
+    throw new ConfigError(
+      "config.discriminator.tMax",
+      `must be at most diffusion.numTimesteps (${c.diffusion.numTimesteps}) (got ${d.tMax})`,
+    );
+  if (c.sampleSteps > c.diffusion.numTimesteps)
+    throw new ConfigError(
+      "config.sampleSteps",
+      `must be at most diffusion.numTimesteps (${c.diffusion.numTimesteps}) (got ${c.sampleSteps})`,
+    );
+  if (c.lambda > 0 && c.batchSize < 2)
+    throw new ConfigError("config.batchSize", `must be at least 2 when lambda > 0 (pairs of samples) (got ${c.batchSize})`);
+  if (c.data.classes) {
+    const seen = new Set<number>();
+    c.data.classes.forEach((k, i) => {
+      if (k >= shape.numClasses)
+        throw new ConfigError(
+          `config.data.classes[${i}]`,
+          `must be a ${c.data.name} class between 0 and ${shape.numClasses - 1} (got ${k})`,
+        );
+      if (seen.has(k)) throw new ConfigError(`config.data.classes[${i}]`, `duplicate class ${k}`);
+      seen.add(k);
+    });
+  }
+}
+
+/** The part of the config the native core needs (`NativeTrainer.create(JSON.stringify(core), device)`). */
+export function toCoreConfig(cfg: SadmConfig): CoreConfig {
+  return {
+    seed: cfg.seed,
+    model: { ...cfg.model },
+    diffusion: { ...cfg.diffusion },
+    discriminator: { ...cfg.discriminator },
+    ditOptim: { ...cfg.ditOptim },
+    discOptim: { ...cfg.discOptim },
+  };
+}
+
+/**
+ * Sets a value at a dotted path in a plain object (creating intermediate objects), e.g. for `--set model.depth=2`.
+ * @throws ConfigError when the path runs through a non-object.
+ */
+export function setPath(obj: PlainObject, dotted: string, value: unknown): void {
+  const keys = dotted.split(".");
+  if (keys.some((k) => k.length === 0)) throw new ConfigError(`config.${dotted}`, "is not a valid field path");
+  let cur: PlainObject = obj;
+  for (const k of keys.slice(0, -1)) {
+    const next = cur[k];
+    if (next === undefined) {
+      const created: PlainObject = {};
+      cur[k] = created;
+      cur = created;
+    } else if (isPlainObject(next)) cur = next;
+    else throw new ConfigError(`config.${dotted}`, `"${k}" is not an object`);
+  }
+  cur[keys[keys.length - 1]] = value;
+}

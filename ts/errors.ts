@@ -1,0 +1,47 @@
+/**
+ * Typed errors thrown by sadm. Every error sadm raises on purpose is a {@link SadmError}; the CLI prints
+ * `error: <message>` for these without a stack trace.
+ */
+
+/** Base class of every error sadm throws on purpose. */
+export class SadmError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** An invalid configuration value; `field` is the dotted path (e.g. `config.lambda`). */
+export class ConfigError extends SadmError {
+  /** Dotted path of the offending field, e.g. `config.model.hiddenSize`. */
+  readonly field: string;
+  constructor(field: string, message: string, options?: { cause?: unknown }) {
+    super(`${field}: ${message}`, options);
+    this.field = field;
+  }
+}
+
+/** A problem with the training data (missing, too small, malformed). */
+export class DataError extends SadmError {}
+
+/** A missing, incomplete or corrupt checkpoint, or a run directory that cannot be used. */
+export class CheckpointError extends SadmError {}
+
+/** An error thrown by the native addon (or the addon failing to load); the original message is kept. */
+export class NativeError extends SadmError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+
+  /** Wraps anything thrown by the addon, keeping its message; SadmErrors pass through unchanged. */
+  static wrap(err: unknown, context?: string): SadmError {
+    if (err instanceof SadmError) return err;
+    const msg = err instanceof Error ? err.message : String(err);
+    return new NativeError(context ? `${context}: ${msg}` : msg, { cause: err });
+  }
+}
+
+/** Returns the message of anything thrown. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

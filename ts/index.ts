@@ -1,0 +1,74 @@
+/**
+ * sadm: train class-conditional diffusion transformers (DiT) with SADM structure-guided adversarial training.
+ *
+ * @example
+ * ```ts
+ * import { train, sampleGrid } from "sadm";
+ * const run = await train({ preset: "mnist-tiny", outDir: "runs/mnist" });
+ * await sampleGrid({ checkpoint: run.checkpoint!, cfgScale: 3 }, "grid.png");
+ * ```
+ */
+export { SadmError, ConfigError, DataError, CheckpointError, NativeError } from "./errors.js";
+export {
+  resolveConfig,
+  parseConfigInput,
+  toCoreConfig,
+  presetNames,
+  presetConfig,
+  normalizeDevice,
+  RUN_PRESETS,
+  MODEL_PRESETS,
+  BASE_DEFAULTS,
+  DEFAULT_PRESET,
+  configInputSchema,
+  type SadmConfig,
+  type SadmConfigInput,
+  type CoreConfig,
+  type ModelConfig,
+  type DiffusionConfig,
+  type DiscriminatorConfig,
+  type OptimConfig,
+  type DataConfig,
+  type ModelPreset,
+  type RunPreset,
+  type DeepPartial,
+} from "./config.js";
+export { Rng, permutation, hashSeed } from "./rng.js";
+export {
+  MnistDataset,
+  BatchLoader,
+  openDataset,
+  type Dataset,
+  type MnistOptions,
+  type Batch,
+  type DataPosition,
+} from "./data.js";
+export { lambdaAt, lrAt, emaDecayAt } from "./schedule.js";
+export { saveGrid, encodeGrid } from "./image.js";
+export {
+  listCheckpoints,
+  latestCheckpoint,
+  pruneCheckpoints,
+  readState,
+  resolveCheckpoint,
+  checkpointDir,
+  checkpointName,
+  type CheckpointState,
+  type CheckpointExtra,
+  type CheckpointInfo,
+  type CheckpointMetrics,
+} from "./checkpoint.js";
+export { MetricsLog, Progress, readMetrics, METRICS_FILE } from "./logging.js";
+export { train, holdsRun, type TrainOptions, type TrainResult, type TrainStepInfo } from "./trainer.js";
+export { sample, sampleGrid, gridLabels, type SampleRequest, type SampleResult } from "./sampler.js";
+export {
+  loadNative,
+  setNativeModule,
+  type NativeModule,
+  type StepOptions,
+  type StepStats,
+  type SampleOptions,
+  type BuildInfo,
+  type ParamCounts,
+} from "./native.js";
+export { version } from "./version.js";
