@@ -675,6 +675,8 @@ function checkCrossFields(c: SadmConfig): void {
       "config.discriminator.patchSize",
       `must divide model.inputSize (${m.inputSize}) (got ${d.patchSize})`,
     );
+  if (d.width % 4 !== 0)
+    throw new ConfigError("config.discriminator.width", `must be a multiple of 4 (got ${d.width})`);
   if (d.width % d.numHeads !== 0)
     throw new ConfigError(
       "config.discriminator.numHeads",

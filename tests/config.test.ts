@@ -1,0 +1,161 @@
+import { describe, expect, it } from "vitest";
+import {
+  ConfigError,
+  MODEL_PRESETS,
+  RUN_PRESETS,
+  resolveConfig,
+  toCoreConfig,
+  presetNames,
+} from "../ts/index";
+
+function configError(input: unknown): ConfigError {
+  try {
+    resolveConfig(input);
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  throw new Error(`expected a ConfigError for ${JSON.stringify(input)}`);
+}
+
+describe("resolveConfig defaults", () => {
+  it("defaults to the mnist-tiny preset", () => {
+    const c = resolveConfig(undefined);
+    expect(c.preset).toBe("mnist-tiny");
+    expect(c.model).toMatchObject({ inputSize: 28, inChannels: 1, patchSize: 4, hiddenSize: 128, depth: 4, numHeads: 4 });
+    expect(c.model.numClasses).toBe(10);
+    expect(c.batchSize).toBe(64);
+    expect(c.steps).toBe(1500);
+    expect(c.lr).toBe(1e-3);
+    expect(c.lambda).toBe(0.1);
+    expect(c.discLr).toBe(1e-4);
+    expect(c.emaDecay).toBe(0.9999);
+    expect(c.emaWarmup).toBe(true);
+    expect(c.outDir).toBe("runs/mnist");
+    expect(c.device).toBe("cpu");
+    expect(c.data).toEqual({ name: "mnist" });
+    expect(c.discriminator.kernel).toBe("cosine");
+    expect(c.discriminator.distance).toBe("l1");
+    expect(c.discriminator.pairs).toBe("within");
+    expect(c.discriminator.weighting).toBe("snr");
+    expect(c.diffusion).toEqual({ numTimesteps: 1000, schedule: "linear" });
+    expect(c.model.classDropoutProb).toBe(0.1);
+  });
+
+  it("derives the adversarial warm-up (30 %) and ramp from the steps", () => {
+    const c = resolveConfig({ steps: 1000 });
+    expect(c.advWarmupSteps).toBe(300);
+    expect(c.advRampSteps).toBe(100);
+    expect(resolveConfig({ steps: 1000, advWarmupSteps: 0 }).advWarmupSteps).toBe(0);
+  });
+
+  it("applies user overrides over the preset, deeply", () => {
+    const c = resolveConfig({ preset: "mnist-small", model: { depth: 2 }, lambda: 0.03 });
+    expect(c.model.depth).toBe(2);
+    expect(c.model.hiddenSize).toBe(192);
+    expect(c.lambda).toBe(0.03);
+    expect(c.batchSize).toBe(128);
+  });
+
+  it("knows the DiT reference presets", () => {
+    expect(MODEL_PRESETS["DiT-S/2"]).toMatchObject({ depth: 12, hiddenSize: 384, numHeads: 6, patchSize: 2 });
+    expect(MODEL_PRESETS["DiT-B/4"]).toMatchObject({ depth: 12, hiddenSize: 768, numHeads: 12, patchSize: 4 });
+    expect(MODEL_PRESETS["DiT-L/8"]).toMatchObject({ depth: 24, hiddenSize: 1024, numHeads: 16, patchSize: 8 });
+    expect(MODEL_PRESETS["DiT-XL/2"]).toMatchObject({ depth: 28, hiddenSize: 1152, numHeads: 16, mlpRatio: 4, learnSigma: true });
+    expect(presetNames()).toHaveLength(Object.keys(RUN_PRESETS).length + 12);
+    const c = resolveConfig({ preset: "DiT-S/2" });
+    expect(c.model).toMatchObject({ inputSize: 28, depth: 12, hiddenSize: 384, patchSize: 2, learnSigma: true });
+  });
+
+  it("normalises cuda to cuda:0", () => {
+    expect(resolveConfig({ device: "cuda" }).device).toBe("cuda:0");
+    expect(resolveConfig({ device: "cuda:1" }).device).toBe("cuda:1");
+  });
+
+  it("maps to the CoreConfig the native core expects", () => {
+    const c = resolveConfig({ seed: 7 });
+    const core = toCoreConfig(c);
+    expect(Object.keys(core).sort()).toEqual(["diffusion", "discOptim", "discriminator", "ditOptim", "model", "seed"]);
+    expect(core.seed).toBe(7);
+    expect(Object.keys(core.model).sort()).toEqual(
+      ["classDropoutProb", "depth", "hiddenSize", "inChannels", "inputSize", "learnSigma", "mlpRatio", "numClasses", "numHeads", "patchSize"],
+    );
+    expect(Object.keys(core.discriminator).sort()).toEqual(
+      ["depth", "distance", "huberDelta", "kernel", "numHeads", "pairs", "patchSize", "projDim", "steps", "tMax", "tau", "weighting", "width"],
+    );
+    expect(Object.keys(core.ditOptim).sort()).toEqual(["beta1", "beta2", "eps", "gradClip", "weightDecay"]);
+    // JSON round trip keeps everything (no undefined fields).
+    expect(JSON.parse(JSON.stringify(core))).toEqual(core);
+  });
+
+  it("accepts its own output as input (config.json round trip)", () => {
+    const c = resolveConfig({ data: { name: "mnist", classes: [1, 7], limit: 100 } });
+    expect(resolveConfig(JSON.parse(JSON.stringify(c)))).toEqual(c);
+  });
+});
+
+describe("resolveConfig errors", () => {
+  it("names the field and the allowed range", () => {
+    const e = configError({ lambda: -1 });
+    expect(e.field).toBe("config.lambda");
+    expect(e.message).toBe("config.lambda: must be a number between 0 and 10 (got -1)");
+    expect(configError({ lambda: 11 }).message).toContain("config.lambda");
+  });
+
+  it.each([
+    [{ steps: 0 }, "config.steps"],
+    [{ steps: 1.5 }, "config.steps"],
+    [{ batchSize: "64" }, "config.batchSize"],
+    [{ lr: 0 }, "config.lr"],
+    [{ emaDecay: 1.5 }, "config.emaDecay"],
+    [{ device: "gpu" }, "config.device"],
+    [{ sampler: "euler" }, "config.sampler"],
+    [{ model: { hiddenSize: -3 } }, "config.model.hiddenSize"],
+    [{ model: { learnSigma: "yes" } }, "config.model.learnSigma"],
+    [{ discriminator: { kernel: "rbf" } }, "config.discriminator.kernel"],
+    [{ discriminator: { distance: "l3" } }, "config.discriminator.distance"],
+    [{ ditOptim: { beta1: 1 } }, "config.ditOptim.beta1"],
+    [{ data: { name: "cifar" } }, "config.data.name"],
+    [{ data: { classes: [] } }, "config.data.classes"],
+    [{ data: { classes: [1, 12] } }, "config.data.classes[1]"],
+    [{ data: { classes: [3, 3] } }, "config.data.classes[1]"],
+    [{ seed: -1 }, "config.seed"],
+    [{ lambda: Number.NaN }, "config.lambda"],
+  ])("rejects %j naming %s", (input, field) => {
+    const e = configError(input);
+    expect(e.field).toBe(field);
+    expect(e.message.startsWith(`${field}: `)).toBe(true);
+  });
+
+  it("rejects unknown keys, naming the key", () => {
+    const e = configError({ lamda: 0.1 });
+    expect(e.field).toBe("config.lamda");
+    expect(e.message).toContain('unknown key "lamda"');
+    expect(e.message).toContain("lambda");
+    const nested = configError({ model: { hidden: 3 } });
+    expect(nested.field).toBe("config.model.hidden");
+    expect(nested.message).toContain("hiddenSize");
+  });
+
+  it("rejects unknown presets", () => {
+    const e = configError({ preset: "DiT-XXL/2" });
+    expect(e.field).toBe("config.preset");
+    expect(e.message).toContain("mnist-tiny");
+  });
+
+  it("checks cross-field constraints", () => {
+    expect(configError({ model: { patchSize: 3 } }).field).toBe("config.model.patchSize");
+    expect(configError({ preset: "DiT-S/8" }).field).toBe("config.model.patchSize");
+    expect(configError({ model: { hiddenSize: 128, numHeads: 3 } }).field).toBe("config.model.numHeads");
+    expect(configError({ model: { inputSize: 32 } }).field).toBe("config.model.inputSize");
+    expect(configError({ discriminator: { patchSize: 5 } }).field).toBe("config.discriminator.patchSize");
+    expect(configError({ discriminator: { tMax: 2000 } }).field).toBe("config.discriminator.tMax");
+    expect(configError({ batchSize: 1 }).field).toBe("config.batchSize");
+    expect(() => resolveConfig({ batchSize: 1, lambda: 0 })).not.toThrow();
+  });
+
+  it("rejects a non-object config", () => {
+    expect(configError(42).field).toBe("config");
+    expect(configError([1]).field).toBe("config");
+  });
+});
