@@ -12,6 +12,7 @@ pub mod optim;
 pub mod rng;
 pub mod train;
 
+pub use candle_core as candle;
 pub use config::CoreConfig;
 pub use error::{Error, Result};
 pub use train::{StepParams, StepStats, Trainer};

@@ -1,1 +1,296 @@
+//! napi-rs glue: converts JS values, runs long work off the JS thread, and turns every error and panic into a
+//! JS `Error` whose message names the cause. All logic lives in `sadm-core`.
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use sadm_core::checkpoint;
+use sadm_core::diffusion::{SampleOptions as CoreSampleOptions, Sampler};
+use sadm_core::{device, train, CoreConfig, Trainer};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
+fn js_err(e: sadm_core::Error) -> Error {
+    Error::from_reason(e.to_string())
+}
+
+/// Runs `f`, turning a panic into an error so it never unwinds into Node.
+fn guarded<T>(what: &str, f: impl FnOnce() -> sadm_core::Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(js_err),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::from_reason(format!("internal error in {what}: {msg} (please report this as a bug)")))
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> sadm_core::Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| sadm_core::Error::Input("the native state is unusable after an earlier internal error; reload the checkpoint".into()))
+}
+
+#[napi(object)]
+pub struct StepOptions {
+    pub lambda: f64,
+    pub lr: f64,
+    pub disc_lr: f64,
+    pub ema_decay: f64,
+    pub update_disc: bool,
+}
+
+#[napi(object)]
+pub struct StepStats {
+    /// Optimizer steps taken so far (after this one).
+    pub step: f64,
+    /// L_den + λ·D, what the denoiser minimised.
+    pub loss: f64,
+    pub mse: f64,
+    pub vb: f64,
+    pub structure: Option<f64>,
+    pub disc_loss: Option<f64>,
+    pub grad_norm_dit: f64,
+    pub grad_norm_disc: Option<f64>,
+}
+
+#[napi(object)]
+#[derive(Clone)]
+pub struct SampleOptions {
+    /// "ddpm" or "ddim".
+    pub sampler: String,
+    pub steps: u32,
+    pub cfg_scale: f64,
+    pub eta: f64,
+    pub seed: f64,
+    pub clip_denoised: bool,
+}
+
+#[napi(object)]
+pub struct BuildInfo {
+    pub version: String,
+    pub features: Vec<String>,
+    pub devices: Vec<String>,
+}
+
+#[napi(object)]
+pub struct ParamCounts {
+    pub dit: f64,
+    pub discriminator: f64,
+}
+
+fn core_sample_options(o: &SampleOptions) -> sadm_core::Result<CoreSampleOptions> {
+    let sampler = match o.sampler.as_str() {
+        "ddpm" => Sampler::Ddpm,
+        "ddim" => Sampler::Ddim,
+        s => return Err(sadm_core::Error::Input(format!("unknown sampler '{s}': use \"ddpm\" or \"ddim\""))),
+    };
+    if !(o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed <= u64::MAX as f64) {
+        return Err(sadm_core::Error::Input(format!("seed must be a non-negative integer (got {})", o.seed)));
+    }
+    Ok(CoreSampleOptions { sampler, steps: o.steps as usize, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, seed: o.seed as u64 })
+}
+
+fn to_vec(t: &candle_core_tensor::Tensor) -> sadm_core::Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_device(&candle_core_tensor::Device::Cpu)?.to_vec1::<f32>()?)
+}
+
+// candle is reached through sadm-core so that both crates always agree on its version.
+use sadm_core::candle as candle_core_tensor;
+
+/// A training run's native state: the DiT, its EMA, the discriminator, both optimizers and the RNG.
+#[napi]
+pub struct NativeTrainer {
+    inner: Arc<Mutex<Trainer>>,
+    extra: String,
+}
+
+#[napi]
+impl NativeTrainer {
+    /// A fresh trainer from a CoreConfig JSON on a device ("cpu" or "cuda:N").
+    #[napi(factory, catch_unwind)]
+    pub fn create(core_config_json: String, device: String) -> Result<Self> {
+        guarded("NativeTrainer.create", || {
+            let cfg = CoreConfig::from_json(&core_config_json)?;
+            let dev = device::parse_device(&device)?;
+            Ok(Self { inner: Arc::new(Mutex::new(Trainer::new(cfg, &dev)?)), extra: "{}".into() })
+        })
+    }
+
+    /// Loads a checkpoint directory written by `save`.
+    #[napi(factory, catch_unwind)]
+    pub fn load(dir: String, device: String) -> Result<Self> {
+        guarded("NativeTrainer.load", || {
+            let dev = device::parse_device(&device)?;
+            let (tr, extra) = checkpoint::load(&PathBuf::from(dir), &dev)?;
+            Ok(Self { inner: Arc::new(Mutex::new(tr)), extra: extra.to_string() })
+        })
+    }
+
+    /// One SADM step on a batch: x0 is batch·C·H·W floats in [-1, 1] (NCHW), labels are class indices.
+    #[napi(catch_unwind, ts_return_type = "Promise<StepStats>")]
+    pub fn step(&self, x0: Float32Array, labels: Int32Array, opts: StepOptions) -> AsyncTask<StepTask> {
+        AsyncTask::new(StepTask { inner: self.inner.clone(), x0: x0.to_vec(), labels: labels.to_vec(), opts: Some(opts) })
+    }
+
+    /// Samples one image per label from the EMA weights; resolves with n·C·H·W floats (NCHW).
+    #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
+    pub fn sample(&self, labels: Int32Array, opts: SampleOptions) -> AsyncTask<SampleTask> {
+        AsyncTask::new(SampleTask { source: Source::Trainer(self.inner.clone()), labels: labels.to_vec(), opts })
+    }
+
+    /// Writes a complete checkpoint directory atomically; `extraJson` is stored as state.json's `extra`.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn save(&self, dir: String, extra_json: String) -> AsyncTask<SaveTask> {
+        AsyncTask::new(SaveTask { inner: self.inner.clone(), dir: PathBuf::from(dir), extra: extra_json })
+    }
+
+    #[napi(getter, catch_unwind)]
+    pub fn step_count(&self) -> Result<f64> {
+        guarded("stepCount", || Ok(lock(&self.inner)?.step_count() as f64))
+    }
+
+    /// The CoreConfig JSON this trainer runs with.
+    #[napi(catch_unwind)]
+    pub fn config_json(&self) -> Result<String> {
+        guarded("configJson", || Ok(serde_json::to_string(lock(&self.inner)?.config()).expect("config serialises")))
+    }
+
+    /// The `extra` of the checkpoint this trainer was loaded from ("{}" when fresh).
+    #[napi]
+    pub fn extra_json(&self) -> String {
+        self.extra.clone()
+    }
+
+    #[napi(catch_unwind)]
+    pub fn param_counts(&self) -> Result<ParamCounts> {
+        guarded("paramCounts", || {
+            let (dit, disc) = lock(&self.inner)?.num_params();
+            Ok(ParamCounts { dit: dit as f64, discriminator: disc as f64 })
+        })
+    }
+}
+
+/// A trained DiT for sampling only (the EMA weights of a checkpoint by default).
+#[napi]
+pub struct NativeModel {
+    cfg: CoreConfig,
+    weights: Arc<HashMap<String, candle_core_tensor::Tensor>>,
+    device: candle_core_tensor::Device,
+}
+
+#[napi]
+impl NativeModel {
+    #[napi(factory, catch_unwind)]
+    pub fn load(dir: String, device: String, use_ema: bool) -> Result<Self> {
+        guarded("NativeModel.load", || {
+            let dev = device::parse_device(&device)?;
+            let (cfg, weights) = checkpoint::load_weights(&PathBuf::from(dir), &dev, use_ema)?;
+            Ok(Self { cfg, weights: Arc::new(weights), device: dev })
+        })
+    }
+
+    #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
+    pub fn sample(&self, labels: Int32Array, opts: SampleOptions) -> AsyncTask<SampleTask> {
+        let source = Source::Weights(self.cfg.clone(), self.weights.clone(), self.device.clone());
+        AsyncTask::new(SampleTask { source, labels: labels.to_vec(), opts })
+    }
+
+    #[napi]
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.cfg).expect("config serialises")
+    }
+}
+
+/// Version, compiled features and usable devices of this binary.
+#[napi(catch_unwind)]
+pub fn build_info() -> BuildInfo {
+    BuildInfo { version: env!("CARGO_PKG_VERSION").into(), features: device::build_features(), devices: device::available_devices() }
+}
+
+pub struct StepTask {
+    inner: Arc<Mutex<Trainer>>,
+    x0: Vec<f32>,
+    labels: Vec<i32>,
+    opts: Option<StepOptions>,
+}
+
+impl Task for StepTask {
+    type Output = train::StepStats;
+    type JsValue = StepStats;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let o = self.opts.take().expect("a task computes once");
+        let p = train::StepParams { lambda: o.lambda, lr: o.lr, disc_lr: o.disc_lr, ema_decay: o.ema_decay, update_disc: o.update_disc };
+        guarded("step", || lock(&self.inner)?.step(&self.x0, &self.labels, &p))
+    }
+
+    fn resolve(&mut self, _env: Env, s: Self::Output) -> Result<Self::JsValue> {
+        Ok(StepStats {
+            step: s.step as f64,
+            loss: s.loss,
+            mse: s.mse,
+            vb: s.vb,
+            structure: s.structure,
+            disc_loss: s.disc_loss,
+            grad_norm_dit: s.grad_norm_dit,
+            grad_norm_disc: s.grad_norm_disc,
+        })
+    }
+}
+
+pub enum Source {
+    Trainer(Arc<Mutex<Trainer>>),
+    Weights(CoreConfig, Arc<HashMap<String, candle_core_tensor::Tensor>>, candle_core_tensor::Device),
+}
+
+pub struct SampleTask {
+    source: Source,
+    labels: Vec<i32>,
+    opts: SampleOptions,
+}
+
+impl Task for SampleTask {
+    type Output = Vec<f32>;
+    type JsValue = Float32Array;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guarded("sample", || {
+            let opts = core_sample_options(&self.opts)?;
+            let images = match &self.source {
+                Source::Trainer(t) => lock(t)?.sample(&self.labels, &opts, true)?,
+                Source::Weights(cfg, w, dev) => train::sample_with(cfg, (**w).clone(), dev, &self.labels, &opts)?,
+            };
+            to_vec(&images)
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(Float32Array::new(output))
+    }
+}
+
+pub struct SaveTask {
+    inner: Arc<Mutex<Trainer>>,
+    dir: PathBuf,
+    extra: String,
+}
+
+impl Task for SaveTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<()> {
+        guarded("save", || {
+            let extra: serde_json::Value =
+                serde_json::from_str(&self.extra).map_err(|e| sadm_core::Error::Input(format!("extraJson is not valid JSON: {e}")))?;
+            checkpoint::save(&*lock(&self.inner)?, &self.dir, extra)
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, _output: ()) -> Result<()> {
+        Ok(())
+    }
+}
