@@ -1,0 +1,215 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { PNG } from "pngjs";
+import {
+  CheckpointError,
+  ConfigError,
+  NativeError,
+  SadmError,
+  listCheckpoints,
+  readMetrics,
+  readState,
+  setNativeModule,
+  train,
+  type SadmConfigInput,
+} from "../ts/index";
+import { makeFakeNative } from "./fake-native";
+import { tmpDir } from "./helpers";
+
+function tiny(outDir: string, extra: SadmConfigInput = {}): SadmConfigInput {
+  return {
+    outDir,
+    model: { hiddenSize: 32, depth: 1, numHeads: 2 },
+    discriminator: { width: 32, depth: 1, numHeads: 2, projDim: 16 },
+    data: { name: "mnist", limit: 64 },
+    batchSize: 8,
+    steps: 10,
+    sampleEvery: 5,
+    checkpointEvery: 4,
+    keepCheckpoints: 2,
+    logEvery: 2,
+    lrWarmupSteps: 2,
+    advWarmupSteps: 3,
+    advRampSteps: 2,
+    sampleSteps: 5,
+    samplesPerClass: 2,
+    ...extra,
+  };
+}
+
+afterEach(() => setNativeModule(undefined));
+
+describe("train (with a fake native core)", () => {
+  it("runs, logs, samples, checkpoints and prunes", async () => {
+    const { native, log } = makeFakeNative();
+    setNativeModule(native);
+    const out = path.join(tmpDir(), "run");
+    const seen: number[] = [];
+    const sampled: string[] = [];
+    const r = await train(tiny(out), {
+      quiet: true,
+      onStep: (s) => seen.push(s.step),
+      onSample: (f) => sampled.push(f),
+    });
+    expect(r.step).toBe(10);
+    expect(r.stepsRun).toBe(10);
+    expect(r.aborted).toBe(false);
+    expect(seen).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    // schedules reach the native step
+    expect(log.steps[0].opts).toMatchObject({ lambda: 0, updateDisc: true, discLr: 1e-4 });
+    expect(log.steps[0].opts.lr).toBeCloseTo(1e-3 / 2, 12);
+    expect(log.steps[0].opts.emaDecay).toBeCloseTo(0.1, 12);
+    expect(log.steps[2].opts.lambda).toBe(0);
+    expect(log.steps[3].opts.lambda).toBeCloseTo(0.05, 12);
+    expect(log.steps[4].opts.lambda).toBeCloseTo(0.1, 12);
+    // created with the core config
+    expect(JSON.parse(log.created[0].config)).toMatchObject({ seed: 0, model: { hiddenSize: 32, depth: 1 } });
+    expect(log.created[0].device).toBe("cpu");
+    // config.json
+    const saved = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as { steps: number };
+    expect(saved.steps).toBe(10);
+    // metrics every 2 steps
+    const m = readMetrics(path.join(out, "metrics.jsonl"));
+    expect(m.map((x) => x.step)).toEqual([2, 4, 6, 8, 10]);
+    expect(m[0]).toHaveProperty("loss");
+    expect(m[0]).toHaveProperty("lambda");
+    expect(m[0]).toHaveProperty("lr");
+    // samples at 5 and 10: a grid of 10 classes × 2 rows
+    expect(sampled.map((f) => path.basename(f))).toEqual(["step-00000005.png", "step-00000010.png"]);
+    expect(log.samples[0].labels).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(log.samples[0].opts).toMatchObject({ sampler: "ddim", steps: 5, cfgScale: 3, clipDenoised: true });
+    const png = PNG.sync.read(fs.readFileSync(sampled[0]));
+    expect([png.width, png.height]).toEqual([10 * 30 + 2, 2 * 30 + 2]);
+    // checkpoints at 4, 8 and the end (10); keep 2
+    expect(log.saves.map((d) => path.basename(d))).toEqual(["step-00000004", "step-00000008", "step-00000010"]);
+    expect(listCheckpoints(out).map((c) => c.step)).toEqual([8, 10]);
+    expect(r.checkpoint).toBe(path.join(out, "checkpoints", "step-00000010"));
+    const state = readState(r.checkpoint ?? "");
+    expect(state.extra.config?.steps).toBe(10);
+    expect(state.extra.data).toEqual({ epoch: 1, index: 16 });
+    expect(state.extra.metrics?.last?.step).toBe(10);
+    expect(state.extra.metrics?.history).toHaveLength(5);
+  });
+
+  it("refuses to overwrite a run unless forced", async () => {
+    const { native } = makeFakeNative();
+    setNativeModule(native);
+    const out = path.join(tmpDir(), "run");
+    await train(tiny(out, { steps: 2 }), { quiet: true });
+    await expect(train(tiny(out, { steps: 2 }), { quiet: true })).rejects.toThrow(CheckpointError);
+    await expect(train(tiny(out, { steps: 2 }), { quiet: true })).rejects.toThrow(/--resume|--force/);
+    const r = await train(tiny(out, { steps: 3 }), { quiet: true, force: true });
+    expect(r.step).toBe(3);
+    expect(listCheckpoints(out).map((c) => c.step)).toEqual([3]);
+    expect(readMetrics(path.join(out, "metrics.jsonl")).map((x) => x.step)).toEqual([2, 3]);
+  });
+
+  it("resumes the same data order and continues to the new step count", async () => {
+    const straight = makeFakeNative();
+    setNativeModule(straight.native);
+    const a = path.join(tmpDir(), "a");
+    await train(tiny(a, { steps: 12, checkpointEvery: 0 }), { quiet: true });
+
+    const split = makeFakeNative();
+    setNativeModule(split.native);
+    const b = path.join(tmpDir(), "b");
+    await train(tiny(b, { steps: 7, checkpointEvery: 0 }), { quiet: true });
+    const r = await train({ outDir: b, steps: 12 }, { quiet: true, resume: "latest" });
+    expect(split.log.loaded).toEqual([path.join(b, "checkpoints", "step-00000007")]);
+    expect(r.step).toBe(12);
+    expect(r.stepsRun).toBe(5);
+    expect(split.log.steps.map((s) => s.step)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    expect(split.log.steps.map((s) => [s.firstPixels, s.labels, s.opts])).toEqual(
+      straight.log.steps.map((s) => [s.firstPixels, s.labels, s.opts]),
+    );
+    const steps = readMetrics(path.join(b, "metrics.jsonl")).map((x) => x.step);
+    expect(steps).toEqual([2, 4, 6, 7, 8, 10, 12]);
+  });
+
+  it("resumes from a checkpoint directory and drops metrics logged after it", async () => {
+    const { native } = makeFakeNative();
+    setNativeModule(native);
+    const out = path.join(tmpDir(), "run");
+    await train(tiny(out, { steps: 10, checkpointEvery: 4, keepCheckpoints: 5 }), { quiet: true });
+    const r = await train({}, { quiet: true, resume: path.join(out, "checkpoints", "step-00000004") });
+    expect(r.outDir).toBe(out);
+    expect(r.stepsRun).toBe(6);
+    const steps = readMetrics(path.join(out, "metrics.jsonl")).map((x) => x.step);
+    expect(steps).toEqual([2, 4, 6, 8, 10]);
+  });
+
+  it("rejects a resume that changes the model", async () => {
+    const { native } = makeFakeNative();
+    setNativeModule(native);
+    const out = path.join(tmpDir(), "run");
+    await train(tiny(out, { steps: 2 }), { quiet: true });
+    await expect(train({ outDir: out, model: { depth: 2 } }, { quiet: true, resume: "latest" })).rejects.toThrow(
+      ConfigError,
+    );
+    await expect(train({ outDir: out, model: { depth: 2 } }, { quiet: true, resume: "latest" })).rejects.toThrow(
+      /config\.model\.depth/,
+    );
+  });
+
+  it("errors clearly when there is nothing to resume", async () => {
+    setNativeModule(makeFakeNative().native);
+    await expect(train({ outDir: path.join(tmpDir(), "empty") }, { quiet: true, resume: "latest" })).rejects.toThrow(
+      /nothing to resume/,
+    );
+    await expect(train({}, { quiet: true, resume: path.join(tmpDir(), "nope") })).rejects.toThrow(CheckpointError);
+  });
+
+  it("stops on abort after the current step and saves a checkpoint", async () => {
+    const { native, log } = makeFakeNative();
+    setNativeModule(native);
+    const out = path.join(tmpDir(), "run");
+    const ac = new AbortController();
+    const r = await train(tiny(out, { steps: 100, checkpointEvery: 0, sampleEvery: 0 }), {
+      quiet: true,
+      signal: ac.signal,
+      onStep: (s) => {
+        if (s.step === 3) ac.abort();
+      },
+    });
+    expect(r.aborted).toBe(true);
+    expect(r.step).toBe(3);
+    expect(log.samples).toHaveLength(0);
+    expect(listCheckpoints(out).map((c) => c.step)).toEqual([3]);
+    const resumed = await train({ outDir: out }, { quiet: true, resume: "latest" });
+    expect(resumed.step).toBe(100);
+  });
+
+  it("wraps native errors in NativeError, keeping the message", async () => {
+    setNativeModule(makeFakeNative({ failAtStep: 2 }).native);
+    const p = train(tiny(path.join(tmpDir(), "run")), { quiet: true });
+    await expect(p).rejects.toThrow(NativeError);
+    await expect(train(tiny(path.join(tmpDir(), "run2")), { quiet: true })).rejects.toThrow(/shapes do not match/);
+  });
+
+  it("stops with a clear error when the loss is not finite", async () => {
+    setNativeModule(makeFakeNative({ nanAtStep: 2 }).native);
+    const p = train(tiny(path.join(tmpDir(), "run")), { quiet: true });
+    await expect(p).rejects.toThrow(SadmError);
+    await expect(train(tiny(path.join(tmpDir(), "run2")), { quiet: true })).rejects.toThrow(/diverged at step 2/);
+  });
+
+  it("prints plain progress lines without a TTY", async () => {
+    setNativeModule(makeFakeNative().native);
+    const lines: string[] = [];
+    await train(tiny(path.join(tmpDir(), "run"), { printEvery: 5 }), { tty: false, log: (l) => lines.push(l) });
+    expect(lines[0]).toMatch(/^sadm: training mnist-tiny/);
+    expect(lines.filter((l) => l.startsWith("step "))).toHaveLength(2);
+    expect(lines[1]).toMatch(/^step 5\/10 .*it\/s .*loss .*mse .*D /);
+  });
+
+  it("samples only the filtered classes", async () => {
+    const { native, log } = makeFakeNative();
+    setNativeModule(native);
+    await train(tiny(path.join(tmpDir(), "run"), { steps: 5, data: { name: "mnist", classes: [7, 1] } }), {
+      quiet: true,
+    });
+    expect(log.samples[0].labels).toEqual([1, 7, 1, 7]);
+    for (const s of log.steps) for (const l of s.labels) expect([1, 7]).toContain(l);
+  });
+});
