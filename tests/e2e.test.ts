@@ -1,0 +1,172 @@
+/**
+ * End-to-end tests against the real native addon (native/index.js + the .node binary, built by `npm run build`).
+ * Skipped when the addon has not been built, unless SADM_REQUIRE_NATIVE=1 (CI sets it) makes that a failure.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import { PNG } from "pngjs";
+import { nativeBuilt, runCli, tmpDir } from "./helpers";
+import {
+  BatchLoader,
+  MnistDataset,
+  listCheckpoints,
+  loadNative,
+  readMetrics,
+  readState,
+  resolveConfig,
+  toCoreConfig,
+  type SadmConfigInput,
+  type StepStats,
+} from "../ts/index";
+
+const required = process.env.SADM_REQUIRE_NATIVE === "1";
+const haveNative = nativeBuilt();
+if (!haveNative && !required)
+  console.warn("e2e: native/index.js not built; skipping (run `npm run build`, or set SADM_REQUIRE_NATIVE=1 to fail)");
+
+const TINY: SadmConfigInput = {
+  model: { hiddenSize: 32, depth: 1, numHeads: 2 },
+  discriminator: { width: 32, depth: 1, numHeads: 2, projDim: 16 },
+  data: { name: "mnist", limit: 64 },
+  batchSize: 8,
+  steps: 6,
+  sampleEvery: 6,
+  checkpointEvery: 3,
+  keepCheckpoints: 5,
+  lambda: 0.1,
+  advWarmupSteps: 2,
+  advRampSteps: 2,
+  sampleSteps: 5,
+  samplesPerClass: 1,
+};
+
+function close(a: number | undefined, b: number | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(a), Math.abs(b));
+}
+
+function pngSize(file: string): [number, number] {
+  const png = PNG.sync.read(fs.readFileSync(file));
+  return [png.width, png.height];
+}
+
+describe.runIf(haveNative || required)("end to end (native addon)", () => {
+  it("the addon loads and reports its build", () => {
+    const info = loadNative().buildInfo();
+    expect(typeof info.version).toBe("string");
+    expect(info.devices).toContain("cpu");
+    const r = runCli(["info"]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^sadm 0\.1\.0/);
+    expect(r.stdout).toContain("cpu");
+  });
+
+  it("`sadm train` writes checkpoints, samples and metrics that reload; resume and `sadm sample` work", () => {
+    const dir = tmpDir();
+    const out = path.join(dir, "run");
+    const cfgFile = path.join(dir, "tiny.json");
+    fs.writeFileSync(cfgFile, JSON.stringify(TINY));
+    const r = runCli(["train", "--config", cfgFile, "--out", out], { timeoutMs: 300_000 });
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain("done at step 6");
+
+    // Checkpoints at 3 and 6, complete and loadable.
+    expect(listCheckpoints(out).map((c) => c.step)).toEqual([3, 6]);
+    const ck = path.join(out, "checkpoints", "step-00000006");
+    for (const f of ["model.safetensors", "ema.safetensors", "discriminator.safetensors", "optimizer.safetensors", "state.json"])
+      expect(fs.existsSync(path.join(ck, f)), f).toBe(true);
+    const state = readState(ck);
+    expect(state.step).toBe(6);
+    expect(state.extra.config?.batchSize).toBe(8);
+    expect(state.extra.data).toEqual({ epoch: 0, index: 48 });
+    const native = loadNative();
+    const t = native.NativeTrainer.load(ck, "cpu");
+    expect(t.stepCount).toBe(6);
+    expect(JSON.parse(t.configJson())).toMatchObject(toCoreConfig(resolveConfig({ ...TINY, outDir: out })));
+    expect((JSON.parse(t.extraJson()) as { data: unknown }).data).toEqual({ epoch: 0, index: 48 });
+
+    // The sample grid: 10 classes × 1 row of 28×28 with 2px padding.
+    const grid = path.join(out, "samples", "step-00000006.png");
+    expect(pngSize(grid)).toEqual([10 * 30 + 2, 30 + 2]);
+
+    // Metrics: finite losses, D present once λ > 0.
+    const m = readMetrics(path.join(out, "metrics.jsonl"));
+    expect(m.map((x) => x.step)).toEqual([6]);
+    expect(Number.isFinite(m[0].loss)).toBe(true);
+    expect(Number.isFinite(m[0].structure)).toBe(true);
+
+    // A second run in the same dir is refused; --resume continues.
+    const again = runCli(["train", "--config", cfgFile, "--out", out]);
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/^error: .*already holds a run/);
+    const resumed = runCli(["train", "--out", out, "--resume", "--steps", "8", "--sample-every", "0", "-q"], {
+      timeoutMs: 300_000,
+    });
+    expect(resumed.stderr).toBe("");
+    expect(resumed.status).toBe(0);
+    expect(listCheckpoints(out).map((c) => c.step)).toEqual([3, 6, 8]);
+
+    // `sadm sample` on the run directory (latest checkpoint).
+    const png = path.join(dir, "grid.png");
+    const s = runCli(["sample", "--checkpoint", out, "--classes", "0,1,2", "--per-class", "2", "--steps", "5", "--cfg", "2", "--out", png]);
+    expect(s.stderr).toBe("");
+    expect(s.status).toBe(0);
+    expect(pngSize(png)).toEqual([3 * 30 + 2, 2 * 30 + 2]);
+  }, 600_000);
+
+  it("the loss goes down on one fixed batch", async () => {
+    const cfg = resolveConfig({
+      model: { hiddenSize: 64, depth: 2, numHeads: 4 },
+      discriminator: { width: 32, depth: 1, numHeads: 2, projDim: 16 },
+      seed: 1,
+    });
+    const t = loadNative().NativeTrainer.create(JSON.stringify(toCoreConfig(cfg)), "cpu");
+    const batch = new BatchLoader(new MnistDataset({ limit: 16 }), 16, 0).next();
+    const stats: StepStats[] = [];
+    for (let i = 0; i < 60; i++)
+      stats.push(await t.step(batch.x, batch.labels, { lambda: 0, lr: 2e-3, discLr: 1e-4, emaDecay: 0.99, updateDisc: false }));
+    expect(t.stepCount).toBe(60);
+    expect(stats[59].step).toBe(60);
+    for (const s of stats) {
+      expect(Number.isFinite(s.loss)).toBe(true);
+      expect(s.structure).toBeUndefined();
+    }
+    const mean = (xs: StepStats[]): number => xs.reduce((a, s) => a + s.mse, 0) / xs.length;
+    const first = mean(stats.slice(0, 10));
+    const last = mean(stats.slice(-10));
+    expect(last).toBeLessThan(0.7 * first);
+  }, 300_000);
+
+  it("an adversarial step reports D, and a saved trainer continues exactly like the original", async () => {
+    const cfg = resolveConfig({ ...TINY, seed: 3 });
+    const native = loadNative();
+    const a = native.NativeTrainer.create(JSON.stringify(toCoreConfig(cfg)), "cpu");
+    const loader = new BatchLoader(new MnistDataset({ limit: 64 }), 8, 0);
+    const batches = Array.from({ length: 6 }, () => loader.next());
+    const opts = { lambda: 0.1, lr: 1e-3, discLr: 1e-4, emaDecay: 0.9, updateDisc: true };
+    for (const b of batches.slice(0, 4)) {
+      const s = await a.step(b.x, b.labels, opts);
+      expect(Number.isFinite(s.structure ?? Number.NaN)).toBe(true);
+      expect(Number.isFinite(s.discLoss ?? Number.NaN)).toBe(true);
+    }
+    const ck = path.join(tmpDir(), "ck");
+    await a.save(ck, JSON.stringify({ note: "x" }));
+    expect(readState(ck).extra).toEqual({ note: "x" });
+    const b = native.NativeTrainer.load(ck, "cpu");
+    expect(b.stepCount).toBe(4);
+    for (const batch of batches.slice(4)) {
+      const sa = await a.step(batch.x, batch.labels, opts);
+      const sb = await b.step(batch.x, batch.labels, opts);
+      expect(sb.step).toBe(sa.step);
+      for (const k of ["loss", "mse", "vb", "structure", "discLoss", "gradNormDit", "gradNormDisc"] as const)
+        expect(close(sb[k], sa[k]), `${k}: ${sb[k]} vs ${sa[k]}`).toBe(true);
+    }
+    const labels = Int32Array.from([0, 1, 2]);
+    const sopts = { sampler: "ddim", steps: 4, cfgScale: 2, eta: 0, seed: 5, clipDenoised: true };
+    const xa = await a.sample(labels, sopts);
+    expect(xa).toHaveLength(3 * 28 * 28);
+    expect(await b.sample(labels, sopts)).toEqual(xa);
+  }, 300_000);
+});
