@@ -132,6 +132,7 @@ export class Progress {
   private readonly startTime = Date.now();
   private readonly startStep: number;
   private readonly write: (line: string) => void;
+  private barStarted = false;
 
   constructor(opts: ProgressOptions) {
     this.opts = opts;
@@ -148,7 +149,6 @@ export class Progress {
         },
         Presets.shades_classic,
       );
-      this.bar.start(opts.total, opts.start, { speed: "-", etaText: "?", loss: "-", mse: "-", D: "-", lambda: "-" });
     }
   }
 
@@ -164,14 +164,18 @@ export class Progress {
     const rate = this.rate(step);
     const eta = rate > 0 ? (this.opts.total - step) / rate : Number.NaN;
     if (this.bar) {
-      this.bar.update(step, {
+      const payload = {
         speed: rate.toFixed(2),
         etaText: fmtDuration(eta),
         loss: fmtNum(v.loss),
         mse: fmtNum(v.mse),
         D: fmtNum(v.structure),
         lambda: fmtNum(v.lambda),
-      });
+      };
+      if (!this.barStarted) {
+        this.bar.start(this.opts.total, step, payload);
+        this.barStarted = true;
+      } else this.bar.update(step, payload);
     } else if (step % this.opts.printEvery === 0 || step === this.opts.total) {
       this.write(
         `step ${step}/${this.opts.total}  ${rate.toFixed(2)} it/s  eta ${fmtDuration(eta)}  ` +
@@ -183,7 +187,7 @@ export class Progress {
   /** Prints a message without breaking the bar. */
   log(message: string): void {
     if (this.opts.quiet) return;
-    if (this.bar) {
+    if (this.bar && this.barStarted) {
       // cli-progress redraws on the next update; clear the line first.
       process.stdout.write("\r\x1b[K" + message + "\n");
     } else this.write(message);
@@ -191,6 +195,7 @@ export class Progress {
 
   /** Stops the bar. */
   stop(): void {
-    this.bar?.stop();
+    if (this.bar && this.barStarted) this.bar.stop();
+    this.barStarted = false;
   }
 }
