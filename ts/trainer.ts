@@ -180,18 +180,12 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
   const cfg = resumePlan ? resolveResumedConfig(resumePlan, input) : resolveConfig(input);
   const outDir = path.resolve(cfg.outDir);
 
-  // Run directory.
-  if (!resumePlan && holdsRun(outDir)) {
-    if (!opts.force)
-      throw new CheckpointError(
-        `${cfg.outDir} already holds a run (metrics.jsonl or checkpoints): resume it with --resume, ` +
-          "choose another --out, or overwrite it with --force",
-      );
-    for (const name of [METRICS_FILE, CHECKPOINTS_DIR, SAMPLES_DIR, CONFIG_FILE])
-      fs.rmSync(path.join(outDir, name), { recursive: true, force: true });
-  }
-  fs.mkdirSync(outDir, { recursive: true });
-  writeFileAtomic(path.join(outDir, CONFIG_FILE), JSON.stringify(cfg, null, 2) + "\n");
+  // Refuse early (before the slow parts) to clobber an existing run.
+  if (!resumePlan && !opts.force && holdsRun(outDir))
+    throw new CheckpointError(
+      `${cfg.outDir} already holds a run (metrics.jsonl or checkpoints): resume it with --resume, ` +
+        "choose another --out, or overwrite it with --force",
+    );
 
   // Data.
   const dataset: Dataset = openDataset(cfg.data);
@@ -223,6 +217,14 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
     throw NativeError.wrap(e, resumePlan ? `cannot load checkpoint ${resumePlan.dir}` : "cannot create the trainer");
   }
   const paramCounts = trainer.paramCounts();
+
+  // Run directory (--force: clear the previous run's files, nothing else).
+  if (!resumePlan && opts.force) {
+    for (const name of [METRICS_FILE, CHECKPOINTS_DIR, SAMPLES_DIR, CONFIG_FILE])
+      fs.rmSync(path.join(outDir, name), { recursive: true, force: true });
+  }
+  fs.mkdirSync(outDir, { recursive: true });
+  writeFileAtomic(path.join(outDir, CONFIG_FILE), JSON.stringify(cfg, null, 2) + "\n");
 
   // Logs.
   const metrics = new MetricsLog(path.join(outDir, METRICS_FILE));
