@@ -63,7 +63,7 @@ impl Encoder {
             h = block.forward(&h)?;
         }
         let pooled = self.norm.forward(&h)?.mean(1)?;
-        let z = self.head2.forward(&self.head0.forward(&pooled)?.gelu()?)?;
+        let z = self.head2.forward(&crate::ops::gelu(&self.head0.forward(&pooled)?)?)?;
         let norm = (z.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
         z.broadcast_div(&norm)
     }

@@ -8,6 +8,7 @@ pub mod discriminator;
 pub mod dit;
 pub mod error;
 pub mod nn;
+pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod train;

@@ -6,8 +6,14 @@ use candle_nn::{Linear, VarBuilder, VarMap};
 
 pub const LN_EPS: f64 = 1e-6;
 
-/// LayerNorm over the last dimension without affine parameters.
+/// LayerNorm over the last dimension without affine parameters (fused on the CPU).
 pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    crate::ops::layer_norm(x, eps)
+}
+
+/// LayerNorm from basic ops, which candle differentiates: the path for non-CPU devices and the reference the
+/// fused kernel is tested against.
+pub fn layer_norm_ref(x: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -62,7 +68,7 @@ impl Module for Attention {
         let q = (qkv.get(0)? * (hd as f64).powf(-0.5))?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let attn = candle_nn::ops::softmax(&q.matmul(&k.t()?)?, D::Minus1)?;
+        let attn = crate::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.proj.forward(&out)
     }
@@ -82,7 +88,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+        self.fc2.forward(&crate::ops::gelu(&self.fc1.forward(x)?)?)
     }
 }
 

@@ -1,0 +1,245 @@
+//! Fused CPU kernels, with backward, for the element-wise and row-wise ops that dominate a small DiT step on
+//! the CPU: tanh-GELU (candle's backward for it is a chain of a dozen tensor ops with libm `powf`/`tanhf`),
+//! LayerNorm without affine and softmax over the last dimension (candle's fused versions have no backward).
+//! Other devices take the basic-op compositions in `nn`, which candle differentiates itself.
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+const K0: f32 = 0.797_884_6; // sqrt(2/π)
+const K1: f32 = 0.044_715;
+
+/// Rows processed per rayon task: enough work to amortise scheduling on small tensors.
+const MIN_PAR: usize = 16 * 1024;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: only f32 is supported") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+#[inline]
+fn tanh_fast(u: f32) -> f32 {
+    // 1 - 2/(e^{2u}+1): one expf instead of glibc's tanhf→expm1f, exact at the ±1 limits.
+    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+}
+
+fn map_rows(n: usize, row: usize, out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows_per_task = (MIN_PAR / row.max(1)).max(1);
+    out.par_chunks_mut(row * rows_per_task).enumerate().for_each(|(k, chunk)| {
+        for (j, r) in chunk.chunks_mut(row).enumerate() {
+            f(k * rows_per_task + j, r);
+        }
+    });
+    let _ = n;
+}
+
+struct Gelu;
+struct GeluGrad;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "sadm-gelu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(MIN_PAR).zip(x.par_chunks(MIN_PAR)).for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = 0.5 * x * (1.0 + tanh_fast(K0 * (x + K1 * x * x * x)));
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "sadm-gelu-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(MIN_PAR).zip(x.par_chunks(MIN_PAR).zip(g.par_chunks(MIN_PAR))).for_each(|(d, (x, g))| {
+            for ((d, &x), &g) in d.iter_mut().zip(x).zip(g) {
+                let t = tanh_fast(K0 * (x + K1 * x * x * x));
+                let dt = K0 * (1.0 + 3.0 * K1 * x * x);
+                *d = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+struct LayerNorm(f32);
+struct LayerNormGrad(f32);
+
+fn ln_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp1 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "sadm-layer-norm"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let d = l.dims()[l.dims().len() - 1];
+        let mut y = vec![0f32; x.len()];
+        map_rows(x.len() / d, d, &mut y, |i, yr| {
+            let xr = &x[i * d..(i + 1) * d];
+            let (mean, r) = ln_stats(xr, self.0);
+            for (y, &x) in yr.iter_mut().zip(xr) {
+                *y = (x - mean) * r;
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &LayerNormGrad(self.0))?))
+    }
+}
+
+impl CustomOp2 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "sadm-layer-norm-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let d = l1.dims()[l1.dims().len() - 1];
+        let mut dx = vec![0f32; x.len()];
+        // dx = r·(g − mean(g) − ŷ·mean(g·ŷ))
+        map_rows(x.len() / d, d, &mut dx, |i, dr| {
+            let (xr, gr) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d]);
+            let (mean, r) = ln_stats(xr, self.0);
+            let (mut mg, mut mgy) = (0f32, 0f32);
+            for (&x, &g) in xr.iter().zip(gr) {
+                mg += g;
+                mgy += g * (x - mean) * r;
+            }
+            mg /= d as f32;
+            mgy /= d as f32;
+            for ((o, &x), &g) in dr.iter_mut().zip(xr).zip(gr) {
+                *o = r * (g - mg - (x - mean) * r * mgy);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+struct Softmax;
+struct SoftmaxGrad;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "sadm-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let d = l.dims()[l.dims().len() - 1];
+        let mut y = vec![0f32; x.len()];
+        map_rows(x.len() / d, d, &mut y, |i, yr| {
+            let xr = &x[i * d..(i + 1) * d];
+            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (y, &x) in yr.iter_mut().zip(xr) {
+                *y = (x - max).exp();
+                sum += *y;
+            }
+            let inv = 1.0 / sum;
+            yr.iter_mut().for_each(|y| *y *= inv);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "sadm-softmax-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let d = l1.dims()[l1.dims().len() - 1];
+        let mut dx = vec![0f32; y.len()];
+        // dx = y·(g − Σ g·y)
+        map_rows(y.len() / d, d, &mut dx, |i, dr| {
+            let (yr, gr) = (&y[i * d..(i + 1) * d], &g[i * d..(i + 1) * d]);
+            let dot: f32 = yr.iter().zip(gr).map(|(y, g)| y * g).sum();
+            for ((o, &y), &g) in dr.iter_mut().zip(yr).zip(gr) {
+                *o = y * (g - dot);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// tanh-approximated GELU.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fused(x) { x.contiguous()?.apply_op1(Gelu) } else { x.gelu() }
+}
+
+/// LayerNorm over the last dimension, no affine parameters.
+pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(x) { x.contiguous()?.apply_op1(LayerNorm(eps as f32)) } else { crate::nn::layer_norm_ref(x, eps) }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused(x) { x.contiguous()?.apply_op1(Softmax) } else { candle_nn::ops::softmax(x, candle_core::D::Minus1) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Forward and backward of a fused op against candle's own differentiation of the reference composition.
+    fn same_as_reference(fused: impl Fn(&Tensor) -> Result<Tensor>, reference: impl Fn(&Tensor) -> Result<Tensor>, scale: f32) {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(8);
+        // Rows of 37 so that row blocks straddle rayon chunks; 3 rows × 600 > MIN_PAR for the parallel path.
+        let x = Var::from_tensor(&(rng.randn(&[600, 3, 37], &dev).unwrap() * scale as f64).unwrap()).unwrap();
+        let w = rng.randn(&[600, 3, 37], &dev).unwrap();
+        let a = fused(x.as_tensor()).unwrap();
+        let b = reference(x.as_tensor()).unwrap();
+        assert!(max_diff(&a, &b) < 1e-5, "forward {}", max_diff(&a, &b));
+        let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        assert!(max_diff(ga, gb) < 1e-4, "backward {}", max_diff(ga, gb));
+    }
+
+    #[test]
+    fn gelu_matches_candle() {
+        same_as_reference(gelu, |x| x.gelu(), 3.0);
+    }
+
+    #[test]
+    fn layer_norm_matches_reference() {
+        same_as_reference(|x| layer_norm(x, 1e-6), |x| crate::nn::layer_norm_ref(x, 1e-6), 2.0);
+    }
+
+    #[test]
+    fn softmax_matches_reference() {
+        same_as_reference(softmax_last_dim, |x| candle_nn::ops::softmax(x, D::Minus1), 4.0);
+    }
+}
