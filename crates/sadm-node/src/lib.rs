@@ -10,6 +10,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn js_err(e: sadm_core::Error) -> Error {
     Error::from_reason(e.to_string())
 }
