@@ -1,6 +1,6 @@
 /**
  * End-to-end tests against the real native addon (native/index.js + the .node binary, built by `npm run build`).
- * Skipped when the addon has not been built, unless SADM_REQUIRE_NATIVE=1 (CI sets it) makes that a failure.
+ * They fail (never skip) when the addon has not been built: run `npm run build` first.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -20,10 +20,6 @@ import {
   type StepStats,
 } from "../ts/index";
 
-const required = process.env.SADM_REQUIRE_NATIVE === "1";
-const haveNative = nativeBuilt();
-if (!haveNative && !required)
-  console.warn("e2e: native/index.js not built; skipping (run `npm run build`, or set SADM_REQUIRE_NATIVE=1 to fail)");
 
 const TINY: SadmConfigInput = {
   model: { hiddenSize: 32, depth: 1, numHeads: 2 },
@@ -51,7 +47,11 @@ function pngSize(file: string): [number, number] {
   return [png.width, png.height];
 }
 
-describe.runIf(haveNative || required)("end to end (native addon)", () => {
+describe("end to end (native addon)", () => {
+  it("has the native addon built", () => {
+    expect(nativeBuilt(), "native/index.js is missing: run `npm run build`").toBe(true);
+  });
+
   it("the addon loads and reports its build", () => {
     const info = loadNative().buildInfo();
     expect(typeof info.version).toBe("string");

@@ -265,8 +265,8 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
   });
 
   const saveCheckpoint = async (): Promise<void> => {
+    // The native save replaces an existing directory of the same name only once the new one is complete.
     const dir = checkpointDir(outDir, step);
-    if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
     try {
       await trainer.save(dir, JSON.stringify(extra()));
     } catch (e) {

@@ -3,10 +3,10 @@
 //! (design §1.2). The encoder is built from the DiT's own ops: linear patch embedding, pre-norm transformer
 //! blocks, mean pool, 2-layer MLP projector.
 use crate::config::{DiscriminatorConfig, Distance, Kernel, Pairs, Weighting};
-use crate::nn::{self, Attention, Init, LayerNorm, Mlp};
+use crate::nn::{self, Attention, Init, LayerNorm, Linear, Mlp};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 
 struct Block {
     norm1: LayerNorm,

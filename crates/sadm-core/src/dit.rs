@@ -2,10 +2,10 @@
 //! converted DiT checkpoints load without renaming. The patch embedding is a linear layer over patches (the same
 //! weights as the reference strided conv): candle's conv backward is slow on CUDA.
 use crate::config::ModelConfig;
-use crate::nn::{self, layer_norm, modulate, Attention, Init, Mlp, LN_EPS};
+use crate::nn::{self, gated_residual, layer_norm, modulate, Attention, Init, Linear, Mlp, LN_EPS};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder, VarMap};
+use candle_nn::{Embedding, VarBuilder, VarMap};
 
 const FREQ_EMBED_SIZE: usize = 256;
 
@@ -54,9 +54,9 @@ impl DiTBlock {
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
         let h = self.attn.forward(&modulate(&layer_norm(x, LN_EPS)?, shift_msa, scale_msa)?)?;
-        let x = (x + h.broadcast_mul(&gate_msa.unsqueeze(1)?)?)?;
+        let x = gated_residual(x, &h, gate_msa)?;
         let h = self.mlp.forward(&modulate(&layer_norm(&x, LN_EPS)?, shift_mlp, scale_mlp)?)?;
-        x + h.broadcast_mul(&gate_mlp.unsqueeze(1)?)?
+        gated_residual(&x, &h, gate_mlp)
     }
 }
 

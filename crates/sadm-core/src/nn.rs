@@ -2,7 +2,7 @@
 //! fused `softmax_last_dim` and `layer_norm` have no backward, and gradients would silently stop there.
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
-use candle_nn::{Linear, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 
 pub const LN_EPS: f64 = 1e-6;
 
@@ -38,13 +38,39 @@ impl Module for LayerNorm {
     }
 }
 
-/// `x·(1+scale) + shift`, with `shift`/`scale` per sample ([B, d]) applied to every token of x ([B, N, d]).
-pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
+pub use crate::ops::{gated_residual, modulate};
+
+/// `x·Wᵀ + b` over the last dimension, with the fused bias of [`crate::ops::bias_add`].
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, k))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => crate::ops::bias_add(&y, b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.weight.dim(0)?;
+        y.reshape(out)
+    }
 }
 
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear(in_dim, out_dim, vb)
+    Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?, Some(vb.get(out_dim, "bias")?)))
 }
 
 /// Multi-head self-attention with a fused qkv projection (timm's `Attention`, as DiT uses it).

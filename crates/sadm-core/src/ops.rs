@@ -2,7 +2,7 @@
 //! the CPU: tanh-GELU (candle's backward for it is a chain of a dozen tensor ops with libm `powf`/`tanhf`),
 //! LayerNorm without affine and softmax over the last dimension (candle's fused versions have no backward).
 //! Other devices take the basic-op compositions in `nn`, which candle differentiates itself.
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 const K0: f32 = 0.797_884_6; // sqrt(2/π)
@@ -183,8 +183,185 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
+/// Σ over rows of a [rows, d] slice → [d], rows split across threads.
+fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
+    let rows = g.len() / d;
+    let per = (MIN_PAR / d).max(1);
+    g.par_chunks(per * d)
+        .map(|chunk| {
+            let mut acc = vec![0f32; d];
+            for r in chunk.chunks(d) {
+                acc.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+            }
+            acc
+        })
+        .reduce(|| vec![0f32; d], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .into_iter()
+        .take(if rows == 0 { 0 } else { d })
+        .collect()
+}
+
+/// y + b with b broadcast over every row: a linear layer's bias. Its backward sums rows in one pass; candle's
+/// broadcast backward goes through a strided reduction that costs more than the matmul on small layers.
+struct BiasAdd;
+struct ColumnSum;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "sadm-bias-add"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, b) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let d = b.len();
+        let mut out = y.to_vec();
+        map_rows(out.len() / d, d, &mut out, |_, r| r.iter_mut().zip(b).for_each(|(o, b)| *o += b));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(&self, _y: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(grad.contiguous()?.apply_op1_no_bwd(&ColumnSum)?)))
+    }
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "sadm-column-sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = slice(s, l, self.name())?;
+        let d = l.dims()[l.dims().len() - 1];
+        Ok((CpuStorage::F32(column_sum(g, d)), Shape::from(d)))
+    }
+}
+
+/// Per-sample (dim 0) vectors [B, d] applied to every token of [B, N, d]: `x·(1+scale) + shift` (adaLN modulate)
+/// or `x + gate·h` (gated residual). Backward sums over tokens per sample.
+struct Modulate;
+struct GatedResidual;
+
+fn per_sample_rows(l: &Layout) -> (usize, usize, usize) {
+    let d = l.dims();
+    (d[0], d[1..d.len() - 1].iter().product(), d[d.len() - 1])
+}
+
+/// Σ over tokens of f(token index within sample) per sample → [B, d].
+fn token_sum(b: usize, n: usize, d: usize, f: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; b * d];
+    out.par_chunks_mut(d).enumerate().for_each(|(bi, o)| {
+        for t in 0..n {
+            let base = (bi * n + t) * d;
+            for (k, o) in o.iter_mut().enumerate() {
+                *o += f(base + k);
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp3 for Modulate {
+    fn name(&self) -> &'static str {
+        "sadm-modulate"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, shift, scale) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let (_, n, d) = per_sample_rows(l1);
+        let mut y = vec![0f32; x.len()];
+        map_rows(x.len() / d, d, &mut y, |row, yr| {
+            let p = (row / n) * d;
+            let xr = &x[row * d..(row + 1) * d];
+            for k in 0..d {
+                yr[k] = xr[k] * (1.0 + scale[p + k]) + shift[p + k];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, _shift: &Tensor, scale: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = g.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?;
+        let dshift = g.apply_op1_no_bwd(&TokenSum)?;
+        let dscale = g.apply_op2_no_bwd(&x.contiguous()?, &TokenDot)?;
+        Ok((Some(dx), Some(dshift), Some(dscale)))
+    }
+}
+
+impl CustomOp3 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "sadm-gated-residual"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, h, gate) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let (_, n, d) = per_sample_rows(l1);
+        let mut y = vec![0f32; x.len()];
+        map_rows(x.len() / d, d, &mut y, |row, yr| {
+            let p = (row / n) * d;
+            for k in 0..d {
+                yr[k] = x[row * d + k] + gate[p + k] * h[row * d + k];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, h: &Tensor, gate: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dh = g.broadcast_mul(&gate.unsqueeze(1)?)?;
+        let dgate = g.apply_op2_no_bwd(&h.contiguous()?, &TokenDot)?;
+        Ok((Some(g), Some(dh), Some(dgate)))
+    }
+}
+
+/// Σ_tokens a per sample: [B, N, d] → [B, d].
+struct TokenSum;
+/// Σ_tokens a·b per sample: [B, N, d] × [B, N, d] → [B, d].
+struct TokenDot;
+
+impl CustomOp1 for TokenSum {
+    fn name(&self) -> &'static str {
+        "sadm-token-sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let a = slice(s, l, self.name())?;
+        let (bs, n, d) = per_sample_rows(l);
+        Ok((CpuStorage::F32(token_sum(bs, n, d, |i| a[i])), Shape::from((bs, d))))
+    }
+}
+
+impl CustomOp2 for TokenDot {
+    fn name(&self) -> &'static str {
+        "sadm-token-dot"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let (bs, n, d) = per_sample_rows(l1);
+        Ok((CpuStorage::F32(token_sum(bs, n, d, |i| a[i] * b[i])), Shape::from((bs, d))))
+    }
+}
+
 fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// `y + b`, b broadcast over the last dimension (a linear layer's bias).
+pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused(y) { y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd) } else { y.broadcast_add(b) }
+}
+
+/// adaLN `modulate`: `x·(1+scale) + shift`, with [B, d] shift/scale applied to every token of x [B, N, d].
+pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, Modulate)
+    } else {
+        x.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
+    }
+}
+
+/// `x + gate·h`, with a [B, d] gate applied to every token of h [B, N, d].
+pub fn gated_residual(x: &Tensor, h: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        x.contiguous()?.apply_op3(&h.contiguous()?, &gate.contiguous()?, GatedResidual)
+    } else {
+        x + h.broadcast_mul(&gate.unsqueeze(1)?)?
+    }
 }
 
 /// tanh-approximated GELU.
@@ -226,6 +403,42 @@ mod tests {
         let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
         assert!(max_diff(ga, gb) < 1e-4, "backward {}", max_diff(ga, gb));
+    }
+
+    #[test]
+    fn per_sample_ops_match_broadcasting() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(9);
+        let x = Var::from_tensor(&rng.randn(&[3, 50, 40], &dev).unwrap()).unwrap();
+        let a = Var::from_tensor(&rng.randn(&[3, 40], &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&rng.randn(&[3, 40], &dev).unwrap()).unwrap();
+        let h = Var::from_tensor(&rng.randn(&[3, 50, 40], &dev).unwrap()).unwrap();
+        let w = rng.randn(&[3, 50, 40], &dev).unwrap();
+        let vars = [&x, &a, &b, &h];
+        let check = |fused: Tensor, reference: Tensor| {
+            assert!(max_diff(&fused, &reference) < 1e-5);
+            let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in vars {
+                match (gf.get(v.as_tensor()), gr.get(v.as_tensor())) {
+                    (Some(p), Some(q)) => assert!(max_diff(p, q) < 1e-4, "{}", max_diff(p, q)),
+                    (None, None) => {}
+                    _ => panic!("gradient present in only one of fused/reference"),
+                }
+            }
+        };
+        let (xt, at, bt, ht) = (x.as_tensor(), a.as_tensor(), b.as_tensor(), h.as_tensor());
+        check(
+            modulate(xt, at, bt).unwrap(),
+            xt.broadcast_mul(&(bt.unsqueeze(1).unwrap() + 1.0).unwrap()).unwrap().broadcast_add(&at.unsqueeze(1).unwrap()).unwrap(),
+        );
+        check(gated_residual(xt, ht, at).unwrap(), (xt + ht.broadcast_mul(&at.unsqueeze(1).unwrap()).unwrap()).unwrap());
+        let bias = Var::from_tensor(&rng.randn(&[40], &dev).unwrap()).unwrap();
+        let y = bias_add(xt, bias.as_tensor()).unwrap();
+        let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let expect = w.sum((0, 1)).unwrap();
+        assert!(max_diff(g.get(bias.as_tensor()).unwrap(), &expect) < 1e-4);
+        assert!(max_diff(g.get(xt).unwrap(), &w) == 0.0);
     }
 
     #[test]

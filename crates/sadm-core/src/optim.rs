@@ -50,11 +50,13 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = if grad_scale != 1.0 { (g * grad_scale)? } else { g.clone() };
+            // Detached: tensors kept across steps must not carry (and keep alive) this step's graph.
+            let g = if grad_scale != 1.0 { (g.detach() * grad_scale)? } else { g.detach() };
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let decayed = if c.weight_decay > 0.0 { (var.as_tensor() * (1.0 - lr * c.weight_decay))? } else { var.as_tensor().clone() };
+            let p = var.as_tensor().detach();
+            let decayed = if c.weight_decay > 0.0 { (p * (1.0 - lr * c.weight_decay))? } else { p };
             var.set(&(decayed - (update * lr)?)?)?;
             self.m[i] = m;
             self.v[i] = v;

@@ -89,7 +89,7 @@ impl Trainer {
         };
         let dit_vars = sorted_vars(&dit_map);
         let disc_vars = sorted_vars(&disc_map);
-        let ema = dit_vars.iter().map(|(_, v)| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+        let ema = dit_vars.iter().map(|(_, v)| v.as_tensor().detach().copy()).collect::<candle_core::Result<_>>()?;
         Ok(Self {
             diffusion: GaussianDiffusion::new(&cfg.diffusion),
             opt_dit: AdamW::new(dit_vars.clone(), cfg.dit_optim.clone())?,
@@ -123,7 +123,8 @@ impl Trainer {
         self.dit_vars.iter().zip(&self.ema).map(|((n, _), t)| (n.clone(), t.clone())).collect()
     }
     pub(crate) fn var_tensors(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
-        vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+        // Detached, so inference on them records no graph.
+        vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
     }
 
     /// Checks a batch against the model: sizes, label range and finite values.
@@ -229,7 +230,7 @@ impl Trainer {
 
         // 4. EMA of θ.
         for (e, (_, v)) in self.ema.iter_mut().zip(&self.dit_vars) {
-            *e = ((&*e * p.ema_decay)? + (v.as_tensor() * (1.0 - p.ema_decay))?)?;
+            *e = ((&*e * p.ema_decay)? + (v.as_tensor().detach() * (1.0 - p.ema_decay))?)?;
         }
         self.step += 1;
         stats.step = self.step;
@@ -342,6 +343,23 @@ mod tests {
             adv.step(&x, &y, &params(1.0))?;
         }
         assert_ne!(weights(&adv.dit_vars), weights(&plain.dit_vars));
+        Ok(())
+    }
+
+    #[test]
+    fn state_kept_across_steps_holds_no_graph() -> Result<()> {
+        // A tensor that records its op keeps the whole previous step alive: memory would grow every step.
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
+        let (x, y) = batch(4, 1);
+        for _ in 0..2 {
+            tr.step(&x, &y, &params(0.1))?;
+        }
+        assert!(tr.ema.iter().all(|t| !t.track_op()), "EMA tensors record a graph");
+        let mut opt = HashMap::new();
+        tr.opt_dit.state_tensors("dit", &mut opt)?;
+        tr.opt_disc.state_tensors("disc", &mut opt)?;
+        assert!(opt.values().all(|t| !t.track_op()), "optimizer moments record a graph");
+        assert!(Trainer::var_tensors(&tr.dit_vars).values().all(|t| !t.track_op()));
         Ok(())
     }
 
