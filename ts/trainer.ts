@@ -315,7 +315,8 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
           lr,
           discLr: cfg.discLr,
           emaDecay,
-          updateDisc: cfg.lambda > 0,
+          // The discriminator trains only while λ > 0: during the warm-up its output would not reach the DiT.
+          updateDisc: lambda > 0,
         });
       } catch (e) {
         throw NativeError.wrap(e, `training step ${t + 1} failed`);

@@ -72,11 +72,31 @@ pub enum BetaSchedule {
     Cosine,
 }
 
+/// Per-timestep weighting of the ε-loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LossWeighting {
+    /// Plain DiT: every timestep counts the same.
+    #[default]
+    Uniform,
+    /// Min-SNR-γ (Hang et al., 2023): `min(SNR_t, γ)/SNR_t`, which stops the many easy low-noise timesteps from
+    /// dominating the gradient; reported to converge ~3× faster for diffusion transformers.
+    MinSnr,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiffusionConfig {
     pub num_timesteps: usize,
     pub schedule: BetaSchedule,
+    #[serde(default)]
+    pub loss_weighting: LossWeighting,
+    #[serde(default = "default_min_snr_gamma")]
+    pub min_snr_gamma: f64,
+}
+
+fn default_min_snr_gamma() -> f64 {
+    5.0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +206,7 @@ impl CoreConfig {
         check(m.mlp_ratio > 0.0, || "model.mlpRatio must be positive".into())?;
         check((0.0..1.0).contains(&m.class_dropout_prob), || "model.classDropoutProb must be in [0, 1)".into())?;
         check(self.diffusion.num_timesteps >= 2, || "diffusion.numTimesteps must be at least 2".into())?;
+        check(self.diffusion.min_snr_gamma > 0.0, || "diffusion.minSnrGamma must be positive".into())?;
         let d = &self.discriminator;
         check(d.patch_size > 0 && m.input_size % d.patch_size == 0, || {
             format!("discriminator.patchSize {} must divide model.inputSize {}", d.patch_size, m.input_size)
@@ -226,7 +247,12 @@ impl CoreConfig {
                 learn_sigma: true,
                 class_dropout_prob: 0.1,
             },
-            diffusion: DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear },
+            diffusion: DiffusionConfig {
+                num_timesteps: 1000,
+                schedule: BetaSchedule::Linear,
+                loss_weighting: LossWeighting::Uniform,
+                min_snr_gamma: 5.0,
+            },
             discriminator: DiscriminatorConfig {
                 patch_size: 4,
                 width: 64,

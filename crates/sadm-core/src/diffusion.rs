@@ -1,6 +1,6 @@
 //! Gaussian diffusion as in DiT/improved-DDPM: β schedules, the forward process, the ε-loss with the learned-Σ
 //! variational term, the one-step reconstruction x̂0, and DDPM/DDIM samplers over respaced timesteps.
-use crate::config::{BetaSchedule, DiffusionConfig};
+use crate::config::{BetaSchedule, DiffusionConfig, LossWeighting};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -42,13 +42,15 @@ pub struct GaussianDiffusion {
     posterior_mean_coef2: Vec<f64>,
     /// The original timestep the model sees for each index of this process.
     pub timestep_map: Vec<usize>,
+    weighting: LossWeighting,
+    min_snr_gamma: f64,
 }
 
 impl GaussianDiffusion {
     pub fn new(cfg: &DiffusionConfig) -> Self {
         let b = betas(cfg);
         let map = (0..b.len()).collect();
-        Self::from_betas(b, map)
+        Self { weighting: cfg.loss_weighting, min_snr_gamma: cfg.min_snr_gamma, ..Self::from_betas(b, map) }
     }
 
     fn from_betas(betas: Vec<f64>, timestep_map: Vec<usize>) -> Self {
@@ -73,6 +75,8 @@ impl GaussianDiffusion {
             posterior_mean_coef1: coef1,
             posterior_mean_coef2: coef2,
             timestep_map,
+            weighting: LossWeighting::Uniform,
+            min_snr_gamma: 5.0,
         }
     }
 
@@ -144,7 +148,15 @@ impl GaussianDiffusion {
         let c = x0.dim(1)?;
         let learn_sigma = out.dim(1)? == 2 * c;
         let eps = out.narrow(1, 0, c)?;
-        let mse = (&eps - noise)?.sqr()?.mean_all()?;
+        let sq = (&eps - noise)?.sqr()?;
+        let mse = sq.mean_all()?;
+        let eps_loss = match self.weighting {
+            LossWeighting::Uniform => mse.clone(),
+            LossWeighting::MinSnr => {
+                let w = self.per_sample(|i| self.min_snr_weight(i), t, x0.device())?;
+                sq.broadcast_mul(&w)?.mean_all()?
+            }
+        };
         let x0_hat = self.predict_x0(x_t, t, &eps)?;
         let vb = if learn_sigma {
             let v = out.narrow(1, c, c)?;
@@ -152,7 +164,14 @@ impl GaussianDiffusion {
         } else {
             Tensor::zeros((), DType::F32, x0.device())?
         };
-        Ok(Losses { mse, vb, x0_hat })
+        Ok(Losses { mse, eps_loss, vb, x0_hat })
+    }
+
+    /// min(SNR_t, γ)/SNR_t for ε-prediction.
+    pub fn min_snr_weight(&self, t: usize) -> f64 {
+        let ab = self.alphas_cumprod[t];
+        let snr = ab / (1.0 - ab);
+        snr.min(self.min_snr_gamma) / snr
     }
 
     /// Per-sample variational bound terms [B] in bits/dim: KL(q(x_{t-1}|x_t,x0) ‖ p(x_{t-1}|x_t)) for t > 0 and the
@@ -211,7 +230,10 @@ impl GaussianDiffusion {
 }
 
 pub struct Losses {
+    /// The plain ε mean squared error (reported).
     pub mse: Tensor,
+    /// The ε-loss the denoiser minimises: `mse`, or its per-timestep weighted form.
+    pub eps_loss: Tensor,
     pub vb: Tensor,
     pub x0_hat: Tensor,
 }
@@ -332,7 +354,7 @@ mod tests {
     use crate::config::BetaSchedule;
 
     fn linear() -> GaussianDiffusion {
-        GaussianDiffusion::new(&DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear })
+        GaussianDiffusion::new(&DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear, loss_weighting: LossWeighting::Uniform, min_snr_gamma: 5.0 })
     }
 
     #[test]
@@ -344,8 +366,28 @@ mod tests {
     }
 
     #[test]
+    fn min_snr_weights() {
+        let mut cfg = DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear, loss_weighting: LossWeighting::MinSnr, min_snr_gamma: 5.0 };
+        let d = GaussianDiffusion::new(&cfg);
+        // Low noise (SNR ≫ γ): γ/SNR; high noise (SNR < γ): 1.
+        let ab = d.alphas_cumprod[0];
+        assert!((d.min_snr_weight(0) - 5.0 / (ab / (1.0 - ab))).abs() < 1e-12);
+        assert_eq!(d.min_snr_weight(900), 1.0);
+        cfg.loss_weighting = LossWeighting::Uniform;
+        let dev = Device::Cpu;
+        let out = Tensor::ones((2, 1, 2, 2), DType::F32, &dev).unwrap();
+        let zeros = out.zeros_like().unwrap();
+        let l = GaussianDiffusion::new(&cfg).training_losses(&out, &zeros, &zeros, &[0, 900], &zeros).unwrap();
+        assert_eq!(l.eps_loss.to_scalar::<f32>().unwrap(), 1.0);
+        let l = d.training_losses(&out, &zeros, &zeros, &[0, 900], &zeros).unwrap();
+        let expect = (d.min_snr_weight(0) + 1.0) / 2.0;
+        assert!((l.eps_loss.to_scalar::<f32>().unwrap() as f64 - expect).abs() < 1e-6);
+        assert_eq!(l.mse.to_scalar::<f32>().unwrap(), 1.0);
+    }
+
+    #[test]
     fn cosine_schedule_is_monotone_and_capped() {
-        let b = betas(&DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Cosine });
+        let b = betas(&DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Cosine, loss_weighting: LossWeighting::Uniform, min_snr_gamma: 5.0 });
         assert!(b.windows(2).all(|w| w[0] <= w[1] + 1e-12));
         assert!(b.iter().all(|&x| x > 0.0 && x <= 0.999));
     }

@@ -213,7 +213,7 @@ impl Trainer {
         }
 
         // 3. Denoiser: L_den + λ·D with φ fixed; A is a constant for θ, only Â carries gradient.
-        let mut total = (&losses.mse + &losses.vb)?;
+        let mut total = (&losses.eps_loss + &losses.vb)?;
         if p.lambda > 0.0 {
             let d = self.structure(&x0, &losses.x0_hat, &t, true)?;
             stats.structure = Some(scalar(&d)?);
@@ -311,7 +311,7 @@ mod tests {
         let out = tr.dit.forward(&x_t, &tt, Some(&yy))?;
         let l = tr.diffusion.training_losses(&out, &x0, &x_t, &t, &noise)?;
         let d = tr.structure(&x0, &l.x0_hat, &t, false)?;
-        let grads = ((l.mse + l.vb)? + d)?.backward()?;
+        let grads = ((l.eps_loss + l.vb)? + d)?.backward()?;
         for (name, var) in tr.dit_vars.iter().chain(&tr.disc_vars) {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
             // Check q, k and v separately: a softmax without backward would leave only v's rows trained.

@@ -6,7 +6,6 @@ use sadm_core::checkpoint;
 use sadm_core::diffusion::{SampleOptions as CoreSampleOptions, Sampler};
 use sadm_core::{device, train, CoreConfig, Trainer};
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -17,19 +16,9 @@ fn js_err(e: sadm_core::Error) -> Error {
     Error::from_reason(e.to_string())
 }
 
-/// Runs `f`, turning a panic into an error so it never unwinds into Node.
+/// Runs `f` with panics caught (see `sadm_core::error::catch_panic`) and errors turned into JS errors.
 fn guarded<T>(what: &str, f: impl FnOnce() -> sadm_core::Result<T>) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r.map_err(js_err),
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::from_reason(format!("internal error in {what}: {msg} (please report this as a bug)")))
-        }
-    }
+    sadm_core::error::catch_panic(what, f).map_err(js_err)
 }
 
 fn lock<T>(m: &Mutex<T>) -> sadm_core::Result<std::sync::MutexGuard<'_, T>> {
