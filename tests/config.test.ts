@@ -25,8 +25,8 @@ describe("resolveConfig defaults", () => {
     expect(c.model).toMatchObject({ inputSize: 28, inChannels: 1, patchSize: 4, hiddenSize: 128, depth: 4, numHeads: 4 });
     expect(c.model.numClasses).toBe(10);
     expect(c.batchSize).toBe(64);
-    expect(c.steps).toBe(1500);
-    expect(c.lr).toBe(1e-3);
+    expect(c.steps).toBe(2000);
+    expect(c.lr).toBe(2e-3);
     expect(c.lambda).toBe(0.1);
     expect(c.discLr).toBe(1e-4);
     expect(c.emaDecay).toBe(0.9999);
@@ -38,13 +38,19 @@ describe("resolveConfig defaults", () => {
     expect(c.discriminator.distance).toBe("l1");
     expect(c.discriminator.pairs).toBe("within");
     expect(c.discriminator.weighting).toBe("snr");
-    expect(c.diffusion).toEqual({ numTimesteps: 1000, schedule: "linear" });
+    expect(c.diffusion).toEqual({
+      numTimesteps: 1000,
+      schedule: "linear",
+      prediction: "v",
+      lossWeighting: "uniform",
+      minSnrGamma: 5,
+    });
     expect(c.model.classDropoutProb).toBe(0.1);
   });
 
-  it("derives the adversarial warm-up (30 %) and ramp from the steps", () => {
+  it("derives the adversarial warm-up (70 %: SADM as a second stage) and ramp from the steps", () => {
     const c = resolveConfig({ steps: 1000 });
-    expect(c.advWarmupSteps).toBe(300);
+    expect(c.advWarmupSteps).toBe(700);
     expect(c.advRampSteps).toBe(100);
     expect(resolveConfig({ steps: 1000, advWarmupSteps: 0 }).advWarmupSteps).toBe(0);
   });
@@ -54,7 +60,8 @@ describe("resolveConfig defaults", () => {
     expect(c.model.depth).toBe(2);
     expect(c.model.hiddenSize).toBe(192);
     expect(c.lambda).toBe(0.03);
-    expect(c.batchSize).toBe(128);
+    expect(c.steps).toBe(3500);
+    expect(c.diffusion.prediction).toBe("v");
   });
 
   it("knows the DiT reference presets", () => {
@@ -65,6 +72,14 @@ describe("resolveConfig defaults", () => {
     expect(presetNames()).toHaveLength(Object.keys(RUN_PRESETS).length + 12);
     const c = resolveConfig({ preset: "DiT-S/2" });
     expect(c.model).toMatchObject({ inputSize: 28, depth: 12, hiddenSize: 384, patchSize: 2, learnSigma: true });
+    // DiT presets keep DiT's ε-prediction (what its checkpoints need); only the MNIST run presets use v.
+    expect(c.diffusion.prediction).toBe("epsilon");
+  });
+
+  it("rejects unknown prediction targets and loss weightings", () => {
+    expect(configError({ diffusion: { prediction: "x0" } }).field).toBe("config.diffusion.prediction");
+    expect(configError({ diffusion: { lossWeighting: "snr" } }).field).toBe("config.diffusion.lossWeighting");
+    expect(configError({ diffusion: { minSnrGamma: 0 } }).field).toBe("config.diffusion.minSnrGamma");
   });
 
   it("normalises cuda to cuda:0", () => {

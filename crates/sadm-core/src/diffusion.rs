@@ -1,6 +1,6 @@
 //! Gaussian diffusion as in DiT/improved-DDPM: β schedules, the forward process, the ε-loss with the learned-Σ
 //! variational term, the one-step reconstruction x̂0, and DDPM/DDIM samplers over respaced timesteps.
-use crate::config::{BetaSchedule, DiffusionConfig, LossWeighting};
+use crate::config::{BetaSchedule, DiffusionConfig, LossWeighting, Prediction};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -42,6 +42,7 @@ pub struct GaussianDiffusion {
     posterior_mean_coef2: Vec<f64>,
     /// The original timestep the model sees for each index of this process.
     pub timestep_map: Vec<usize>,
+    prediction: Prediction,
     weighting: LossWeighting,
     min_snr_gamma: f64,
 }
@@ -50,7 +51,7 @@ impl GaussianDiffusion {
     pub fn new(cfg: &DiffusionConfig) -> Self {
         let b = betas(cfg);
         let map = (0..b.len()).collect();
-        Self { weighting: cfg.loss_weighting, min_snr_gamma: cfg.min_snr_gamma, ..Self::from_betas(b, map) }
+        Self { prediction: cfg.prediction, weighting: cfg.loss_weighting, min_snr_gamma: cfg.min_snr_gamma, ..Self::from_betas(b, map) }
     }
 
     fn from_betas(betas: Vec<f64>, timestep_map: Vec<usize>) -> Self {
@@ -75,6 +76,7 @@ impl GaussianDiffusion {
             posterior_mean_coef1: coef1,
             posterior_mean_coef2: coef2,
             timestep_map,
+            prediction: Prediction::Epsilon,
             weighting: LossWeighting::Uniform,
             min_snr_gamma: 5.0,
         }
@@ -95,7 +97,7 @@ impl GaussianDiffusion {
             last = self.alphas_cumprod[i];
         }
         let map = used.iter().map(|&i| self.timestep_map[i]).collect();
-        Self::from_betas(betas, map)
+        Self { prediction: self.prediction, weighting: self.weighting, min_snr_gamma: self.min_snr_gamma, ..Self::from_betas(betas, map) }
     }
 
     /// `v[t_b]` for each sample, shaped [B, 1, 1, 1] to broadcast over images.
@@ -109,6 +111,18 @@ impl GaussianDiffusion {
         let a = self.per_sample(|i| self.alphas_cumprod[i].sqrt(), t, x0.device())?;
         let s = self.per_sample(|i| (1.0 - self.alphas_cumprod[i]).sqrt(), t, x0.device())?;
         x0.broadcast_mul(&a)? + noise.broadcast_mul(&s)?
+    }
+
+    /// ε̂ from the network's prediction channels: ε directly, or ε = sqrt(ᾱ)·v + sqrt(1−ᾱ)·x_t.
+    pub fn eps_from_prediction(&self, pred: &Tensor, x_t: &Tensor, t: &[usize]) -> Result<Tensor> {
+        match self.prediction {
+            Prediction::Epsilon => Ok(pred.clone()),
+            Prediction::V => {
+                let a = self.per_sample(|i| self.alphas_cumprod[i].sqrt(), t, x_t.device())?;
+                let s = self.per_sample(|i| (1.0 - self.alphas_cumprod[i]).sqrt(), t, x_t.device())?;
+                pred.broadcast_mul(&a)? + x_t.broadcast_mul(&s)?
+            }
+        }
     }
 
     /// x̂0 = (x_t - sqrt(1-ᾱ_t)·ε̂) / sqrt(ᾱ_t)
@@ -147,8 +161,16 @@ impl GaussianDiffusion {
     pub fn training_losses(&self, out: &Tensor, x0: &Tensor, x_t: &Tensor, t: &[usize], noise: &Tensor) -> Result<Losses> {
         let c = x0.dim(1)?;
         let learn_sigma = out.dim(1)? == 2 * c;
-        let eps = out.narrow(1, 0, c)?;
-        let sq = (&eps - noise)?.sqr()?;
+        let pred = out.narrow(1, 0, c)?;
+        let target = match self.prediction {
+            Prediction::Epsilon => noise.clone(),
+            Prediction::V => {
+                let a = self.per_sample(|i| self.alphas_cumprod[i].sqrt(), t, x0.device())?;
+                let s = self.per_sample(|i| (1.0 - self.alphas_cumprod[i]).sqrt(), t, x0.device())?;
+                (noise.broadcast_mul(&a)? - x0.broadcast_mul(&s)?)?
+            }
+        };
+        let sq = (&pred - target)?.sqr()?;
         let mse = sq.mean_all()?;
         let eps_loss = match self.weighting {
             LossWeighting::Uniform => mse.clone(),
@@ -157,6 +179,7 @@ impl GaussianDiffusion {
                 sq.broadcast_mul(&w)?.mean_all()?
             }
         };
+        let eps = self.eps_from_prediction(&pred, x_t, t)?;
         let x0_hat = self.predict_x0(x_t, t, &eps)?;
         let vb = if learn_sigma {
             let v = out.narrow(1, c, c)?;
@@ -167,11 +190,14 @@ impl GaussianDiffusion {
         Ok(Losses { mse, eps_loss, vb, x0_hat })
     }
 
-    /// min(SNR_t, γ)/SNR_t for ε-prediction.
+    /// min(SNR_t, γ)/SNR_t for ε-prediction, min(SNR_t, γ)/(SNR_t + 1) for v-prediction.
     pub fn min_snr_weight(&self, t: usize) -> f64 {
         let ab = self.alphas_cumprod[t];
         let snr = ab / (1.0 - ab);
-        snr.min(self.min_snr_gamma) / snr
+        match self.prediction {
+            Prediction::Epsilon => snr.min(self.min_snr_gamma) / snr,
+            Prediction::V => snr.min(self.min_snr_gamma) / (snr + 1.0),
+        }
     }
 
     /// Per-sample variational bound terms [B] in bits/dim: KL(q(x_{t-1}|x_t,x0) ‖ p(x_{t-1}|x_t)) for t > 0 and the
@@ -198,7 +224,7 @@ impl GaussianDiffusion {
         let c = x_t.dim(1)?;
         let b = x_t.dim(0)?;
         let t = vec![i; b];
-        let eps = out.narrow(1, 0, c)?;
+        let eps = self.eps_from_prediction(&out.narrow(1, 0, c)?, x_t, &t)?;
         let v = (out.dim(1)? == 2 * c).then(|| out.narrow(1, c, c)).transpose()?;
         let x0 = self.predict_x0(x_t, &t, &eps)?;
         let x0 = if clip { x0.clamp(-1f32, 1f32)? } else { x0 };
@@ -215,7 +241,7 @@ impl GaussianDiffusion {
         let c = x_t.dim(1)?;
         let ab = self.alphas_cumprod[i];
         let ab_prev = self.alphas_cumprod_prev[i];
-        let eps = out.narrow(1, 0, c)?;
+        let eps = self.eps_from_prediction(&out.narrow(1, 0, c)?, x_t, &vec![i; x_t.dim(0)?])?;
         let x0 = ((x_t * (1.0 / ab).sqrt())? - (eps * (1.0 / ab - 1.0).sqrt())?)?;
         let x0 = if clip { x0.clamp(-1f32, 1f32)? } else { x0 };
         // ε re-derived from the (clipped) x0, as the reference does.
@@ -354,7 +380,7 @@ mod tests {
     use crate::config::BetaSchedule;
 
     fn linear() -> GaussianDiffusion {
-        GaussianDiffusion::new(&DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear, loss_weighting: LossWeighting::Uniform, min_snr_gamma: 5.0 })
+        GaussianDiffusion::new(&DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear, prediction: Prediction::Epsilon, loss_weighting: LossWeighting::Uniform, min_snr_gamma: 5.0 })
     }
 
     #[test]
@@ -367,7 +393,7 @@ mod tests {
 
     #[test]
     fn min_snr_weights() {
-        let mut cfg = DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear, loss_weighting: LossWeighting::MinSnr, min_snr_gamma: 5.0 };
+        let mut cfg = DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear, prediction: Prediction::Epsilon, loss_weighting: LossWeighting::MinSnr, min_snr_gamma: 5.0 };
         let d = GaussianDiffusion::new(&cfg);
         // Low noise (SNR ≫ γ): γ/SNR; high noise (SNR < γ): 1.
         let ab = d.alphas_cumprod[0];
@@ -387,7 +413,7 @@ mod tests {
 
     #[test]
     fn cosine_schedule_is_monotone_and_capped() {
-        let b = betas(&DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Cosine, loss_weighting: LossWeighting::Uniform, min_snr_gamma: 5.0 });
+        let b = betas(&DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Cosine, prediction: Prediction::Epsilon, loss_weighting: LossWeighting::Uniform, min_snr_gamma: 5.0 });
         assert!(b.windows(2).all(|w| w[0] <= w[1] + 1e-12));
         assert!(b.iter().all(|&x| x > 0.0 && x <= 0.999));
     }
@@ -462,6 +488,27 @@ mod tests {
             let s = d.per_sample(|i| (1.0 - d.alphas_cumprod[i]).sqrt(), &ts, x.device())?;
             (x - self.0.broadcast_mul(&a)?)?.broadcast_div(&s)
         }
+    }
+
+    #[test]
+    fn v_prediction_round_trips_eps_and_x0() -> Result<()> {
+        let cfg = DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear, prediction: Prediction::V, loss_weighting: LossWeighting::Uniform, min_snr_gamma: 5.0 };
+        let d = GaussianDiffusion::new(&cfg);
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(4);
+        let x0 = rng.randn(&[3, 1, 4, 4], &dev)?;
+        let noise = rng.randn(&[3, 1, 4, 4], &dev)?;
+        let t = [5, 400, 990];
+        let xt = d.q_sample(&x0, &t, &noise)?;
+        // The exact v makes the loss zero and recovers ε and x0.
+        let a = d.per_sample(|i| d.alphas_cumprod[i].sqrt(), &t, &dev)?;
+        let s = d.per_sample(|i| (1.0 - d.alphas_cumprod[i]).sqrt(), &t, &dev)?;
+        let v = (noise.broadcast_mul(&a)? - x0.broadcast_mul(&s)?)?;
+        let l = d.training_losses(&v, &x0, &xt, &t, &noise)?;
+        assert!(l.mse.to_scalar::<f32>()? < 1e-12);
+        assert!((l.x0_hat - &x0)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-2);
+        assert!((d.eps_from_prediction(&v, &xt, &t)? - &noise)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+        Ok(())
     }
 
     #[test]
