@@ -2,6 +2,8 @@
 //! JS `Error` whose message names the cause. All logic lives in `sadm-core`.
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
+// candle is reached through sadm-core so that both crates always agree on its version.
+use sadm_core::candle::{Device, Tensor};
 use sadm_core::checkpoint;
 use sadm_core::diffusion::{SampleOptions as CoreSampleOptions, Sampler};
 use sadm_core::{device, train, CoreConfig, Trainer};
@@ -85,12 +87,9 @@ fn core_sample_options(o: &SampleOptions) -> sadm_core::Result<CoreSampleOptions
     Ok(CoreSampleOptions { sampler, steps: o.steps as usize, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, seed: o.seed as u64 })
 }
 
-fn to_vec(t: &candle_core_tensor::Tensor) -> sadm_core::Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_device(&candle_core_tensor::Device::Cpu)?.to_vec1::<f32>()?)
+fn to_vec(t: &Tensor) -> sadm_core::Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?)
 }
-
-// candle is reached through sadm-core so that both crates always agree on its version.
-use sadm_core::candle as candle_core_tensor;
 
 /// A training run's native state: the DiT, its EMA, the discriminator, both optimizers and the RNG.
 #[napi]
@@ -169,8 +168,8 @@ impl NativeTrainer {
 #[napi]
 pub struct NativeModel {
     cfg: CoreConfig,
-    weights: Arc<HashMap<String, candle_core_tensor::Tensor>>,
-    device: candle_core_tensor::Device,
+    weights: Arc<HashMap<String, Tensor>>,
+    device: Device,
 }
 
 #[napi]
@@ -235,7 +234,7 @@ impl Task for StepTask {
 
 pub enum Source {
     Trainer(Arc<Mutex<Trainer>>),
-    Weights(CoreConfig, Arc<HashMap<String, candle_core_tensor::Tensor>>, candle_core_tensor::Device),
+    Weights(CoreConfig, Arc<HashMap<String, Tensor>>, Device),
 }
 
 pub struct SampleTask {
