@@ -102,7 +102,13 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
         path.join(tmp, "state.json"),
         JSON.stringify({ formatVersion: 1, config: JSON.parse(this.cfg), step: this.steps, rng: this.rng, extra: JSON.parse(extraJson) }),
       );
-      fs.renameSync(tmp, dir);
+      // Like the native save: an existing checkpoint of the same name is replaced only once the new one is whole.
+      if (fs.existsSync(dir)) {
+        const old = `${dir}.old`;
+        fs.renameSync(dir, old);
+        fs.renameSync(tmp, dir);
+        fs.rmSync(old, { recursive: true, force: true });
+      } else fs.renameSync(tmp, dir);
       log.saves.push(dir);
     }
 

@@ -25,6 +25,7 @@ function tiny(outDir: string, extra: SadmConfigInput = {}): SadmConfigInput {
     data: { name: "mnist", limit: 64 },
     batchSize: 8,
     steps: 10,
+    lr: 1e-3,
     sampleEvery: 5,
     checkpointEvery: 4,
     keepCheckpoints: 2,
@@ -57,11 +58,14 @@ describe("train (with a fake native core)", () => {
     expect(r.aborted).toBe(false);
     expect(seen).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     // schedules reach the native step
-    expect(log.steps[0].opts).toMatchObject({ lambda: 0, updateDisc: true, discLr: 1e-4 });
+    // The discriminator trains only once λ > 0 (during the warm-up its output would not reach the DiT).
+    expect(log.steps[0].opts).toMatchObject({ lambda: 0, updateDisc: false, discLr: 1e-4 });
     expect(log.steps[0].opts.lr).toBeCloseTo(1e-3 / 2, 12);
     expect(log.steps[0].opts.emaDecay).toBeCloseTo(0.1, 12);
     expect(log.steps[2].opts.lambda).toBe(0);
+    expect(log.steps[2].opts.updateDisc).toBe(false);
     expect(log.steps[3].opts.lambda).toBeCloseTo(0.05, 12);
+    expect(log.steps[3].opts.updateDisc).toBe(true);
     expect(log.steps[4].opts.lambda).toBeCloseTo(0.1, 12);
     // created with the core config
     expect(JSON.parse(log.created[0].config)).toMatchObject({ seed: 0, model: { hiddenSize: 32, depth: 1 } });
