@@ -7,6 +7,7 @@ pub mod diffusion;
 pub mod discriminator;
 pub mod dit;
 pub mod error;
+pub mod metrics;
 pub mod nn;
 pub mod ops;
 pub mod optim;
