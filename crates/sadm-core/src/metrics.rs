@@ -153,6 +153,37 @@ pub fn kid(x: &[f64], y: &[f64], d: usize, subsets: usize, subset_size: usize, s
     (mean, var.sqrt())
 }
 
+fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum()
+}
+
+/// Squared distance from each row to its k-th nearest other row of the same set.
+fn knn_radii(x: &[&[f64]], k: usize) -> Vec<f64> {
+    x.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut d: Vec<f64> = x.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, b)| sq_dist(a, b)).collect();
+            let k = k.min(d.len()).max(1) - 1;
+            *d.select_nth_unstable_by(k, |p, q| p.partial_cmp(q).unwrap()).1
+        })
+        .collect()
+}
+
+/// Fraction of `queries` inside at least one ball around `support` rows with the given squared radii.
+fn coverage(queries: &[&[f64]], support: &[&[f64]], radii: &[f64]) -> f64 {
+    let inside = queries.iter().filter(|q| support.iter().zip(radii).any(|(s, &r)| sq_dist(q, s) <= r)).count();
+    inside as f64 / queries.len().max(1) as f64
+}
+
+/// k-NN precision and recall (Kynkäänniemi et al., 2019): precision is the share of generated samples that fall
+/// in the real manifold (the union of real k-NN balls), recall the share of real samples in the generated one.
+pub fn precision_recall(real: &[f64], generated: &[f64], d: usize, k: usize) -> (f64, f64) {
+    let r: Vec<&[f64]> = real.chunks(d).collect();
+    let g: Vec<&[f64]> = generated.chunks(d).collect();
+    let (rr, rg) = (knn_radii(&r, k), knn_radii(&g, k));
+    (coverage(&g, &r, &rr), coverage(&r, &g, &rg))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +238,17 @@ mod tests {
         assert!(same.abs() < 0.05, "{same}");
         assert!(shifted > 10.0 * same.abs().max(0.01), "{shifted} vs {same}");
         assert_eq!(kid(&a, &c, 4, 10, 200, 0), kid(&a, &c, 4, 10, 200, 0));
+    }
+
+    #[test]
+    fn precision_recall_behaviour() {
+        let real = gaussian(300, 2, &[0.0, 0.0], &[1.0, 1.0], 8);
+        assert_eq!(precision_recall(&real, &real, 2, 3), (1.0, 1.0));
+        let far = gaussian(300, 2, &[100.0, 100.0], &[1.0, 1.0], 9);
+        assert_eq!(precision_recall(&real, &far, 2, 3), (0.0, 0.0));
+        // A collapsed generator (tight cluster at the mode): precise but covering little of the real set.
+        let collapsed = gaussian(300, 2, &[0.0, 0.0], &[0.05, 0.05], 10);
+        let (p, r) = precision_recall(&real, &collapsed, 2, 3);
+        assert!(p > 0.95 && r < 0.2, "precision {p}, recall {r}");
     }
 }
