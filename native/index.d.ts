@@ -45,6 +45,22 @@ export interface BuildInfo {
   devices: Array<string>
 }
 
+/**
+ * Compares two feature sets (rows of `dim` floats): Fréchet distance, KID (100 subsets of up to 1,000 rows,
+ * seeded) and k-NN precision/recall with k = 3.
+ */
+export declare function featureMetrics(real: Float64Array, generated: Float64Array, dim: number): FeatureMetrics
+
+export interface FeatureMetrics {
+  /** Fréchet distance. */
+  fd: number
+  /** KID mean and standard deviation over subsets. */
+  kid: number
+  kidStd: number
+  precision: number
+  recall: number
+}
+
 export interface ParamCounts {
   dit: number
   discriminator: number

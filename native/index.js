@@ -838,3 +838,4 @@ module.exports = nativeBinding
 module.exports.NativeModel = nativeBinding.NativeModel
 module.exports.NativeTrainer = nativeBinding.NativeTrainer
 module.exports.buildInfo = nativeBinding.buildInfo
+module.exports.featureMetrics = nativeBinding.featureMetrics

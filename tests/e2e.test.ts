@@ -169,4 +169,19 @@ describe("end to end (native addon)", () => {
     expect(xa).toHaveLength(3 * 28 * 28);
     expect(await b.sample(labels, sopts)).toEqual(xa);
   }, 300_000);
+
+  it("computes feature metrics natively and rejects malformed feature sets", () => {
+    const native = loadNative();
+    const n = 64, d = 3;
+    const a = new Float64Array(n * d).map((_, i) => Math.sin(i * 1.7) + (i % d));
+    const same = native.featureMetrics(a, a, d);
+    expect(Math.abs(same.fd)).toBeLessThan(1e-8);
+    expect([same.precision, same.recall]).toEqual([1, 1]);
+    const shifted = native.featureMetrics(a, a.map((v) => v + 5), d);
+    expect(shifted.fd).toBeGreaterThan(70); // |Δμ|² = 3·25, same covariance
+    expect(shifted.precision).toBe(0);
+    expect(() => native.featureMetrics(a, a.subarray(0, 5), d)).toThrow(/generated features: 5 values/);
+    expect(() => native.featureMetrics(a, a.map(() => Number.NaN), d)).toThrow(/non-finite/);
+  });
 });
+

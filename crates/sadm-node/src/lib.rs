@@ -5,6 +5,7 @@ use napi_derive::napi;
 // candle is reached through sadm-core so that both crates always agree on its version.
 use sadm_core::candle::{Device, Tensor};
 use sadm_core::checkpoint;
+use sadm_core::metrics;
 use sadm_core::diffusion::{SampleOptions as CoreSampleOptions, Sampler};
 use sadm_core::{device, train, CoreConfig, Trainer};
 use std::collections::HashMap;
@@ -284,4 +285,37 @@ impl Task for SaveTask {
     fn resolve(&mut self, _env: Env, _output: ()) -> Result<()> {
         Ok(())
     }
+}
+
+#[napi(object)]
+pub struct FeatureMetrics {
+    /// Fréchet distance.
+    pub fd: f64,
+    /// KID mean and standard deviation over subsets.
+    pub kid: f64,
+    pub kid_std: f64,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// Compares two feature sets (rows of `dim` floats): Fréchet distance, KID (100 subsets of up to 1,000 rows,
+/// seeded) and k-NN precision/recall with k = 3.
+#[napi(catch_unwind)]
+pub fn feature_metrics(real: Float64Array, generated: Float64Array, dim: u32) -> Result<FeatureMetrics> {
+    guarded("featureMetrics", || {
+        let d = dim as usize;
+        for (name, x) in [("real", &real), ("generated", &generated)] {
+            if d == 0 || x.len() % d != 0 || x.len() / d < 4 {
+                return Err(sadm_core::Error::Input(format!(
+                    "{name} features: {} values are not at least 4 rows of {d}", x.len()
+                )));
+            }
+            if x.iter().any(|v| !v.is_finite()) {
+                return Err(sadm_core::Error::Input(format!("{name} features contain a non-finite value")));
+            }
+        }
+        let (kid, kid_std) = metrics::kid(&real, &generated, d, 100, 1000, 0);
+        let (precision, recall) = metrics::precision_recall(&real, &generated, d, 3);
+        Ok(FeatureMetrics { fd: metrics::frechet_distance(&real, &generated, d), kid, kid_std, precision, recall })
+    })
 }
