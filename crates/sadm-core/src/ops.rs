@@ -25,14 +25,13 @@ fn tanh_fast(u: f32) -> f32 {
     1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
 }
 
-fn map_rows(n: usize, row: usize, out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+fn map_rows(row: usize, out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows_per_task = (MIN_PAR / row.max(1)).max(1);
     out.par_chunks_mut(row * rows_per_task).enumerate().for_each(|(k, chunk)| {
         for (j, r) in chunk.chunks_mut(row).enumerate() {
             f(k * rows_per_task + j, r);
         }
     });
-    let _ = n;
 }
 
 struct Gelu;
@@ -93,7 +92,7 @@ impl CustomOp1 for LayerNorm {
         let x = slice(s, l, self.name())?;
         let d = l.dims()[l.dims().len() - 1];
         let mut y = vec![0f32; x.len()];
-        map_rows(x.len() / d, d, &mut y, |i, yr| {
+        map_rows(d, &mut y, |i, yr| {
             let xr = &x[i * d..(i + 1) * d];
             let (mean, r) = ln_stats(xr, self.0);
             for (y, &x) in yr.iter_mut().zip(xr) {
@@ -116,7 +115,7 @@ impl CustomOp2 for LayerNormGrad {
         let d = l1.dims()[l1.dims().len() - 1];
         let mut dx = vec![0f32; x.len()];
         // dx = r·(g − mean(g) − ŷ·mean(g·ŷ))
-        map_rows(x.len() / d, d, &mut dx, |i, dr| {
+        map_rows(d, &mut dx, |i, dr| {
             let (xr, gr) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d]);
             let (mean, r) = ln_stats(xr, self.0);
             let (mut mg, mut mgy) = (0f32, 0f32);
@@ -145,7 +144,7 @@ impl CustomOp1 for Softmax {
         let x = slice(s, l, self.name())?;
         let d = l.dims()[l.dims().len() - 1];
         let mut y = vec![0f32; x.len()];
-        map_rows(x.len() / d, d, &mut y, |i, yr| {
+        map_rows(d, &mut y, |i, yr| {
             let xr = &x[i * d..(i + 1) * d];
             let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
@@ -172,7 +171,7 @@ impl CustomOp2 for SoftmaxGrad {
         let d = l1.dims()[l1.dims().len() - 1];
         let mut dx = vec![0f32; y.len()];
         // dx = y·(g − Σ g·y)
-        map_rows(y.len() / d, d, &mut dx, |i, dr| {
+        map_rows(d, &mut dx, |i, dr| {
             let (yr, gr) = (&y[i * d..(i + 1) * d], &g[i * d..(i + 1) * d]);
             let dot: f32 = yr.iter().zip(gr).map(|(y, g)| y * g).sum();
             for ((o, &y), &g) in dr.iter_mut().zip(yr).zip(gr) {
@@ -185,7 +184,6 @@ impl CustomOp2 for SoftmaxGrad {
 
 /// Σ over rows of a [rows, d] slice → [d], rows split across threads.
 fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
-    let rows = g.len() / d;
     let per = (MIN_PAR / d).max(1);
     g.par_chunks(per * d)
         .map(|chunk| {
@@ -199,9 +197,6 @@ fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
             a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
             a
         })
-        .into_iter()
-        .take(if rows == 0 { 0 } else { d })
-        .collect()
 }
 
 /// y + b with b broadcast over every row: a linear layer's bias. Its backward sums rows in one pass; candle's
@@ -217,7 +212,7 @@ impl CustomOp2 for BiasAdd {
         let (y, b) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let d = b.len();
         let mut out = y.to_vec();
-        map_rows(out.len() / d, d, &mut out, |_, r| r.iter_mut().zip(b).for_each(|(o, b)| *o += b));
+        map_rows(d, &mut out, |_, r| r.iter_mut().zip(b).for_each(|(o, b)| *o += b));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
     fn bwd(&self, _y: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -268,7 +263,7 @@ impl CustomOp3 for Modulate {
         let (x, shift, scale) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         let (_, n, d) = per_sample_rows(l1);
         let mut y = vec![0f32; x.len()];
-        map_rows(x.len() / d, d, &mut y, |row, yr| {
+        map_rows(d, &mut y, |row, yr| {
             let p = (row / n) * d;
             let xr = &x[row * d..(row + 1) * d];
             for k in 0..d {
@@ -294,7 +289,7 @@ impl CustomOp3 for GatedResidual {
         let (x, h, gate) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
         let (_, n, d) = per_sample_rows(l1);
         let mut y = vec![0f32; x.len()];
-        map_rows(x.len() / d, d, &mut y, |row, yr| {
+        map_rows(d, &mut y, |row, yr| {
             let p = (row / n) * d;
             for k in 0..d {
                 yr[k] = x[row * d + k] + gate[p + k] * h[row * d + k];
