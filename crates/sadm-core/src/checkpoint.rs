@@ -184,6 +184,18 @@ pub fn load_weights(dir: &Path, device: &Device, use_ema: bool) -> Result<(CoreC
     Ok((state.config, tensors))
 }
 
+/// Weights to start a fine-tuning run from: a checkpoint directory (its EMA weights) or a safetensors file of DiT
+/// weights in the reference names. They are checked against the new model by `Trainer::from_pretrained`.
+pub fn load_pretrained(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    if path.is_dir() {
+        Ok(load_weights(path, device, true)?.1)
+    } else if path.is_file() {
+        load_tensors(path, device)
+    } else {
+        Err(Error::checkpoint(path, "no such checkpoint directory or weights file"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +254,51 @@ mod tests {
         assert_eq!(read_state(&dir.join("c"))?.extra, serde_json::json!(2));
         let names: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         assert_eq!(names, vec!["c".to_string()]);
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn fine_tuning_starts_from_the_weights_with_fresh_state() -> Result<()> {
+        let dir = tmpdir("ft");
+        let src = trained();
+        save(&src, &dir.join("c"), serde_json::Value::Null)?;
+        let w = load_pretrained(&dir.join("c"), &Device::Cpu)?;
+        // Another seed, only the efficient subset trainable, and 12 classes instead of 10.
+        let mut cfg = CoreConfig::tiny_mnist();
+        cfg.seed = 7;
+        cfg.model.num_classes = 12;
+        cfg.trainable = crate::config::PEFT_PATTERNS.iter().map(|s| s.to_string()).collect();
+        let (mut ft, notes) = Trainer::from_pretrained(cfg, &w, &dir.join("c"), &Device::Cpu)?;
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("10 classes and this model 12"), "{notes:?}");
+        assert_eq!(ft.step_count(), 0);
+        let ema = src.ema_tensors();
+        let value = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (name, var) in &ft.dit_vars {
+            if name != crate::dit::CLASS_TABLE {
+                assert_eq!(value(var.as_tensor()), value(&ema[name]), "{name} not taken from the source EMA");
+            }
+        }
+        let names = ft.trainable_names();
+        assert!(names.contains(&"blocks.0.attn.qkv.bias".to_string()) && !names.contains(&"blocks.0.attn.qkv.weight".to_string()));
+        // One step moves only the trainable subset.
+        let before: HashMap<String, Vec<f32>> = ft.dit_vars.iter().map(|(n, v)| (n.clone(), value(v.as_tensor()))).collect();
+        let x: Vec<f32> = Rng::new(3).normal_vec(4 * 784).iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        ft.step(&x, &[0, 1, 11, 3], &StepParams { lambda: 0.0, lr: 1e-2, disc_lr: 0.0, ema_decay: 0.0, update_disc: false })?;
+        for (name, var) in &ft.dit_vars {
+            let moved = value(var.as_tensor()) != before[name];
+            assert_eq!(moved, names.contains(name), "{name}: moved = {moved}");
+        }
+        // Another architecture is refused, naming the tensor.
+        let mut wide = CoreConfig::tiny_mnist();
+        wide.model.hidden_size = 32;
+        let e = Trainer::from_pretrained(wide, &w, Path::new("src"), &Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("has shape"), "{e}");
+        // A pattern that matches nothing is refused.
+        let mut none = CoreConfig::tiny_mnist();
+        none.trainable = vec!["decoder.*".into()];
+        assert!(Trainer::new(none, &Device::Cpu).err().unwrap().to_string().contains("matches no DiT parameter"));
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -193,6 +193,38 @@ pub struct CoreConfig {
     pub discriminator: DiscriminatorConfig,
     pub dit_optim: OptimConfig,
     pub disc_optim: OptimConfig,
+    /// Name patterns (`*` matches any run of characters) of the DiT parameters the optimizer updates; the rest
+    /// stay frozen. `["*"]`, the default, trains everything; fine-tuning can restrict it (see `PEFT_PATTERNS`).
+    #[serde(default = "all_parameters")]
+    pub trainable: Vec<String>,
+}
+
+fn all_parameters() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// Parameter-efficient fine-tuning in the spirit of DiffFit (Xie et al. 2023): biases, the adaLN modulation
+/// (which scales and shifts every norm), and the timestep and class embeddings.
+pub const PEFT_PATTERNS: &[&str] = &["*.bias", "*adaLN_modulation*", "t_embedder.*", "y_embedder.*"];
+
+/// Whether `name` matches a pattern where `*` stands for any run of characters (including none).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) || name.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
@@ -236,6 +268,7 @@ impl CoreConfig {
         check(d.t_max >= 1 && d.t_max <= self.diffusion.num_timesteps, || {
             format!("discriminator.tMax must be in [1, {}]", self.diffusion.num_timesteps)
         })?;
+        check(!self.trainable.is_empty(), || "trainable must list at least one parameter pattern (\"*\" = all)".into())?;
         for (name, o) in [("ditOptim", &self.dit_optim), ("discOptim", &self.disc_optim)] {
             check((0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2), || format!("{name}.beta1/beta2 must be in [0, 1)"))?;
             check(o.eps > 0.0 && o.weight_decay >= 0.0 && o.grad_clip >= 0.0, || {
@@ -285,6 +318,7 @@ impl CoreConfig {
             },
             dit_optim: OptimConfig::default(),
             disc_optim: OptimConfig::default(),
+            trainable: all_parameters(),
         }
     }
 }
@@ -303,6 +337,27 @@ mod tests {
         assert_eq!((s.depth, s.hidden_size, s.num_heads, s.patch_size, s.grid()), (12, 384, 6, 8, 4));
         assert!(ModelConfig::preset("DiT-M/2", 32, 4, 10).unwrap_err().to_string().contains("unknown preset size 'M'"));
         assert!(ModelConfig::preset("DiT-S/3", 32, 4, 10).unwrap_err().to_string().contains("patch '3'"));
+    }
+
+    #[test]
+    fn glob_patterns() {
+        for (p, n, want) in [
+            ("*", "blocks.0.attn.qkv.weight", true),
+            ("*.bias", "blocks.0.attn.qkv.bias", true),
+            ("*.bias", "blocks.0.attn.qkv.weight", false),
+            ("*adaLN_modulation*", "final_layer.adaLN_modulation.1.weight", true),
+            ("t_embedder.*", "t_embedder.mlp.0.weight", true),
+            ("t_embedder.*", "y_embedder.embedding_table.weight", false),
+            ("blocks.*.mlp.*.bias", "blocks.3.mlp.fc2.bias", true),
+            ("a*a", "a", false),
+            ("x_embedder.proj.weight", "x_embedder.proj.weight", true),
+        ] {
+            assert_eq!(glob_match(p, n), want, "{p} ~ {n}");
+        }
+        // Configs saved before `trainable` existed still load, training everything.
+        let mut v = serde_json::to_value(CoreConfig::tiny_mnist()).unwrap();
+        v.as_object_mut().unwrap().remove("trainable");
+        assert_eq!(CoreConfig::from_json(&v.to_string()).unwrap().trainable, vec!["*"]);
     }
 
     #[test]

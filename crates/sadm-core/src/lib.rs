@@ -1,6 +1,7 @@
 //! sadm-core: structure-guided adversarial training (SADM, Yang et al., CVPR 2024) of diffusion transformers
 //! on candle. See `shared/design.md` for the method and the layout.
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod device;
 pub mod diffusion;

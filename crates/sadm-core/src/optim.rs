@@ -22,6 +22,10 @@ impl AdamW {
         Ok(Self { cfg, vars, m, v, step: 0 })
     }
 
+    pub fn var_names(&self) -> Vec<String> {
+        self.vars.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     pub fn step_count(&self) -> u64 {
         self.step
     }

@@ -1,6 +1,6 @@
 //! The fused SADM training step (design §1.2): DiT forward and denoising loss, discriminator update(s) on the
 //! detached reconstructions, denoiser update on `L_den + λ·D` with φ fixed, EMA. One call, one step.
-use crate::config::CoreConfig;
+use crate::config::{glob_match, CoreConfig};
 use crate::diffusion::{self, GaussianDiffusion, SampleOptions};
 use crate::discriminator::{self, Encoder};
 use crate::dit::{self, DiT};
@@ -10,7 +10,9 @@ use crate::optim::AdamW;
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use crate::checkpoint::check_shapes;
 use std::collections::HashMap;
+use std::path::Path;
 
 /// RNG streams: the training stream's state is checkpointed; initialisation uses its own streams so that
 /// changing one network's size does not shift the other's weights.
@@ -90,9 +92,22 @@ impl Trainer {
         let dit_vars = sorted_vars(&dit_map);
         let disc_vars = sorted_vars(&disc_map);
         let ema = dit_vars.iter().map(|(_, v)| v.as_tensor().detach().copy()).collect::<candle_core::Result<_>>()?;
+        // Frozen parameters are simply not handed to the optimizer: they still get gradients (candle computes
+        // them for every variable on the path), but nothing ever applies them.
+        let trainable: Vec<(String, Var)> = dit_vars
+            .iter()
+            .filter(|(n, _)| cfg.trainable.iter().any(|p| glob_match(p, n)))
+            .cloned()
+            .collect();
+        if trainable.is_empty() {
+            return Err(Error::Config(format!(
+                "trainable {:?} matches no DiT parameter (names look like blocks.0.attn.qkv.weight)",
+                cfg.trainable
+            )));
+        }
         Ok(Self {
             diffusion: GaussianDiffusion::new(&cfg.diffusion),
-            opt_dit: AdamW::new(dit_vars.clone(), cfg.dit_optim.clone())?,
+            opt_dit: AdamW::new(trainable, cfg.dit_optim.clone())?,
             opt_disc: AdamW::new(disc_vars.clone(), cfg.disc_optim.clone())?,
             rng: Rng::derive(cfg.seed, STREAM_TRAIN),
             step: 0,
@@ -104,6 +119,44 @@ impl Trainer {
             disc_vars,
             cfg,
         })
+    }
+
+    /// A fresh trainer (new discriminator, optimizers and RNG from `cfg.seed`) whose DiT starts from `weights`
+    /// (reference parameter names, e.g. another run's EMA or converted DiT weights); the EMA starts equal to
+    /// them. A class-embedding table of another size (a new label set) keeps its fresh initialisation; every
+    /// other tensor must match `cfg.model`. Returns the notes on what was not taken over.
+    pub fn from_pretrained(cfg: CoreConfig, weights: &HashMap<String, Tensor>, source: &Path, device: &Device) -> Result<(Self, Vec<String>)> {
+        let mut tr = Self::new(cfg, device)?;
+        let mut notes = vec![];
+        let mut expected: Vec<(String, Vec<usize>)> = vec![];
+        for (name, var) in &tr.dit_vars {
+            let fresh = name == dit::CLASS_TABLE && weights.get(name).is_none_or(|w| w.dims() != var.dims());
+            if fresh {
+                let source_classes = match weights.get(name) {
+                    Some(w) => format!("{} classes", w.dim(0)? - 1),
+                    None => "no class embeddings".into(),
+                };
+                notes.push(format!(
+                    "{name}: the source has {source_classes} and this model {} classes; the class embeddings start fresh",
+                    var.dim(0)? - 1
+                ));
+            } else {
+                expected.push((name.clone(), var.dims().to_vec()));
+            }
+        }
+        check_shapes(source, &expected, weights, &["pos_embed", dit::CLASS_TABLE])?;
+        for (name, var) in &tr.dit_vars {
+            if expected.iter().any(|(n, _)| n == name) {
+                var.set(&weights[name].to_dtype(DType::F32)?.to_device(device)?)?;
+            }
+        }
+        tr.ema = tr.dit_vars.iter().map(|(_, v)| v.as_tensor().detach().copy()).collect::<candle_core::Result<_>>()?;
+        Ok((tr, notes))
+    }
+
+    /// Names of the DiT parameters the optimizer updates.
+    pub fn trainable_names(&self) -> Vec<String> {
+        self.opt_dit.var_names()
     }
 
     pub fn config(&self) -> &CoreConfig {
