@@ -9,6 +9,18 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** A feature extractor for the metrics: a named architecture with weights from a safetensors file. */
+export declare class NativeExtractor {
+  /** Loads `arch` ("lenet-mnist") from a safetensors file. */
+  static load(arch: string, weights: string, device: string): NativeExtractor
+  /** The input every image must have: [channels, height, width]. */
+  get inputShape(): Array<number>
+  get featureDim(): number
+  get numClasses(): number
+  /** Features and predicted classes of n images (n·C·H·W floats in [-1, 1]). */
+  run(images: Float32Array): Promise<Extracted>
+}
+
 /** A trained DiT for sampling only (the EMA weights of a checkpoint by default). */
 export declare class NativeModel {
   static load(dir: string, device: string, useEma: boolean): NativeModel
@@ -20,6 +32,12 @@ export declare class NativeModel {
 export declare class NativeTrainer {
   /** A fresh trainer from a CoreConfig JSON on a device ("cpu" or "cuda:N"). */
   static create(coreConfigJson: string, device: string): NativeTrainer
+  /**
+   * A fresh trainer (new discriminator, optimizers, EMA and RNG) whose DiT starts from pretrained weights: a
+   * checkpoint directory (its EMA weights) or a safetensors file in the reference DiT names. Resolves the
+   * notes on what was not taken over (e.g. a class table of another size) via `notes()`.
+   */
+  static fromPretrained(coreConfigJson: string, from: string, device: string): NativeTrainer
   /** Loads a checkpoint directory written by `save`. */
   static load(dir: string, device: string): NativeTrainer
   /** One SADM step on a batch: x0 is batch·C·H·W floats in [-1, 1] (NCHW), labels are class indices. */
@@ -33,6 +51,8 @@ export declare class NativeTrainer {
   configJson(): string
   /** The `extra` of the checkpoint this trainer was loaded from ("{}" when fresh). */
   extraJson(): string
+  /** Names of the DiT parameters the optimizer updates (all of them unless `trainable` restricts it). */
+  trainableNames(): Array<string>
   paramCounts(): ParamCounts
 }
 
@@ -43,6 +63,21 @@ export interface BuildInfo {
   version: string
   features: Array<string>
   devices: Array<string>
+}
+
+export interface ClassifierTraining {
+  epochs: number
+  batchSize: number
+  lr: number
+  seed: number
+}
+
+/** Features and predicted classes of a set of images. */
+export interface Extracted {
+  /** n × dim features, row-major. */
+  features: Float32Array
+  predictions: Int32Array
+  dim: number
 }
 
 /**
@@ -96,3 +131,9 @@ export interface StepStats {
   gradNormDit: number
   gradNormDisc?: number
 }
+
+/**
+ * Trains the built-in MNIST extractor ("lenet-mnist") on n 28×28 images and writes its weights (safetensors,
+ * atomically) to `out`. Resolves with the mean training loss of each epoch.
+ */
+export declare function trainClassifier(images: Float32Array, labels: Int32Array, opts: ClassifierTraining, out: string): Promise<number[]>

@@ -835,7 +835,9 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.NativeExtractor = nativeBinding.NativeExtractor
 module.exports.NativeModel = nativeBinding.NativeModel
 module.exports.NativeTrainer = nativeBinding.NativeTrainer
 module.exports.buildInfo = nativeBinding.buildInfo
 module.exports.featureMetrics = nativeBinding.featureMetrics
+module.exports.trainClassifier = nativeBinding.trainClassifier

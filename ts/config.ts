@@ -104,6 +104,34 @@ export interface DataConfig {
   classes?: number[];
   /** Use at most this many images (after the class filter). */
   limit?: number;
+  /** `all` (default), or the `train` (90 %) / `test` (10 %) part of every class. */
+  split?: "all" | "train" | "test";
+}
+
+/** A feature extractor for the metrics: a named architecture and its weights (safetensors). */
+export interface ExtractorConfig {
+  /** Architecture name; `lenet-mnist` is built in. */
+  arch: string;
+  /** Path of the weights; default: the LeNet shipped with sadm (`assets/lenet-mnist.safetensors`). */
+  weights?: string;
+}
+
+/** Sample-quality evaluation (FD, KID, precision/recall, classifier accuracy) of the EMA model. */
+export interface EvalConfig {
+  /** Evaluate every N training steps (0 = never during training; `sadm eval` works on any checkpoint). */
+  every: number;
+  /** Generated samples (and as many real images as the data has, up to this number). */
+  samples: number;
+  /** Sampler for the evaluation samples. */
+  sampler: "ddpm" | "ddim";
+  /** Sampling steps. */
+  steps: number;
+  /** Guidance scale (1 = the plain conditional model, which is what the metrics should judge by default). */
+  cfgScale: number;
+  /** Noise seed of the evaluation samples (fixed, so evaluations of one run are comparable). */
+  seed: number;
+  /** The feature extractor. */
+  extractor: ExtractorConfig;
 }
 
 /** A fully resolved sadm configuration (every field present). */
@@ -162,6 +190,14 @@ export interface SadmConfig {
   eta: number;
   /** Rows of the training sample grids (one column per class). */
   samplesPerClass: number;
+  /**
+   * DiT parameters the optimizer updates: `all`, `efficient` (biases, adaLN modulation, timestep and class
+   * embeddings: parameter-efficient fine-tuning) or a list of name patterns with `*` wildcards, e.g.
+   * `["blocks.*.attn.*", "final_layer.*"]`.
+   */
+  trainable: "all" | "efficient" | string[];
+  /** Sample-quality evaluation. */
+  eval: EvalConfig;
 }
 
 /** Recursively optional version of T (arrays are replaced, not merged). */
@@ -180,6 +216,8 @@ export interface CoreConfig {
   discriminator: DiscriminatorConfig;
   ditOptim: OptimConfig;
   discOptim: OptimConfig;
+  /** Name patterns of the trainable DiT parameters (`["*"]` = all). */
+  trainable: string[];
 }
 
 /** Architecture fields of a DiT model preset. */
@@ -299,7 +337,15 @@ export const BASE_DEFAULTS: SadmConfigInput = {
   cfgScale: 3,
   eta: 0,
   samplesPerClass: 4,
+  trainable: "all",
+  eval: { every: 0, samples: 1000, sampler: "ddim", steps: 50, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } },
 };
+
+/**
+ * Parameter-efficient fine-tuning (`trainable: "efficient"`), after DiffFit (Xie et al. 2023): biases, the adaLN
+ * modulation that scales and shifts every norm, and the timestep and class embeddings.
+ */
+export const EFFICIENT_PATTERNS: readonly string[] = ["*.bias", "*adaLN_modulation*", "t_embedder.*", "y_embedder.*"];
 
 /** Shape facts of the built-in datasets (used to default and check the model input). */
 export const DATASET_SHAPES: Readonly<Record<DataConfig["name"], { size: number; channels: number; numClasses: number }>> = {
@@ -391,6 +437,7 @@ const optimSchema = z.strictObject({
 
 const dataSchema = z.strictObject({
   name: oneOf(["mnist"] as const).optional(),
+  split: oneOf(["all", "train", "test"] as const).optional(),
   classes: z
     .array(num(0, 1_000_000, true), { error: "must be an array of class labels" })
     .min(1, { error: "must list at least one class" })
@@ -399,6 +446,21 @@ const dataSchema = z.strictObject({
 });
 
 /** The strict schema of a user config (every field optional; unknown keys are errors). */
+const evalSchema = z.strictObject({
+  every: num(0, MAX_STEPS, true).optional(),
+  samples: num(10, 1_000_000, true).optional(),
+  sampler: oneOf(["ddpm", "ddim"] as const).optional(),
+  steps: num(1, 100_000, true).optional(),
+  cfgScale: num(0, 100).optional(),
+  seed: num(0, Number.MAX_SAFE_INTEGER, true).optional(),
+  extractor: z
+    .strictObject({
+      arch: z.string({ error: "must be an architecture name such as lenet-mnist" }).min(1).optional(),
+      weights: z.string({ error: "must be a path to a safetensors file" }).min(1).optional(),
+    })
+    .optional(),
+});
+
 export const configInputSchema = z.strictObject({
   preset: z.string({ error: "must be a preset name" }).optional(),
   model: modelSchema.optional(),
@@ -433,6 +495,13 @@ export const configInputSchema = z.strictObject({
   cfgScale: num(0, 100).optional(),
   eta: num(0, 10).optional(),
   samplesPerClass: num(1, 64, true).optional(),
+  trainable: z
+    .union([
+      oneOf(["all", "efficient"] as const),
+      z.array(z.string().min(1), { error: "must be a list of parameter-name patterns" }).min(1),
+    ], { error: 'must be "all", "efficient" or a list of parameter-name patterns such as ["*.bias"]' })
+    .optional(),
+  eval: evalSchema.optional(),
 });
 
 // Compile-time check that the schema accepts exactly SadmConfigInput.
@@ -604,6 +673,7 @@ export function resolveConfig(input: unknown): SadmConfig {
       name: dataName,
       ...(m.data?.classes ? { classes: [...m.data.classes] } : {}),
       ...(m.data?.limit !== undefined ? { limit: m.data.limit } : {}),
+      ...(m.data?.split !== undefined ? { split: m.data.split } : {}),
     },
     discriminator: {
       patchSize: disc.patchSize ?? requireField(model.patchSize, "config.model.patchSize"),
@@ -645,6 +715,19 @@ export function resolveConfig(input: unknown): SadmConfig {
     cfgScale: requireField(m.cfgScale, "config.cfgScale"),
     eta: requireField(m.eta, "config.eta"),
     samplesPerClass: requireField(m.samplesPerClass, "config.samplesPerClass"),
+    trainable: requireField(m.trainable, "config.trainable"),
+    eval: {
+      every: requireField(m.eval?.every, "config.eval.every"),
+      samples: requireField(m.eval?.samples, "config.eval.samples"),
+      sampler: requireField(m.eval?.sampler, "config.eval.sampler"),
+      steps: requireField(m.eval?.steps, "config.eval.steps"),
+      cfgScale: requireField(m.eval?.cfgScale, "config.eval.cfgScale"),
+      seed: requireField(m.eval?.seed, "config.eval.seed"),
+      extractor: {
+        arch: requireField(m.eval?.extractor?.arch, "config.eval.extractor.arch"),
+        ...(m.eval?.extractor?.weights !== undefined ? { weights: m.eval.extractor.weights } : {}),
+      },
+    },
   };
   checkCrossFields(cfg);
   return cfg;
@@ -710,6 +793,11 @@ function checkCrossFields(c: SadmConfig): void {
       "config.discriminator.tMax",
       `must be at most diffusion.numTimesteps (${c.diffusion.numTimesteps}) (got ${d.tMax})`,
     );
+  if (c.eval.steps > c.diffusion.numTimesteps)
+    throw new ConfigError(
+      "config.eval.steps",
+      `must be at most diffusion.numTimesteps (${c.diffusion.numTimesteps}) (got ${c.eval.steps})`,
+    );
   if (c.sampleSteps > c.diffusion.numTimesteps)
     throw new ConfigError(
       "config.sampleSteps",
@@ -740,7 +828,13 @@ export function toCoreConfig(cfg: SadmConfig): CoreConfig {
     discriminator: { ...cfg.discriminator },
     ditOptim: { ...cfg.ditOptim },
     discOptim: { ...cfg.discOptim },
+    trainable: trainablePatterns(cfg.trainable),
   };
+}
+
+/** The parameter-name patterns a `trainable` setting stands for. */
+export function trainablePatterns(t: SadmConfig["trainable"]): string[] {
+  return t === "all" ? ["*"] : t === "efficient" ? [...EFFICIENT_PATTERNS] : [...t];
 }
 
 /**

@@ -31,7 +31,18 @@ export interface MnistOptions {
   classes?: ReadonlyArray<number>;
   /** Keep at most this many images (taken in a fixed, class-interleaved order after the filter). */
   limit?: number;
+  /**
+   * Which images: `all` (default), `train` (the first 90 % of each digit's images) or `test` (the last 10 %), so
+   * the metrics' classifier can be scored on digits it never saw.
+   */
+  split?: DataSplit;
 }
+
+/** A fixed partition of the built-in digits. */
+export type DataSplit = "all" | "train" | "test";
+
+/** Share of each class held out as the `test` split. */
+export const TEST_FRACTION = 0.1;
 
 interface DigitFile {
   data: number[];
@@ -73,9 +84,13 @@ export class MnistDataset implements Dataset {
       }
       if (!isDigitFile(raw) || raw.data.length % MNIST_PIXELS !== 0)
         throw new DataError(`mnist: mnist/src/digits/${k}.json is malformed`);
+      const count = raw.data.length / MNIST_PIXELS;
+      const cut = count - Math.round(TEST_FRACTION * count);
+      const split = opts.split ?? "all";
+      const [from, to] = split === "train" ? [0, cut] : split === "test" ? [cut, count] : [0, count];
       const src = raw.data;
-      const arr = new Float32Array(src.length);
-      for (let i = 0; i < src.length; i++) arr[i] = src[i] * 2 - 1;
+      const arr = new Float32Array((to - from) * MNIST_PIXELS);
+      for (let i = 0; i < arr.length; i++) arr[i] = src[from * MNIST_PIXELS + i] * 2 - 1;
       perClass.push(arr);
     }
     // Interleave classes so that a limit keeps them balanced.
@@ -113,7 +128,7 @@ export class MnistDataset implements Dataset {
 export function openDataset(cfg: DataConfig): Dataset {
   switch (cfg.name) {
     case "mnist":
-      return new MnistDataset({ classes: cfg.classes, limit: cfg.limit });
+      return new MnistDataset({ classes: cfg.classes, limit: cfg.limit, split: cfg.split });
     default: {
       const name: never = cfg.name;
       throw new DataError(`unknown dataset "${String(name)}"`);
@@ -125,6 +140,16 @@ export function openDataset(cfg: DataConfig): Dataset {
 export interface DataPosition {
   epoch: number;
   index: number;
+}
+
+/** The first n images of a dataset (all of it when n ≥ its length) and their labels, as one NCHW array. */
+export function readImages(dataset: Dataset, n: number = dataset.length): Batch {
+  const count = Math.min(n, dataset.length);
+  const per = dataset.channels * dataset.height * dataset.width;
+  const x = new Float32Array(count * per);
+  const labels = new Int32Array(count);
+  for (let i = 0; i < count; i++) labels[i] = dataset.read(i, x, i * per);
+  return { x, labels };
 }
 
 /** One mini-batch: NCHW images in [-1, 1] and their labels. */

@@ -105,31 +105,58 @@ pub fn frechet_distance(x: &[f64], y: &[f64], d: usize) -> f64 {
     mean_term + trace(&s1) + trace(&s2) - 2.0 * tr_sqrt
 }
 
-/// Unbiased MMD² between two feature sets with the cubic polynomial kernel `k(a, b) = (a·b/d + 1)³`.
-pub fn mmd2_unbiased(x: &[f64], y: &[f64], d: usize) -> f64 {
-    let k = |a: &[f64], b: &[f64]| (a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>() / d as f64 + 1.0).powi(3);
-    let (xs, ys): (Vec<&[f64]>, Vec<&[f64]>) = (x.chunks(d).collect(), y.chunks(d).collect());
-    let (m, n) = (xs.len() as f64, ys.len() as f64);
-    let within = |s: &[&[f64]]| -> f64 {
-        let mut t = 0.0;
-        for i in 0..s.len() {
-            for j in 0..s.len() {
-                if i != j {
-                    t += k(s[i], s[j]);
-                }
-            }
+/// `a · bᵀ` for row sets a (n × d) and b (m × d): the n × m matrix of dot products, rows in parallel.
+fn gram(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+    use rayon::prelude::*;
+    let m = b.len() / d;
+    let mut out = vec![0.0; (a.len() / d) * m];
+    out.par_chunks_mut(m.max(1)).zip(a.par_chunks(d)).for_each(|(row, x)| {
+        for (o, y) in row.iter_mut().zip(b.chunks(d)) {
+            *o = x.iter().zip(y).map(|(p, q)| p * q).sum();
         }
-        t
-    };
-    let cross: f64 = xs.iter().map(|a| ys.iter().map(|b| k(a, b)).sum::<f64>()).sum();
-    within(&xs) / (m * (m - 1.0)) + within(&ys) / (n * (n - 1.0)) - 2.0 * cross / (m * n)
+    });
+    out
 }
 
-/// KID: the unbiased MMD² averaged over `subsets` random subsets of `subset_size` rows of each set (drawn with
-/// the seeded generator, so the value is reproducible). Returns (mean, standard deviation over subsets).
-pub fn kid(x: &[f64], y: &[f64], d: usize, subsets: usize, subset_size: usize, seed: u64) -> (f64, f64) {
-    let (nx, ny) = (x.len() / d, y.len() / d);
-    let m = subset_size.min(nx).min(ny);
+/// The three Gram matrices of two feature sets, computed once and shared by KID and precision/recall.
+struct Grams {
+    nx: usize,
+    ny: usize,
+    xx: Vec<f64>,
+    yy: Vec<f64>,
+    xy: Vec<f64>,
+}
+
+impl Grams {
+    fn new(x: &[f64], y: &[f64], d: usize) -> Self {
+        Self { nx: x.len() / d, ny: y.len() / d, xx: gram(x, x, d), yy: gram(y, y, d), xy: gram(x, y, d) }
+    }
+
+    /// Unbiased MMD² over the rows `xi` of x and `yi` of y, with `k(a, b) = (a·b/d + 1)³`.
+    fn mmd2(&self, xi: &[usize], yi: &[usize], d: usize) -> f64 {
+        let k = |dot: f64| (dot / d as f64 + 1.0).powi(3);
+        let within = |g: &[f64], n: usize, idx: &[usize]| -> f64 {
+            let mut t = 0.0;
+            for (a, &i) in idx.iter().enumerate() {
+                for &j in &idx[a + 1..] {
+                    t += 2.0 * k(g[i * n + j]);
+                }
+            }
+            t / (idx.len() as f64 * (idx.len() as f64 - 1.0))
+        };
+        let cross: f64 = xi.iter().map(|&i| yi.iter().map(|&j| k(self.xy[i * self.ny + j])).sum::<f64>()).sum();
+        within(&self.xx, self.nx, xi) + within(&self.yy, self.ny, yi) - 2.0 * cross / (xi.len() * yi.len()) as f64
+    }
+}
+
+/// Unbiased MMD² between two feature sets with the cubic polynomial kernel `k(a, b) = (a·b/d + 1)³`.
+pub fn mmd2_unbiased(x: &[f64], y: &[f64], d: usize) -> f64 {
+    let g = Grams::new(x, y, d);
+    g.mmd2(&(0..g.nx).collect::<Vec<_>>(), &(0..g.ny).collect::<Vec<_>>(), d)
+}
+
+fn kid_from(g: &Grams, d: usize, subsets: usize, subset_size: usize, seed: u64) -> (f64, f64) {
+    let m = subset_size.min(g.nx).min(g.ny);
     let mut rng = crate::rng::Rng::new(seed);
     let mut pick = |n: usize| -> Vec<usize> {
         // Partial Fisher–Yates: the first m of a random permutation.
@@ -141,47 +168,64 @@ pub fn kid(x: &[f64], y: &[f64], d: usize, subsets: usize, subset_size: usize, s
         idx.truncate(m);
         idx
     };
-    let vals: Vec<f64> = (0..subsets.max(1))
-        .map(|_| {
-            let xi: Vec<f64> = pick(nx).iter().flat_map(|&i| x[i * d..(i + 1) * d].to_vec()).collect();
-            let yi: Vec<f64> = pick(ny).iter().flat_map(|&i| y[i * d..(i + 1) * d].to_vec()).collect();
-            mmd2_unbiased(&xi, &yi, d)
-        })
-        .collect();
+    let vals: Vec<f64> = (0..subsets.max(1)).map(|_| {
+        let (xi, yi) = (pick(g.nx), pick(g.ny));
+        g.mmd2(&xi, &yi, d)
+    }).collect();
     let mean = vals.iter().sum::<f64>() / vals.len() as f64;
     let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
     (mean, var.sqrt())
 }
 
-fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum()
+/// KID: the unbiased MMD² averaged over `subsets` random subsets of `subset_size` rows of each set (drawn with
+/// the seeded generator, so the value is reproducible). Returns (mean, standard deviation over subsets).
+pub fn kid(x: &[f64], y: &[f64], d: usize, subsets: usize, subset_size: usize, seed: u64) -> (f64, f64) {
+    kid_from(&Grams::new(x, y, d), d, subsets, subset_size, seed)
 }
 
-/// Squared distance from each row to its k-th nearest other row of the same set.
-fn knn_radii(x: &[&[f64]], k: usize) -> Vec<f64> {
-    x.iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let mut d: Vec<f64> = x.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, b)| sq_dist(a, b)).collect();
+/// Squared distance from each row to its k-th nearest other row of the same set, from that set's Gram matrix.
+fn knn_radii(g: &[f64], n: usize, k: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| {
+            let mut d: Vec<f64> = (0..n).filter(|&j| j != i).map(|j| g[i * n + i] + g[j * n + j] - 2.0 * g[i * n + j]).collect();
             let k = k.min(d.len()).max(1) - 1;
-            *d.select_nth_unstable_by(k, |p, q| p.partial_cmp(q).unwrap()).1
+            *d.select_nth_unstable_by(k, |p, q| p.total_cmp(q)).1
         })
         .collect()
 }
 
-/// Fraction of `queries` inside at least one ball around `support` rows with the given squared radii.
-fn coverage(queries: &[&[f64]], support: &[&[f64]], radii: &[f64]) -> f64 {
-    let inside = queries.iter().filter(|q| support.iter().zip(radii).any(|(s, &r)| sq_dist(q, s) <= r)).count();
-    inside as f64 / queries.len().max(1) as f64
+fn precision_recall_from(g: &Grams, k: usize) -> (f64, f64) {
+    let (rr, rg) = (knn_radii(&g.xx, g.nx, k), knn_radii(&g.yy, g.ny, k));
+    let dist = |i: usize, j: usize| g.xx[i * g.nx + i] + g.yy[j * g.ny + j] - 2.0 * g.xy[i * g.ny + j];
+    // Relative slack: distances from Gram entries carry rounding, and a point must stay inside its own ball.
+    let inside = |dd: f64, r: f64| dd <= r + 1e-9 * r.abs().max(1.0);
+    let precision = (0..g.ny).filter(|&j| (0..g.nx).any(|i| inside(dist(i, j), rr[i]))).count() as f64 / g.ny.max(1) as f64;
+    let recall = (0..g.nx).filter(|&i| (0..g.ny).any(|j| inside(dist(i, j), rg[j]))).count() as f64 / g.nx.max(1) as f64;
+    (precision, recall)
 }
 
 /// k-NN precision and recall (Kynkäänniemi et al., 2019): precision is the share of generated samples that fall
 /// in the real manifold (the union of real k-NN balls), recall the share of real samples in the generated one.
 pub fn precision_recall(real: &[f64], generated: &[f64], d: usize, k: usize) -> (f64, f64) {
-    let r: Vec<&[f64]> = real.chunks(d).collect();
-    let g: Vec<&[f64]> = generated.chunks(d).collect();
-    let (rr, rg) = (knn_radii(&r, k), knn_radii(&g, k));
-    (coverage(&g, &r, &rr), coverage(&r, &g, &rg))
+    precision_recall_from(&Grams::new(real, generated, d), k)
+}
+
+/// Every metric of two feature sets, sharing one set of Gram matrices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub fd: f64,
+    pub kid: f64,
+    pub kid_std: f64,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// FD, KID (`subsets` × `subset_size`, seeded) and k-NN precision/recall of `generated` against `real`.
+pub fn report(real: &[f64], generated: &[f64], d: usize, subsets: usize, subset_size: usize, k: usize) -> Report {
+    let g = Grams::new(real, generated, d);
+    let (kid, kid_std) = kid_from(&g, d, subsets, subset_size, 0);
+    let (precision, recall) = precision_recall_from(&g, k);
+    Report { fd: frechet_distance(real, generated, d), kid, kid_std, precision, recall }
 }
 
 #[cfg(test)]
@@ -238,6 +282,16 @@ mod tests {
         assert!(same.abs() < 0.05, "{same}");
         assert!(shifted > 10.0 * same.abs().max(0.01), "{shifted} vs {same}");
         assert_eq!(kid(&a, &c, 4, 10, 200, 0), kid(&a, &c, 4, 10, 200, 0));
+    }
+
+    #[test]
+    fn report_agrees_with_the_single_metrics() {
+        let a = gaussian(120, 3, &[0.0; 3], &[1.0; 3], 11);
+        let b = gaussian(100, 3, &[0.3; 3], &[1.0; 3], 12);
+        let r = report(&a, &b, 3, 5, 50, 3);
+        assert_eq!((r.kid, r.kid_std), kid(&a, &b, 3, 5, 50, 0));
+        assert_eq!((r.precision, r.recall), precision_recall(&a, &b, 3, 3));
+        assert_eq!(r.fd, frechet_distance(&a, &b, 3));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use napi_derive::napi;
 // candle is reached through sadm-core so that both crates always agree on its version.
 use sadm_core::candle::{Device, Tensor};
 use sadm_core::checkpoint;
+use sadm_core::classifier::{self, Extractor, LeNetTraining};
 use sadm_core::metrics;
 use sadm_core::diffusion::{SampleOptions as CoreSampleOptions, Sampler};
 use sadm_core::{device, train, CoreConfig, Trainer};
@@ -111,6 +112,22 @@ impl NativeTrainer {
         })
     }
 
+    /// A fresh trainer (new discriminator, optimizers, EMA and RNG) whose DiT starts from pretrained weights: a
+    /// checkpoint directory (its EMA weights) or a safetensors file in the reference DiT names. Resolves the
+    /// notes on what was not taken over (e.g. a class table of another size) via `notes()`.
+    #[napi(factory, catch_unwind)]
+    pub fn from_pretrained(core_config_json: String, from: String, device: String) -> Result<Self> {
+        guarded("NativeTrainer.fromPretrained", || {
+            let cfg = CoreConfig::from_json(&core_config_json)?;
+            let dev = device::parse_device(&device)?;
+            let path = PathBuf::from(from);
+            let weights = checkpoint::load_pretrained(&path, &dev)?;
+            let (tr, notes) = Trainer::from_pretrained(cfg, &weights, &path, &dev)?;
+            let extra = serde_json::json!({ "notes": notes }).to_string();
+            Ok(Self { inner: Arc::new(Mutex::new(tr)), extra })
+        })
+    }
+
     /// Loads a checkpoint directory written by `save`.
     #[napi(factory, catch_unwind)]
     pub fn load(dir: String, device: String) -> Result<Self> {
@@ -154,6 +171,12 @@ impl NativeTrainer {
     #[napi]
     pub fn extra_json(&self) -> String {
         self.extra.clone()
+    }
+
+    /// Names of the DiT parameters the optimizer updates (all of them unless `trainable` restricts it).
+    #[napi(catch_unwind)]
+    pub fn trainable_names(&self) -> Result<Vec<String>> {
+        guarded("trainableNames", || Ok(lock(&self.inner)?.trainable_names()))
     }
 
     #[napi(catch_unwind)]
@@ -314,8 +337,121 @@ pub fn feature_metrics(real: Float64Array, generated: Float64Array, dim: u32) ->
                 return Err(sadm_core::Error::Input(format!("{name} features contain a non-finite value")));
             }
         }
-        let (kid, kid_std) = metrics::kid(&real, &generated, d, 100, 1000, 0);
-        let (precision, recall) = metrics::precision_recall(&real, &generated, d, 3);
-        Ok(FeatureMetrics { fd: metrics::frechet_distance(&real, &generated, d), kid, kid_std, precision, recall })
+        let r = metrics::report(&real, &generated, d, 100, 1000, 3);
+        Ok(FeatureMetrics { fd: r.fd, kid: r.kid, kid_std: r.kid_std, precision: r.precision, recall: r.recall })
     })
+}
+
+/// Features and predicted classes of a set of images.
+#[napi(object)]
+pub struct Extracted {
+    /// n × dim features, row-major.
+    pub features: Float32Array,
+    pub predictions: Int32Array,
+    pub dim: u32,
+}
+
+/// A feature extractor for the metrics: a named architecture with weights from a safetensors file.
+#[napi]
+pub struct NativeExtractor {
+    inner: Arc<Extractor>,
+}
+
+#[napi]
+impl NativeExtractor {
+    /// Loads `arch` ("lenet-mnist") from a safetensors file.
+    #[napi(factory, catch_unwind)]
+    pub fn load(arch: String, weights: String, device: String) -> Result<Self> {
+        guarded("NativeExtractor.load", || {
+            let dev = device::parse_device(&device)?;
+            Ok(Self { inner: Arc::new(Extractor::load(&arch, &PathBuf::from(weights), &dev)?) })
+        })
+    }
+
+    /// The input every image must have: [channels, height, width].
+    #[napi(getter)]
+    pub fn input_shape(&self) -> Vec<u32> {
+        let (c, h, w) = self.inner.input_shape();
+        vec![c as u32, h as u32, w as u32]
+    }
+
+    #[napi(getter)]
+    pub fn feature_dim(&self) -> u32 {
+        self.inner.feature_dim() as u32
+    }
+
+    #[napi(getter)]
+    pub fn num_classes(&self) -> u32 {
+        self.inner.num_classes() as u32
+    }
+
+    /// Features and predicted classes of n images (n·C·H·W floats in [-1, 1]).
+    #[napi(catch_unwind, ts_return_type = "Promise<Extracted>")]
+    pub fn run(&self, images: Float32Array) -> AsyncTask<ExtractTask> {
+        AsyncTask::new(ExtractTask { inner: self.inner.clone(), images: images.to_vec() })
+    }
+}
+
+pub struct ExtractTask {
+    inner: Arc<Extractor>,
+    images: Vec<f32>,
+}
+
+impl Task for ExtractTask {
+    type Output = classifier::Extracted;
+    type JsValue = Extracted;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guarded("extract", || self.inner.run(&self.images))
+    }
+
+    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
+        let dim = self.inner.feature_dim() as u32;
+        Ok(Extracted { features: Float32Array::new(out.features), predictions: Int32Array::new(out.predictions), dim })
+    }
+}
+
+#[napi(object)]
+pub struct ClassifierTraining {
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub lr: f64,
+    pub seed: f64,
+}
+
+/// Trains the built-in MNIST extractor ("lenet-mnist") on n 28×28 images and writes its weights (safetensors,
+/// atomically) to `out`. Resolves with the mean training loss of each epoch.
+#[napi(catch_unwind, ts_return_type = "Promise<number[]>")]
+pub fn train_classifier(images: Float32Array, labels: Int32Array, opts: ClassifierTraining, out: String) -> AsyncTask<TrainClassifierTask> {
+    AsyncTask::new(TrainClassifierTask { images: images.to_vec(), labels: labels.to_vec(), opts, out: PathBuf::from(out) })
+}
+
+pub struct TrainClassifierTask {
+    images: Vec<f32>,
+    labels: Vec<i32>,
+    opts: ClassifierTraining,
+    out: PathBuf,
+}
+
+impl Task for TrainClassifierTask {
+    type Output = Vec<f64>;
+    type JsValue = Vec<f64>;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guarded("trainClassifier", || {
+            let o = &self.opts;
+            if !(o.seed >= 0.0 && o.seed.fract() == 0.0) {
+                return Err(sadm_core::Error::Input(format!("seed must be a non-negative integer (got {})", o.seed)));
+            }
+            let opts = LeNetTraining { epochs: o.epochs as usize, batch_size: o.batch_size as usize, lr: o.lr, seed: o.seed as u64 };
+            let mut losses = vec![];
+            let weights = classifier::train_lenet(&self.images, &self.labels, &opts, &Device::Cpu, |_, l| losses.push(l))?;
+            classifier::save_weights(&weights, &self.out)?;
+            Ok(losses)
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
+        Ok(out)
+    }
 }
