@@ -90,7 +90,8 @@ describe("resolveConfig defaults", () => {
   it("maps to the CoreConfig the native core expects", () => {
     const c = resolveConfig({ seed: 7 });
     const core = toCoreConfig(c);
-    expect(Object.keys(core).sort()).toEqual(["diffusion", "discOptim", "discriminator", "ditOptim", "model", "seed"]);
+    expect(Object.keys(core).sort()).toEqual(["diffusion", "discOptim", "discriminator", "ditOptim", "model", "seed", "trainable"]);
+    expect(core.trainable).toEqual(["*"]);
     expect(core.seed).toBe(7);
     expect(Object.keys(core.model).sort()).toEqual(
       ["classDropoutProb", "depth", "hiddenSize", "inChannels", "inputSize", "learnSigma", "mlpRatio", "numClasses", "numHeads", "patchSize"],
@@ -101,6 +102,24 @@ describe("resolveConfig defaults", () => {
     expect(Object.keys(core.ditOptim).sort()).toEqual(["beta1", "beta2", "eps", "gradClip", "weightDecay"]);
     // JSON round trip keeps everything (no undefined fields).
     expect(JSON.parse(JSON.stringify(core))).toEqual(core);
+  });
+
+  it("maps trainable to parameter-name patterns and defaults the evaluation", () => {
+    expect(toCoreConfig(resolveConfig({ trainable: "efficient" })).trainable).toEqual([
+      "*.bias",
+      "*adaLN_modulation*",
+      "t_embedder.*",
+      "y_embedder.*",
+    ]);
+    expect(toCoreConfig(resolveConfig({ trainable: ["blocks.*.attn.*"] })).trainable).toEqual(["blocks.*.attn.*"]);
+    const c = resolveConfig({ eval: { every: 100 } });
+    expect(c.eval).toEqual({ every: 100, samples: 1000, sampler: "ddim", steps: 50, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } });
+    expect(configError({ trainable: "some" }).field).toBe("config.trainable");
+    expect(configError({ trainable: [] }).field).toBe("config.trainable");
+    expect(configError({ eval: { samples: 5 } }).message).toMatch(/config\.eval\.samples: must be an integer between 10/);
+    expect(configError({ eval: { steps: 5000 } }).message).toMatch(/config\.eval\.steps: must be at most diffusion\.numTimesteps/);
+    expect(configError({ eval: { extractor: { arch: "x", weight: "y" } } }).message).toMatch(/unknown key "weight"/);
+    expect(configError({ data: { split: "val" } }).field).toBe("config.data.split");
   });
 
   it("accepts its own output as input (config.json round trip)", () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { BatchLoader, DataError, MnistDataset, type Dataset } from "../ts/index";
+import { BatchLoader, DataError, MnistDataset, readImages, type Dataset } from "../ts/index";
 
 /** A tiny in-memory dataset: image i is filled with the value i, label i % 10. */
 class CountingDataset implements Dataset {
@@ -22,6 +22,21 @@ function ids(batch: { x: Float32Array }): number[] {
 
 describe("MnistDataset", () => {
   const ds = new MnistDataset();
+
+  it("splits every digit 90/10 into disjoint train and test sets", () => {
+    const train = readImages(new MnistDataset({ split: "train" }));
+    const test = readImages(new MnistDataset({ split: "test" }));
+    expect(train.labels.length + test.labels.length).toBe(10_000);
+    expect(test.labels.length).toBeGreaterThan(950);
+    expect(test.labels.length).toBeLessThan(1050);
+    for (let k = 0; k < 10; k++) expect(test.labels.filter((l) => l === k).length).toBeGreaterThan(80);
+    // No test image appears in the training split.
+    const key = (x: Float32Array, i: number): string => Array.from(x.subarray(i * 784, (i + 1) * 784)).join(",");
+    const seen = new Set(Array.from({ length: train.labels.length }, (_, i) => key(train.x, i)));
+    let shared = 0;
+    for (let i = 0; i < test.labels.length; i++) if (seen.has(key(test.x, i))) shared++;
+    expect(shared).toBeLessThan(5); // MNIST has a handful of exact duplicate digits
+  });
 
   it("loads 10,000 28×28 digits in [-1, 1] with labels 0..9", () => {
     expect(ds.length).toBe(10_000);

@@ -18,6 +18,10 @@ import {
   toCoreConfig,
   type SadmConfigInput,
   type StepStats,
+  openExtractor,
+  readImages,
+  evaluateModel,
+  builtinExtractorWeights,
 } from "../ts/index";
 
 
@@ -185,3 +189,87 @@ describe("end to end (native addon)", () => {
   });
 });
 
+
+describe("evaluation and fine-tuning end to end (native addon)", () => {
+  it("the shipped LeNet classifies held-out digits and embeds them in 128 dimensions", async () => {
+    const ex = openExtractor({ arch: "lenet-mnist" });
+    expect(ex.inputShape).toEqual([1, 28, 28]);
+    const test = readImages(new MnistDataset({ split: "test" }));
+    const out = await ex.run(test.x);
+    expect(out.features).toHaveLength(test.labels.length * 128);
+    let hit = 0;
+    out.predictions.forEach((p, i) => (hit += p === test.labels[i] ? 1 : 0));
+    expect(hit / test.labels.length).toBeGreaterThan(0.95);
+    expect(() => loadNative().NativeExtractor.load("inception-v3", builtinExtractorWeights(), "cpu")).toThrow(
+      /unknown feature-extractor architecture 'inception-v3' \(known: lenet-mnist\)/,
+    );
+    await expect(ex.run(new Float32Array(100))).rejects.toThrow(/not a whole number of 1×28×28 images/);
+  });
+
+  it("real digits score far better than noise: FD, precision and accuracy order the two", async () => {
+    const cfg = resolveConfig({ ...TINY, eval: { samples: 200 } });
+    const realSource = {
+      // A "model" that returns real digits of the requested classes (test split, so not the reference images).
+      sample: async (labels: Int32Array): Promise<Float32Array> => {
+        const test = readImages(new MnistDataset({ split: "test" }));
+        const out = new Float32Array(labels.length * 784);
+        const used = new Set<number>();
+        labels.forEach((l, i) => {
+          const j = test.labels.findIndex((t, k) => t === l && !used.has(k));
+          used.add(j);
+          out.set(test.x.subarray(j * 784, (j + 1) * 784), i * 784);
+        });
+        return out;
+      },
+    };
+    const noise = { sample: async (labels: Int32Array) => new Float32Array(labels.length * 784).map((_, i) => Math.sin(i * 12.9898) ) };
+    const good = await evaluateModel(realSource, cfg);
+    const bad = await evaluateModel(noise, cfg);
+    expect(good.fd).toBeLessThan(bad.fd / 10);
+    expect(good.kid).toBeLessThan(bad.kid);
+    expect(good.precision).toBeGreaterThan(0.8);
+    expect(good.recall).toBeGreaterThan(0.8);
+    expect(good.accuracy).toBeGreaterThan(0.9);
+    expect(bad.accuracy).toBeLessThan(0.3);
+    expect(good.realAccuracy).toBeGreaterThan(0.95);
+  }, 120_000);
+
+  it("`sadm eval` appends to the run's metrics; `sadm finetune` starts a new run from it", () => {
+    const dir = tmpDir();
+    const out = path.join(dir, "run");
+    const cfgFile = path.join(dir, "tiny.json");
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...TINY, data: { name: "mnist", classes: [0, 1, 2], limit: 64 } }));
+    expect(runCli(["train", "--config", cfgFile, "--out", out, "-q"], { timeoutMs: 300_000 }).status).toBe(0);
+    const e = runCli(["eval", "-k", out, "-n", "30", "--steps", "5", "--json"], { timeoutMs: 300_000 });
+    expect(e.stderr).toBe("");
+    expect(e.status).toBe(0);
+    const r = JSON.parse(e.stdout) as { step: number; fd: number; accuracy: number; samples: number };
+    expect(r.step).toBe(6);
+    expect(r.samples).toBe(30);
+    expect(Number.isFinite(r.fd)).toBe(true);
+    const evals = readMetrics(path.join(out, "metrics.jsonl")).filter((m) => "fd" in m);
+    expect(evals).toHaveLength(1);
+    expect(evals[0]).toMatchObject({ step: 6, evalSamples: 30 });
+
+    const ft = path.join(dir, "ft");
+    const f = runCli(
+      ["finetune", "--from", out, "--classes", "5,6", "--trainable", "efficient", "--steps", "3", "--out", ft, "--sample-every", "0"],
+      { timeoutMs: 300_000 },
+    );
+    expect(f.stderr).toBe("");
+    expect(f.status).toBe(0);
+    expect(f.stdout).toMatch(/fine-tuning .*step-00000006 as/);
+    expect(f.stdout).toMatch(/training \d+ DiT parameter tensors/);
+    const state = readState(path.join(ft, "checkpoints", "step-00000003"));
+    expect(state.step).toBe(3);
+    expect(state.config.model.hiddenSize).toBe(TINY.model?.hiddenSize);
+    const t = loadNative().NativeTrainer.load(path.join(ft, "checkpoints", "step-00000003"), "cpu");
+    const names = t.trainableNames();
+    expect(names).toContain("blocks.0.attn.qkv.bias");
+    expect(names).not.toContain("blocks.0.attn.qkv.weight");
+    // Another architecture is refused with the tensor named.
+    const bad = runCli(["finetune", "--from", out, "--set", "model.depth=2", "--steps", "1", "--out", path.join(dir, "bad")]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/error: cannot start from .*tensor 'blocks\.1\..*' is missing/);
+  }, 600_000);
+});

@@ -7,6 +7,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type {
   BuildInfo,
+  Extracted,
+  FeatureMetrics,
   NativeModule,
   ParamCounts,
   SampleOptions,
@@ -21,6 +23,8 @@ export interface FakeLog {
   saves: string[];
   created: Array<{ config: string; device: string }>;
   loaded: string[];
+  pretrained: Array<{ config: string; from: string }>;
+  extracted: number[];
 }
 
 /** Behaviour switches. */
@@ -30,7 +34,7 @@ export interface FakeBehaviour {
 }
 
 export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeModule; log: FakeLog } {
-  const log: FakeLog = { steps: [], samples: [], saves: [], created: [], loaded: [] };
+  const log: FakeLog = { steps: [], samples: [], saves: [], created: [], loaded: [], pretrained: [], extracted: [] };
 
   class FakeTrainer {
     private cfg = "{}";
@@ -43,6 +47,16 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
       const t = new FakeTrainer();
       t.cfg = coreConfigJson;
       log.created.push({ config: coreConfigJson, device });
+      return t;
+    }
+
+    static fromPretrained(coreConfigJson: string, from: string, device: string): FakeTrainer {
+      void device;
+      if (!fs.existsSync(from)) throw new Error(`checkpoint ${from}: no such checkpoint directory or weights file`);
+      const t = new FakeTrainer();
+      t.cfg = coreConfigJson;
+      t.extra = JSON.stringify({ notes: ["fake note"] });
+      log.pretrained.push({ config: coreConfigJson, from });
       return t;
     }
 
@@ -124,7 +138,51 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
     paramCounts(): ParamCounts {
       return { dit: 1000, discriminator: 100 };
     }
+    trainableNames(): string[] {
+      const patterns = (JSON.parse(this.cfg) as { trainable?: string[] }).trainable ?? ["*"];
+      return patterns.includes("*") ? ["a.weight", "a.bias"] : ["a.bias"];
+    }
   }
+
+  /** Features = (mean, mean², first pixel, last pixel); prediction = the image's index mod 10. */
+  class FakeExtractor {
+    static load(arch: string, weights: string, device: string): FakeExtractor {
+      void device;
+      if (arch !== "lenet-mnist") throw new Error(`unknown feature-extractor architecture '${arch}'`);
+      if (!fs.existsSync(weights)) throw new Error(`${weights}: file is missing`);
+      return new FakeExtractor();
+    }
+    get inputShape(): number[] {
+      return [1, 28, 28];
+    }
+    get featureDim(): number {
+      return 4;
+    }
+    get numClasses(): number {
+      return 10;
+    }
+    async run(images: Float32Array): Promise<Extracted> {
+      const n = images.length / 784;
+      log.extracted.push(n);
+      const features = new Float32Array(n * 4);
+      const predictions = new Int32Array(n);
+      for (let i = 0; i < n; i++) {
+        const img = images.subarray(i * 784, (i + 1) * 784);
+        const mean = img.reduce((a, v) => a + v, 0) / 784;
+        features.set([mean, mean * mean, img[0], img[783]], i * 4);
+        predictions[i] = i % 10;
+      }
+      return { features, predictions, dim: 4 };
+    }
+  }
+
+  const featureMetrics = (real: Float64Array, generated: Float64Array, dim: number): FeatureMetrics => {
+    const mean = (x: Float64Array): number => x.reduce((a, v) => a + v, 0) / x.length;
+    const fd = (mean(real) - mean(generated)) ** 2 * dim;
+    return { fd, kid: fd / 10, kidStd: 0, precision: 0.5, recall: 0.25 };
+  };
+
+  const trainClassifier = (): Promise<number[]> => Promise.reject(new Error("the fake addon cannot train a classifier"));
 
   class FakeModel {
     private inner = new FakeTrainer();
@@ -143,6 +201,14 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
   }
 
   const buildInfo = (): BuildInfo => ({ version: "0.0.0-fake", features: [], devices: ["cpu"] });
-  const native = { NativeTrainer: FakeTrainer, NativeModel: FakeModel, buildInfo } satisfies NativeModule;
+  const native = {
+    NativeTrainer: FakeTrainer,
+    NativeModel: FakeModel,
+    NativeExtractor: FakeExtractor,
+    buildInfo,
+    featureMetrics,
+    trainClassifier,
+    __napiBindingTarget: "native" as const,
+  } satisfies NativeModule;
   return { native, log };
 }

@@ -217,3 +217,70 @@ describe("train (with a fake native core)", () => {
     for (const s of log.steps) for (const l of s.labels) expect([1, 7]).toContain(l);
   });
 });
+
+describe("evaluation and fine-tuning in the training loop (fake native core)", () => {
+  it("evaluates every eval.every steps and at the end, into metrics.jsonl and the result", async () => {
+    const { native, log } = makeFakeNative();
+    setNativeModule(native);
+    const out = path.join(tmpDir(), "run");
+    // The fake extractor needs a weights file to exist.
+    const weights = path.join(tmpDir(), "w.safetensors");
+    fs.writeFileSync(weights, "x");
+    const evalSteps: number[] = [];
+    const r = await train(
+      tiny(out, { steps: 7, eval: { every: 3, samples: 20, steps: 4, extractor: { arch: "lenet-mnist", weights } } }),
+      { quiet: true, onEval: (_, s) => evalSteps.push(s) },
+    );
+    expect(evalSteps).toEqual([3, 6, 7]);
+    expect(r.evals.map((e) => e.step)).toEqual([3, 6, 7]);
+    const evals = readMetrics(path.join(out, "metrics.jsonl")).filter((m) => "fd" in m);
+    expect(evals.map((m) => m.step)).toEqual([3, 6, 7]);
+    for (const m of evals) {
+      expect(m.evalSamples).toBe(20);
+      expect(Number.isFinite(m.fd)).toBe(true);
+      // The fake predicts index mod 10 and the labels cycle through 0..9: every sample counts as correct.
+      expect(m.accuracy).toBe(1);
+    }
+    // 20 samples per evaluation in one chunk, class-balanced, at the eval settings (cfg 1).
+    const evalSamples = log.samples.filter((s) => s.opts.steps === 4);
+    expect(evalSamples).toHaveLength(3);
+    expect(evalSamples[0].labels.slice(0, 12)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+    expect(evalSamples[0].opts).toMatchObject({ steps: 4, cfgScale: 1 });
+    // Real features are computed once per process and data, then reused.
+    expect(log.extracted.filter((n) => n === 20)).toHaveLength(4);
+  });
+
+  it("refuses a missing extractor file with the field named", async () => {
+    setNativeModule(makeFakeNative().native);
+    const out = path.join(tmpDir(), "run");
+    const cfg = tiny(out, { eval: { every: 2, samples: 20, extractor: { arch: "lenet-mnist", weights: "/nonexistent.safetensors" } } });
+    await expect(train(cfg, { quiet: true })).rejects.toThrow(/config\.eval\.extractor\.weights: \/nonexistent\.safetensors does not exist/);
+  });
+
+  it("fine-tunes from a run: the source's architecture, the new data and trainable set, fresh native state", async () => {
+    const { native, log } = makeFakeNative();
+    setNativeModule(native);
+    const src = path.join(tmpDir(), "src");
+    await train(tiny(src, { steps: 4, model: { hiddenSize: 48, depth: 1, numHeads: 2 } }), { quiet: true });
+    const out = path.join(tmpDir(), "ft");
+    const lines: string[] = [];
+    const r = await train(
+      { outDir: out, steps: 3, batchSize: 4, data: { name: "mnist", classes: [5, 6], limit: 16 }, trainable: "efficient", sampleEvery: 0 },
+      { from: src, log: (l) => lines.push(l), tty: false },
+    );
+    expect(log.pretrained).toHaveLength(1);
+    expect(log.pretrained[0].from).toBe(path.join(src, "checkpoints", "step-00000004"));
+    const core = JSON.parse(log.pretrained[0].config) as { model: { hiddenSize: number }; trainable: string[] };
+    expect(core.model.hiddenSize).toBe(48);
+    expect(core.trainable).toEqual(["*.bias", "*adaLN_modulation*", "t_embedder.*", "y_embedder.*"]);
+    expect(r.config.data.classes).toEqual([5, 6]);
+    expect(lines.join("\n")).toMatch(/fine-tuning .*src.* as/);
+    expect(lines.join("\n")).toContain("note: fake note");
+    expect(readState(r.checkpoint!).extra.finetunedFrom).toBe(path.join(src, "checkpoints", "step-00000004"));
+    // The labels the fine-tuning steps see are the new classes only.
+    const ftSteps = log.steps.slice(-3);
+    expect(new Set(ftSteps.flatMap((s) => s.labels))).toEqual(new Set([5, 6]));
+    await expect(train({ outDir: path.join(tmpDir(), "x") }, { from: src, resume: "latest" })).rejects.toThrow(/either resume/);
+    await expect(train({ outDir: path.join(tmpDir(), "y") }, { from: "/no/such/run", quiet: true })).rejects.toThrow(CheckpointError);
+  });
+});

@@ -41,6 +41,8 @@ export interface CheckpointExtra {
   metrics?: CheckpointMetrics;
   /** sadm version that wrote it. */
   sadmVersion?: string;
+  /** For a fine-tuning run: the checkpoint or weights file it started from. */
+  finetunedFrom?: string;
 }
 
 /** A checkpoint's state.json (as written by the native core). */

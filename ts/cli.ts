@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * The `sadm` command line: `sadm train`, `sadm sample`, `sadm info`, `sadm presets`.
+ * The `sadm` command line: `sadm train`, `sadm finetune`, `sadm sample`, `sadm eval`, `sadm info`, `sadm presets`,
+ * `sadm train-classifier`.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -10,6 +11,7 @@ import { ConfigError, SadmError, errorMessage } from "./errors.js";
 import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, setPath, type SadmConfigInput } from "./config.js";
 import { train } from "./trainer.js";
 import { sampleGrid } from "./sampler.js";
+import { evaluate, formatMetrics, trainClassifier } from "./evaluate.js";
 import { loadNative, nativeLoaderPath } from "./native.js";
 import { version } from "./version.js";
 
@@ -41,6 +43,14 @@ export function parseSet(expr: string): [string, unknown] {
     value = raw;
   }
   return [key, value];
+}
+
+/** `all`, `efficient`, or comma-separated name patterns. */
+export function parseTrainable(text: string): "all" | "efficient" | string[] {
+  if (text === "all" || text === "efficient") return text;
+  const parts = text.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+  if (parts.length === 0) throw new ConfigError("--trainable", `expected all, efficient or name patterns (got "${text}")`);
+  return parts;
 }
 
 function readConfigFile(file: string): PlainObject {
@@ -87,6 +97,10 @@ interface TrainArgs {
   cfg?: number;
   set?: string[];
   quiet?: boolean;
+  evalEvery?: number;
+  evalSamples?: number;
+  trainable?: string;
+  from?: string;
 }
 
 /** Builds the config input of `sadm train` from a config file, `--set` overrides and flags (flags win). */
@@ -118,6 +132,9 @@ export function trainInputFromArgs(a: TrainArgs): SadmConfigInput {
   flag("sampler", a.sampler);
   flag("sampleSteps", a.sampleSteps);
   flag("cfgScale", a.cfg);
+  flag("eval.every", a.evalEvery);
+  flag("eval.samples", a.evalSamples);
+  flag("trainable", a.trainable === undefined ? undefined : parseTrainable(a.trainable));
   return cfg as SadmConfigInput;
 }
 
@@ -135,6 +152,7 @@ async function runTrain(a: TrainArgs): Promise<number> {
   process.on("SIGINT", onSigint);
   try {
     const r = await train(input, {
+      from: a.from,
       resume: a.resume === undefined ? undefined : a.resume === "" ? "latest" : a.resume,
       force: a.force,
       quiet: a.quiet,
@@ -146,7 +164,8 @@ async function runTrain(a: TrainArgs): Promise<number> {
         `sadm: ${r.aborted ? "stopped" : "done"} at step ${r.step} in ${r.seconds.toFixed(1)}s` +
           (last ? ` (loss ${last.loss.toFixed(4)}, mse ${last.mse.toFixed(4)})` : "") +
           `\n  checkpoint: ${r.checkpoint ?? "-"}\n` +
-          (r.samples.length > 0 ? `  samples:    ${r.samples[r.samples.length - 1]}\n` : ""),
+          (r.samples.length > 0 ? `  samples:    ${r.samples[r.samples.length - 1]}\n` : "") +
+          (r.evals.length > 0 ? `  eval:       ${formatMetrics(r.evals[r.evals.length - 1])}\n` : ""),
       );
     }
     return r.aborted ? 130 : 0;
@@ -190,6 +209,59 @@ async function runSample(a: SampleArgs): Promise<number> {
     a.out,
   );
   process.stdout.write(`sadm: wrote ${r.shape[0]} samples to ${r.path}\n`);
+  return 0;
+}
+
+interface EvalArgs {
+  checkpoint: string;
+  samples?: number;
+  steps?: number;
+  sampler?: string;
+  cfg?: number;
+  seed?: number;
+  extractor?: string;
+  extractorWeights?: string;
+  device?: string;
+  append?: boolean;
+  json?: boolean;
+}
+
+async function runEvalCommand(a: EvalArgs): Promise<number> {
+  if (a.sampler !== undefined && a.sampler !== "ddim" && a.sampler !== "ddpm")
+    throw new ConfigError("--sampler", `must be "ddim" or "ddpm" (got "${a.sampler}")`);
+  const overrides: PlainObject = {};
+  const put = (k: string, v: unknown): void => {
+    if (v !== undefined) overrides[k] = v;
+  };
+  put("samples", a.samples);
+  put("steps", a.steps);
+  put("sampler", a.sampler);
+  put("cfgScale", a.cfg);
+  put("seed", a.seed);
+  if (a.extractor !== undefined || a.extractorWeights !== undefined)
+    overrides.extractor = { arch: a.extractor ?? "lenet-mnist", ...(a.extractorWeights ? { weights: a.extractorWeights } : {}) };
+  const r = await evaluate({ checkpoint: a.checkpoint, eval: overrides, device: a.device, append: a.append });
+  if (a.json) process.stdout.write(JSON.stringify(r, null, 2) + "\n");
+  else
+    process.stdout.write(
+      `sadm: ${r.checkpoint} (step ${r.step}), ${r.samples} samples vs ${r.realImages} real images, ${r.seconds.toFixed(1)}s\n` +
+        `  ${formatMetrics(r)}\n` +
+        (r.metricsFile ? `  appended to ${r.metricsFile}\n` : ""),
+    );
+  return 0;
+}
+
+async function runTrainClassifier(a: { out: string; epochs?: number; seed?: number }): Promise<number> {
+  const r = await trainClassifier({
+    out: a.out,
+    epochs: a.epochs,
+    seed: a.seed,
+    onEpoch: (e, l) => process.stdout.write(`epoch ${e}: loss ${l.toFixed(4)}\n`),
+  });
+  process.stdout.write(
+    `sadm: ${r.arch} test accuracy ${(100 * r.testAccuracy).toFixed(2)}% on ${r.testImages} held-out digits ` +
+      `(${r.trainImages} training images, ${r.seconds.toFixed(0)}s) → ${a.out}\n`,
+  );
   return 0;
 }
 
@@ -245,6 +317,51 @@ function reportError(err: unknown): void {
   }
 }
 
+/** The options shared by `sadm train` and `sadm finetune`. */
+function withTrainOptions<T>(y: Argv<T>) {
+  return y
+    .option("config", { alias: "c", type: "string", describe: "JSON config file (flags override it)" })
+    .option("preset", {
+      type: "string",
+      describe: `Run preset (${Object.keys(RUN_PRESETS).join(", ")}) or DiT model preset (DiT-S/2 … DiT-XL/8)`,
+    })
+    .option("steps", { type: "number", describe: "Total optimizer steps" })
+    .option("batch-size", { alias: "b", type: "number", describe: "Images per step" })
+    .option("lambda", { type: "number", describe: "Max adversarial weight λ (0 = plain DiT)" })
+    .option("lr", { type: "number", describe: "DiT learning rate" })
+    .option("disc-lr", { type: "number", describe: "Discriminator learning rate" })
+    .option("adv-warmup", { type: "number", describe: "Steps with λ = 0 before the ramp" })
+    .option("adv-ramp", { type: "number", describe: "Steps of the linear λ ramp" })
+    .option("out", { alias: "o", type: "string", describe: "Run directory (default runs/mnist)" })
+    .option("resume", {
+      type: "string",
+      describe: "Continue a run: no value or 'latest' = newest checkpoint in --out; or a checkpoint/run dir",
+    })
+    .option("force", { type: "boolean", describe: "Overwrite a run already in --out" })
+    .option("device", { type: "string", describe: "cpu or cuda:N" })
+    .option("seed", { type: "number", describe: "Random seed" })
+    .option("sample-every", { type: "number", describe: "Write a sample grid every N steps" })
+    .option("checkpoint-every", { type: "number", describe: "Save a checkpoint every N steps" })
+    .option("keep", { type: "number", describe: "Keep the last K checkpoints" })
+    .option("classes", { type: "string", describe: "Train on these digits only, e.g. 0,1,7" })
+    .option("limit", { type: "number", describe: "Use at most N images" })
+    .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler for the grids" })
+    .option("sample-steps", { type: "number", describe: "Sampling steps for the grids" })
+    .option("cfg", { type: "number", describe: "Guidance scale for the grids" })
+    .option("set", {
+      type: "string",
+      array: true,
+      describe: "Override any config field: --set model.depth=2 --set discriminator.kernel=gaussian",
+    })
+    .option("quiet", { alias: "q", type: "boolean", describe: "No progress output" })
+    .option("eval-every", { type: "number", describe: "Evaluate (FD, KID, precision/recall, accuracy) every N steps" })
+    .option("eval-samples", { type: "number", describe: "Samples per evaluation, default 1000" })
+    .option("trainable", {
+      type: "string",
+      describe: "DiT parameters to train: all, efficient (biases, adaLN, embeddings) or patterns like 'blocks.*.attn.*'",
+    });
+}
+
 /** Builds the yargs parser (exported for tests). */
 export function buildCli(argv: string[]): Argv {
   let result = 0;
@@ -260,45 +377,54 @@ export function buildCli(argv: string[]): Argv {
       "train",
       "Train a DiT with SADM (default: the built-in MNIST run, preset mnist-tiny)",
       (y) =>
-        y
-          .option("config", { alias: "c", type: "string", describe: "JSON config file (flags override it)" })
-          .option("preset", {
-            type: "string",
-            describe: `Run preset (${Object.keys(RUN_PRESETS).join(", ")}) or DiT model preset (DiT-S/2 … DiT-XL/8)`,
-          })
-          .option("steps", { type: "number", describe: "Total optimizer steps" })
-          .option("batch-size", { alias: "b", type: "number", describe: "Images per step" })
-          .option("lambda", { type: "number", describe: "Max adversarial weight λ (0 = plain DiT)" })
-          .option("lr", { type: "number", describe: "DiT learning rate" })
-          .option("disc-lr", { type: "number", describe: "Discriminator learning rate" })
-          .option("adv-warmup", { type: "number", describe: "Steps with λ = 0 before the ramp" })
-          .option("adv-ramp", { type: "number", describe: "Steps of the linear λ ramp" })
-          .option("out", { alias: "o", type: "string", describe: "Run directory (default runs/mnist)" })
-          .option("resume", {
-            type: "string",
-            describe: "Continue a run: no value or 'latest' = newest checkpoint in --out; or a checkpoint/run dir",
-          })
-          .option("force", { type: "boolean", describe: "Overwrite a run already in --out" })
-          .option("device", { type: "string", describe: "cpu or cuda:N" })
-          .option("seed", { type: "number", describe: "Random seed" })
-          .option("sample-every", { type: "number", describe: "Write a sample grid every N steps" })
-          .option("checkpoint-every", { type: "number", describe: "Save a checkpoint every N steps" })
-          .option("keep", { type: "number", describe: "Keep the last K checkpoints" })
-          .option("classes", { type: "string", describe: "Train on these digits only, e.g. 0,1,7" })
-          .option("limit", { type: "number", describe: "Use at most N images" })
-          .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler for the grids" })
-          .option("sample-steps", { type: "number", describe: "Sampling steps for the grids" })
-          .option("cfg", { type: "number", describe: "Guidance scale for the grids" })
-          .option("set", {
-            type: "string",
-            array: true,
-            describe: "Override any config field: --set model.depth=2 --set discriminator.kernel=gaussian",
-          })
-          .option("quiet", { alias: "q", type: "boolean", describe: "No progress output" })
+        withTrainOptions(y)
           .example("$0 train", "train the built-in MNIST model into runs/mnist")
           .example("$0 train --lambda 0 --out runs/baseline", "plain DiT baseline")
           .example("$0 train --resume --steps 3000", "continue runs/mnist to 3000 steps"),
       (a) => setResult(runTrain(a as TrainArgs)),
+    )
+    .command(
+      "finetune",
+      "Fine-tune a trained model on new data/classes (fresh optimizers, EMA and discriminator)",
+      (y) =>
+        withTrainOptions(y)
+          .option("from", {
+            type: "string",
+            demandOption: true,
+            describe: "Checkpoint or run dir (its EMA weights), or a DiT safetensors file in the reference names",
+          })
+          .example("$0 finetune --from runs/digits04 --classes 5,6,7,8,9 --out runs/ft59", "new digits")
+          .example("$0 finetune --from runs/mnist --trainable efficient --lambda 0.05", "parameter-efficient SADM"),
+      (a) => setResult(runTrain(a as TrainArgs)),
+    )
+    .command(
+      "eval",
+      "Evaluate a checkpoint: FD, KID, precision/recall and classifier accuracy of its EMA samples",
+      (y) =>
+        y
+          .option("checkpoint", { alias: "k", type: "string", demandOption: true, describe: "Checkpoint or run dir" })
+          .option("samples", { alias: "n", type: "number", describe: "Samples to generate (default: the run's eval.samples, 1000)" })
+          .option("steps", { type: "number", describe: "Sampling steps (default 50)" })
+          .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler (default ddim)" })
+          .option("cfg", { type: "number", describe: "Guidance scale (default 1: the plain conditional model)" })
+          .option("seed", { type: "number", describe: "Noise seed (default 0)" })
+          .option("extractor", { type: "string", describe: "Feature-extractor architecture (default lenet-mnist)" })
+          .option("extractor-weights", { type: "string", describe: "Its weights (safetensors); default: the shipped LeNet" })
+          .option("device", { type: "string", describe: "cpu or cuda:N" })
+          .option("append", { type: "boolean", default: true, describe: "Append to the run's metrics.jsonl (--no-append: don't)" })
+          .option("json", { type: "boolean", describe: "Print JSON" })
+          .example("$0 eval -k runs/mnist --samples 2000", "evaluate the latest checkpoint of runs/mnist"),
+      (a) => setResult(runEvalCommand(a as EvalArgs)),
+    )
+    .command(
+      "train-classifier",
+      "Train the MNIST feature extractor used by the metrics (how assets/lenet-mnist.safetensors was made)",
+      (y) =>
+        y
+          .option("out", { alias: "o", type: "string", default: "assets/lenet-mnist.safetensors", describe: "Weights file" })
+          .option("epochs", { type: "number", describe: "Epochs (default 4)" })
+          .option("seed", { type: "number", describe: "Seed (default 0)" }),
+      (a) => setResult(runTrainClassifier(a)),
     )
     .command(
       "sample",
@@ -327,7 +453,7 @@ export function buildCli(argv: string[]): Argv {
       (a) => setResult(runInfo(a)),
     )
     .command("presets", "List the presets", (y) => y, () => setResult(runPresets()))
-    .demandCommand(1, "give a command: train, sample, info or presets")
+    .demandCommand(1, "give a command: train, finetune, sample, eval, info, presets or train-classifier")
     .strict()
     .recommendCommands()
     .help()

@@ -15,6 +15,10 @@ export type {
   ParamCounts,
   NativeTrainer,
   NativeModel,
+  NativeExtractor,
+  Extracted,
+  FeatureMetrics,
+  ClassifierTraining,
 } from "../native/index.js";
 
 let cached: NativeModule | undefined;

@@ -33,6 +33,7 @@ import { loadNative, type NativeTrainer, type ParamCounts, type StepStats } from
 import { saveGrid, writeFileAtomic } from "./image.js";
 import { planSamples, sampleFrom } from "./sampler.js";
 import { version } from "./version.js";
+import { evalRecord, evaluateModel, formatMetrics, type EvalMetrics } from "./evaluate.js";
 
 /** File name of the resolved config saved in the run directory. */
 export const CONFIG_FILE = "config.json";
@@ -69,6 +70,14 @@ export interface TrainOptions {
   resume?: string;
   /** Start afresh in an outDir that already holds a run (its metrics, checkpoints and samples are deleted). */
   force?: boolean;
+  /**
+   * Fine-tune: start the DiT from pretrained weights (a checkpoint or run directory, whose EMA weights are taken,
+   * or a safetensors file in the reference DiT names) with a fresh discriminator, optimizers and EMA. Unless the
+   * config names a preset, the architecture and diffusion settings come from the source run (under the config's).
+   */
+  from?: string;
+  /** Called after each evaluation (`config.eval.every`). */
+  onEval?: (metrics: EvalMetrics, step: number) => void;
   /** No progress output. */
   quiet?: boolean;
   /** Force the progress bar on (true) or off (false); default: when stdout is a TTY. */
@@ -99,6 +108,8 @@ export interface TrainResult {
   seconds: number;
   /** Parameter counts of the DiT and the discriminator. */
   paramCounts: ParamCounts;
+  /** Evaluations run by this call. */
+  evals: Array<EvalMetrics & { step: number }>;
 }
 
 /** True when a directory already holds a run (metrics or checkpoints). */
@@ -163,6 +174,19 @@ function resolveResumedConfig(plan: ResumePlan, input: SadmConfigInput): SadmCon
   return cfg;
 }
 
+/**
+ * The config of a fine-tuning run: the source run's architecture and diffusion settings (when the source is a
+ * sadm checkpoint and the input names no preset) under the user's input.
+ */
+function resolveFinetuneConfig(from: string, input: SadmConfigInput): { cfg: SadmConfig; source: string } {
+  if (fs.existsSync(from) && fs.statSync(from).isFile()) return { cfg: resolveConfig(input), source: path.resolve(from) };
+  const dir = resolveCheckpoint(from);
+  const saved = assertComplete(dir).extra.config;
+  if (!saved || input.preset !== undefined) return { cfg: resolveConfig(input), source: dir };
+  const base: Record<string, unknown> = { preset: saved.preset, model: saved.model, diffusion: saved.diffusion };
+  return { cfg: resolveConfig(deepMerge(base, input as Record<string, unknown>)), source: dir };
+}
+
 function sampleClasses(cfg: SadmConfig): number[] | undefined {
   if (cfg.model.numClasses === 0) return undefined;
   return cfg.data.classes ? [...cfg.data.classes].sort((a, b) => a - b) : undefined;
@@ -176,8 +200,11 @@ function sampleClasses(cfg: SadmConfig): number[] | undefined {
 export async function train(config: SadmConfigInput | unknown = {}, opts: TrainOptions = {}): Promise<TrainResult> {
   const t0 = Date.now();
   const input = parseConfigInput(config);
+  if (opts.resume !== undefined && opts.from !== undefined)
+    throw new ConfigError("from", "give either resume (continue a run) or from (fine-tune a new run), not both");
   const resumePlan = opts.resume !== undefined ? planResume(opts.resume, input) : undefined;
-  const cfg = resumePlan ? resolveResumedConfig(resumePlan, input) : resolveConfig(input);
+  const finetune = opts.from !== undefined ? resolveFinetuneConfig(opts.from, input) : undefined;
+  const cfg = resumePlan ? resolveResumedConfig(resumePlan, input) : finetune ? finetune.cfg : resolveConfig(input);
   const outDir = path.resolve(cfg.outDir);
 
   // Refuse early (before the slow parts) to clobber an existing run.
@@ -212,10 +239,20 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
   try {
     trainer = resumePlan
       ? native.NativeTrainer.load(resumePlan.dir, cfg.device)
-      : native.NativeTrainer.create(JSON.stringify(core), cfg.device);
+      : finetune
+        ? native.NativeTrainer.fromPretrained(JSON.stringify(core), finetune.source, cfg.device)
+        : native.NativeTrainer.create(JSON.stringify(core), cfg.device);
   } catch (e) {
-    throw NativeError.wrap(e, resumePlan ? `cannot load checkpoint ${resumePlan.dir}` : "cannot create the trainer");
+    throw NativeError.wrap(
+      e,
+      resumePlan
+        ? `cannot load checkpoint ${resumePlan.dir}`
+        : finetune
+          ? `cannot start from ${finetune.source}`
+          : "cannot create the trainer",
+    );
   }
+  const finetuneNotes: string[] = finetune ? parseNotes(trainer.extraJson()) : [];
   const paramCounts = trainer.paramCounts();
 
   // Run directory (--force: clear the previous run's files, nothing else).
@@ -241,12 +278,16 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
     tty: opts.tty,
     write: opts.log,
   });
-  if (!resumePlan)
+  if (!resumePlan) {
     progress.log(
-      `sadm: training ${cfg.preset} (${(paramCounts.dit / 1e6).toFixed(2)}M DiT params, ` +
+      `sadm: ${finetune ? `fine-tuning ${finetune.source} as` : "training"} ${cfg.preset} ` +
+        `(${(paramCounts.dit / 1e6).toFixed(2)}M DiT params, ` +
         `${(paramCounts.discriminator / 1e6).toFixed(2)}M discriminator) for ${cfg.steps} steps on ${cfg.device} → ${cfg.outDir}`,
     );
-  else progress.log(`sadm: resuming ${resumePlan.dir} at step ${startStep} of ${cfg.steps}`);
+    if (cfg.trainable !== "all")
+      progress.log(`sadm: training ${trainer.trainableNames().length} DiT parameter tensors (trainable: ${JSON.stringify(cfg.trainable)})`);
+    for (const note of finetuneNotes) progress.log(`sadm: note: ${note}`);
+  } else progress.log(`sadm: resuming ${resumePlan.dir} at step ${startStep} of ${cfg.steps}`);
 
   const window = new RunningMean();
   const samples: string[] = [];
@@ -262,7 +303,21 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
     data: loader.position,
     metrics: { last: last ? numericFields(last) : undefined, history },
     sadmVersion: version(),
+    ...(finetune ? { finetunedFrom: finetune.source } : resumePlan?.state.extra.finetunedFrom ? { finetunedFrom: resumePlan.state.extra.finetunedFrom } : {}),
   });
+
+  const evals: Array<EvalMetrics & { step: number }> = [];
+  let lastEvalStep = -1;
+  const runEval = async (): Promise<void> => {
+    const m = await evaluateModel(trainer, cfg);
+    const record = evalRecord(step, m);
+    metrics.append(record);
+    history.push(record);
+    evals.push({ ...m, step });
+    lastEvalStep = step;
+    progress.log(`sadm: eval at step ${step}: ${formatMetrics(m)} (${m.seconds.toFixed(1)}s)`);
+    opts.onEval?.(m, step);
+  };
 
   const saveCheckpoint = async (): Promise<void> => {
     // The native save replaces an existing directory of the same name only once the new one is complete.
@@ -344,10 +399,12 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
       progress.update(step, last);
       opts.onStep?.(last);
       if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) await writeSamples();
+      if (cfg.eval.every > 0 && step % cfg.eval.every === 0) await runEval();
       if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) await saveCheckpoint();
     }
     if (opts.signal?.aborted) aborted = true;
     if (!aborted && lastSampleStep !== step && step > startStep) await writeSamples();
+    if (!aborted && cfg.eval.every > 0 && lastEvalStep !== step && step > startStep) await runEval();
     if (lastSavedStep !== step) await saveCheckpoint();
   } finally {
     progress.stop();
@@ -365,7 +422,18 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
     last,
     seconds: (Date.now() - t0) / 1000,
     paramCounts,
+    evals,
   };
+}
+
+function parseNotes(extraJson: string): string[] {
+  try {
+    const v: unknown = JSON.parse(extraJson);
+    const notes = typeof v === "object" && v !== null ? (v as { notes?: unknown }).notes : undefined;
+    return Array.isArray(notes) ? notes.filter((n): n is string => typeof n === "string") : [];
+  } catch {
+    return [];
+  }
 }
 
 function numericFields(o: object): Record<string, number> {

@@ -238,6 +238,12 @@ pub fn save_weights(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
     candle_core::safetensors::save(tensors, &tmp)?;
+    // A file meant for sharing (the package ships one): readable by all, as a plain create would make it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644));
+    }
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot move {} into place", path.display()), e))
 }

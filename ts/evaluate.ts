@@ -1,0 +1,316 @@
+/**
+ * Sample-quality evaluation: generate samples from a model, embed them and real images with a feature extractor,
+ * and compare (Fréchet distance, KID, k-NN precision/recall), plus the extractor's classification accuracy on
+ * class-conditional samples. Also trains the built-in MNIST extractor.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { CheckpointError, ConfigError, NativeError, SadmError } from "./errors.js";
+import { deepMerge, resolveConfig, type EvalConfig, type ExtractorConfig, type SadmConfig } from "./config.js";
+import { MnistDataset, openDataset, readImages } from "./data.js";
+import { loadNative, type NativeExtractor, type SampleOptions } from "./native.js";
+import { readState, resolveCheckpoint, runDirOf } from "./checkpoint.js";
+import { METRICS_FILE, MetricsLog } from "./logging.js";
+import { writeFileAtomic } from "./image.js";
+
+/** The architecture of the extractor shipped with sadm. */
+export const BUILTIN_ARCH = "lenet-mnist";
+
+/** Where the shipped LeNet weights live (inside the installed package). */
+export function builtinExtractorWeights(): string {
+  return path.resolve(__dirname, "..", "assets", "lenet-mnist.safetensors");
+}
+
+/** What {@link evaluateModel} measures. */
+export interface EvalMetrics {
+  /** Fréchet distance between real and generated features (lower is better). */
+  fd: number;
+  /** Kernel inception distance (unbiased MMD², cubic kernel; lower is better) and its std over subsets. */
+  kid: number;
+  kidStd: number;
+  /** k-NN precision (share of samples on the real manifold) and recall (share of real data covered), k = 3. */
+  precision: number;
+  recall: number;
+  /** The extractor's accuracy on the samples w.r.t. their conditioning labels; null for unconditional models. */
+  accuracy: number | null;
+  /** The extractor's accuracy on the real reference images (what `accuracy` can at best approach). */
+  realAccuracy: number;
+  /** Generated samples and real images compared. */
+  samples: number;
+  realImages: number;
+  /** Wall-clock seconds of the evaluation. */
+  seconds: number;
+}
+
+/** Anything that samples like the addon's NativeTrainer / NativeModel. */
+export interface Sampleable {
+  sample(labels: Int32Array, opts: SampleOptions): Promise<Float32Array>;
+}
+
+const extractors = new Map<string, NativeExtractor>();
+const realFeatures = new Map<string, { features: Float32Array; predictions: Int32Array; labels: Int32Array }>();
+
+/**
+ * Opens (and caches) a feature extractor.
+ * @throws ConfigError when the weights are missing, NativeError when they do not fit the architecture.
+ */
+export function openExtractor(spec: ExtractorConfig, device = "cpu"): NativeExtractor {
+  const weights = spec.weights ?? (spec.arch === BUILTIN_ARCH ? builtinExtractorWeights() : undefined);
+  if (weights === undefined)
+    throw new ConfigError("config.eval.extractor.weights", `is required for architecture "${spec.arch}"`);
+  if (!fs.existsSync(weights))
+    throw new ConfigError(
+      "config.eval.extractor.weights",
+      `${weights} does not exist` +
+        (spec.weights === undefined ? " (recreate the shipped weights with `sadm train-classifier`)" : ""),
+    );
+  const key = `${spec.arch}|${path.resolve(weights)}|${device}`;
+  let ex = extractors.get(key);
+  if (!ex) {
+    try {
+      ex = loadNative().NativeExtractor.load(spec.arch, weights, device);
+    } catch (e) {
+      throw NativeError.wrap(e, `cannot load feature extractor ${spec.arch} from ${weights}`);
+    }
+    extractors.set(key, ex);
+  }
+  return ex;
+}
+
+/** Balanced labels: n labels cycling through `classes`. */
+export function balancedLabels(classes: ReadonlyArray<number>, n: number): Int32Array {
+  const labels = new Int32Array(n);
+  for (let i = 0; i < n; i++) labels[i] = classes[i % classes.length];
+  return labels;
+}
+
+function accuracyOf(pred: Int32Array, labels: Int32Array): number {
+  let hit = 0;
+  for (let i = 0; i < labels.length; i++) if (pred[i] === labels[i]) hit++;
+  return labels.length > 0 ? hit / labels.length : 0;
+}
+
+/** The classes a run's samples should cover: its class filter, else every class of the model. */
+export function runClasses(cfg: SadmConfig): number[] {
+  if (cfg.data.classes) return [...cfg.data.classes].sort((a, b) => a - b);
+  return Array.from({ length: cfg.model.numClasses }, (_, k) => k);
+}
+
+/**
+ * Evaluates a model of run config `cfg` with `cfg.eval`: `eval.samples` class-balanced samples (over the run's
+ * classes) against as many real images of the run's data.
+ * @throws ConfigError, NativeError
+ */
+export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device = cfg.device): Promise<EvalMetrics> {
+  const t0 = Date.now();
+  const e: EvalConfig = cfg.eval;
+  const native = loadNative();
+  const ex = openExtractor(e.extractor, device);
+  const [c, h, w] = ex.inputShape;
+  if (c !== cfg.model.inChannels || h !== cfg.model.inputSize || w !== cfg.model.inputSize)
+    throw new ConfigError(
+      "config.eval.extractor",
+      `${e.extractor.arch} takes ${c}×${h}×${w} images but the model makes ` +
+        `${cfg.model.inChannels}×${cfg.model.inputSize}×${cfg.model.inputSize}`,
+    );
+
+  const realKey = `${e.extractor.arch}|${e.extractor.weights ?? ""}|${JSON.stringify(cfg.data)}|${e.samples}`;
+  let real = realFeatures.get(realKey);
+  if (!real) {
+    const batch = readImages(openDataset(cfg.data), e.samples);
+    const out = await ex.run(batch.x);
+    real = { features: out.features, predictions: out.predictions, labels: batch.labels };
+    realFeatures.set(realKey, real);
+  }
+  if (real.labels.length < 10)
+    throw new ConfigError("config.eval.samples", `the data has only ${real.labels.length} images to compare with`);
+
+  const conditional = cfg.model.numClasses > 0;
+  const labels = conditional ? balancedLabels(runClasses(cfg), e.samples) : new Int32Array(e.samples);
+  const per = c * h * w;
+  const images = new Float32Array(e.samples * per);
+  const chunk = 250;
+  for (let i = 0; i < e.samples; i += chunk) {
+    const part = labels.subarray(i, Math.min(e.samples, i + chunk));
+    let x: Float32Array;
+    try {
+      x = await model.sample(Int32Array.from(part), {
+        sampler: e.sampler,
+        steps: e.steps,
+        cfgScale: conditional ? e.cfgScale : 1,
+        eta: 0,
+        // One seed per chunk, derived from the eval seed, so a chunk size change is the only thing that moves them.
+        seed: e.seed + i,
+        clipDenoised: true,
+      });
+    } catch (err) {
+      throw NativeError.wrap(err, "sampling for the evaluation failed");
+    }
+    images.set(x, i * per);
+  }
+  const gen = await ex.run(images);
+  let m;
+  try {
+    m = native.featureMetrics(Float64Array.from(real.features), Float64Array.from(gen.features), ex.featureDim);
+  } catch (err) {
+    throw NativeError.wrap(err, "computing the metrics failed");
+  }
+  return {
+    fd: m.fd,
+    kid: m.kid,
+    kidStd: m.kidStd,
+    precision: m.precision,
+    recall: m.recall,
+    accuracy: conditional ? accuracyOf(gen.predictions, labels) : null,
+    realAccuracy: accuracyOf(real.predictions, real.labels),
+    samples: e.samples,
+    realImages: real.labels.length,
+    seconds: (Date.now() - t0) / 1000,
+  };
+}
+
+/** The metrics as a metrics.jsonl record for `step`. */
+export function evalRecord(step: number, m: EvalMetrics): Record<string, number> {
+  const r: Record<string, number> = {
+    step,
+    fd: m.fd,
+    kid: m.kid,
+    kidStd: m.kidStd,
+    precision: m.precision,
+    recall: m.recall,
+    realAccuracy: m.realAccuracy,
+    evalSamples: m.samples,
+    evalSeconds: m.seconds,
+  };
+  if (m.accuracy !== null) r.accuracy = m.accuracy;
+  return r;
+}
+
+/** One line: `FD 12.3  KID 0.0123 ± 0.0004  precision 0.81  recall 0.77  accuracy 0.95 (real 0.99)`. */
+export function formatMetrics(m: EvalMetrics): string {
+  return (
+    `FD ${m.fd.toFixed(2)}  KID ${m.kid.toFixed(4)} ± ${m.kidStd.toFixed(4)}  precision ${m.precision.toFixed(3)}  ` +
+    `recall ${m.recall.toFixed(3)}` +
+    (m.accuracy !== null ? `  accuracy ${m.accuracy.toFixed(3)} (real ${m.realAccuracy.toFixed(3)})` : "")
+  );
+}
+
+/** Options of {@link evaluate}. */
+export interface EvalRequest {
+  /** A checkpoint directory, or a run directory (its latest checkpoint). */
+  checkpoint: string;
+  /** Overrides of the run's `eval` settings (samples, steps, sampler, cfgScale, seed, extractor). */
+  eval?: Partial<EvalConfig>;
+  /** Device, default "cpu". */
+  device?: string;
+  /** Append the result to the run's metrics.jsonl (default true when the checkpoint is inside a run directory). */
+  append?: boolean;
+}
+
+/** What {@link evaluate} resolves with. */
+export interface EvalResult extends EvalMetrics {
+  /** The checkpoint evaluated and its step. */
+  checkpoint: string;
+  step: number;
+  /** The metrics file appended to, if any. */
+  metricsFile: string | undefined;
+}
+
+/**
+ * Evaluates a checkpoint's EMA model with the run's own data and eval settings (overridable), and appends the
+ * result to the run's metrics.jsonl.
+ * @throws CheckpointError, ConfigError, NativeError
+ */
+export async function evaluate(req: EvalRequest): Promise<EvalResult> {
+  const dir = resolveCheckpoint(req.checkpoint);
+  const state = readState(dir);
+  const saved = state.extra.config;
+  if (!saved) throw new CheckpointError(`${dir} holds no run config (state.json extra.config); it was not written by sadm train`);
+  const device = req.device ?? "cpu";
+  const cfg = resolveConfig(deepMerge(saved as unknown as Record<string, unknown>, { eval: req.eval ?? {}, device }));
+  let model;
+  try {
+    model = loadNative().NativeModel.load(dir, device, true);
+  } catch (e) {
+    throw NativeError.wrap(e, `cannot load checkpoint ${dir}`);
+  }
+  const m = await evaluateModel(model, cfg, device);
+  const runDir = runDirOf(dir);
+  let metricsFile: string | undefined;
+  if (req.append !== false && runDir !== undefined) {
+    metricsFile = path.join(runDir, METRICS_FILE);
+    new MetricsLog(metricsFile).append(evalRecord(state.step, m));
+  }
+  return { ...m, checkpoint: dir, step: state.step, metricsFile };
+}
+
+/** Options of {@link trainClassifier}. */
+export interface ClassifierOptions {
+  /** Where to write the weights (safetensors); a JSON report is written next to it. */
+  out: string;
+  epochs?: number;
+  batchSize?: number;
+  lr?: number;
+  seed?: number;
+  /** Called with (epoch, mean training loss). */
+  onEpoch?: (epoch: number, loss: number) => void;
+}
+
+/** What {@link trainClassifier} resolves with (also written as `<out without .safetensors>.json`). */
+export interface ClassifierReport {
+  arch: string;
+  weights: string;
+  epochs: number;
+  batchSize: number;
+  lr: number;
+  seed: number;
+  trainImages: number;
+  testImages: number;
+  /** Accuracy on the held-out test split (10 % of every digit). */
+  testAccuracy: number;
+  losses: number[];
+  seconds: number;
+}
+
+/**
+ * Trains the built-in MNIST feature extractor (LeNet) on the `train` split of the built-in digits and scores it
+ * on the `test` split. This is how `assets/lenet-mnist.safetensors` was made.
+ * @throws SadmError, NativeError
+ */
+export async function trainClassifier(opts: ClassifierOptions): Promise<ClassifierReport> {
+  const t0 = Date.now();
+  const epochs = opts.epochs ?? 4;
+  const batchSize = opts.batchSize ?? 64;
+  const lr = opts.lr ?? 1e-3;
+  const seed = opts.seed ?? 0;
+  for (const [name, v, lo] of [["epochs", epochs, 1], ["batchSize", batchSize, 1], ["seed", seed, 0]] as const)
+    if (!Number.isInteger(v) || v < lo) throw new SadmError(`${name} must be an integer ≥ ${lo} (got ${v})`);
+  if (!(lr > 0 && lr < 1)) throw new SadmError(`lr must be in (0, 1) (got ${lr})`);
+  const train = readImages(new MnistDataset({ split: "train" }));
+  const test = readImages(new MnistDataset({ split: "test" }));
+  const native = loadNative();
+  let losses: number[];
+  try {
+    losses = await native.trainClassifier(train.x, train.labels, { epochs, batchSize, lr, seed }, opts.out);
+  } catch (e) {
+    throw NativeError.wrap(e, "training the classifier failed");
+  }
+  losses.forEach((l, i) => opts.onEpoch?.(i + 1, l));
+  const ex = native.NativeExtractor.load(BUILTIN_ARCH, opts.out, "cpu");
+  const out = await ex.run(test.x);
+  const report: ClassifierReport = {
+    arch: BUILTIN_ARCH,
+    weights: path.basename(opts.out),
+    epochs,
+    batchSize,
+    lr,
+    seed,
+    trainImages: train.labels.length,
+    testImages: test.labels.length,
+    testAccuracy: accuracyOf(out.predictions, test.labels),
+    losses,
+    seconds: (Date.now() - t0) / 1000,
+  };
+  writeFileAtomic(opts.out.replace(/\.safetensors$/, "") + ".json", JSON.stringify(report, null, 2) + "\n");
+  return report;
+}
