@@ -51,6 +51,11 @@ export declare class NativeTrainer {
   configJson(): string
   /** The `extra` of the checkpoint this trainer was loaded from ("{}" when fresh). */
   extraJson(): string
+  /**
+   * Replaces the structure-loss settings (a DiscriminatorConfig JSON whose architecture fields are unchanged),
+   * e.g. to continue a run with another kernel or pair weighting.
+   */
+  setStructureLoss(discriminatorJson: string): void
   /** Names of the DiT parameters the optimizer updates (all of them unless `trainable` restricts it). */
   trainableNames(): Array<string>
   paramCounts(): ParamCounts

@@ -138,6 +138,11 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
     paramCounts(): ParamCounts {
       return { dit: 1000, discriminator: 100 };
     }
+    setStructureLoss(discriminatorJson: string): void {
+      const c = JSON.parse(this.cfg) as { discriminator: unknown };
+      c.discriminator = JSON.parse(discriminatorJson);
+      this.cfg = JSON.stringify(c);
+    }
     trainableNames(): string[] {
       const patterns = (JSON.parse(this.cfg) as { trainable?: string[] }).trainable ?? ["*"];
       return patterns.includes("*") ? ["a.weight", "a.bias"] : ["a.bias"];

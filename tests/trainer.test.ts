@@ -154,6 +154,26 @@ describe("train (with a fake native core)", () => {
     await expect(train({ outDir: out, model: { depth: 2 } }, { quiet: true, resume: "latest" })).rejects.toThrow(
       /config\.model\.depth/,
     );
+    await expect(
+      train({ outDir: out, discriminator: { width: 64 } }, { quiet: true, resume: "latest" }),
+    ).rejects.toThrow(/config\.discriminator\.width: differs/);
+  });
+
+  it("lets a resumed run (a second stage) change the structure loss, and saves the change", async () => {
+    const { native } = makeFakeNative();
+    setNativeModule(native);
+    const out = path.join(tmpDir(), "run");
+    await train(tiny(out, { steps: 2 }), { quiet: true });
+    const r = await train(
+      { outDir: out, steps: 4, discriminator: { kernel: "gaussian", pairs: "cross", weighting: "cutoff", tMax: 300 } },
+      { quiet: true, resume: "latest" },
+    );
+    expect(readState(r.checkpoint!).config.discriminator).toMatchObject({
+      kernel: "gaussian",
+      pairs: "cross",
+      weighting: "cutoff",
+      tMax: 300,
+    });
   });
 
   it("errors clearly when there is nothing to resume", async () => {

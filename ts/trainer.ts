@@ -164,15 +164,23 @@ function resolveResumedConfig(plan: ResumePlan, input: SadmConfigInput): SadmCon
   const runDir = runDirOf(plan.dir);
   if (input.outDir === undefined && runDir !== undefined) base.outDir = runDir;
   const cfg = resolveConfig(deepMerge(base, input as Record<string, unknown>));
-  const diffs = coreDifferences(toCoreConfig(cfg), plan.state.config, "");
+  const diffs = coreDifferences(toCoreConfig(cfg), plan.state.config, "").filter((d) => !STRUCTURE_LOSS_FIELDS.has(d));
   if (diffs.length > 0)
     throw new ConfigError(
       `config.${diffs[0]}`,
-      `differs from the checkpoint being resumed (${plan.dir}); the model, diffusion, discriminator, optimizer ` +
-        "settings and seed cannot change on resume",
+      `differs from the checkpoint being resumed (${plan.dir}); the model, diffusion, discriminator architecture, ` +
+        "optimizer settings and seed cannot change on resume",
     );
   return cfg;
 }
+
+/**
+ * Discriminator settings that shape the structure loss but not the networks: a resumed run may change them (e.g. a
+ * second stage with another kernel), like λ and the learning rates.
+ */
+const STRUCTURE_LOSS_FIELDS = new Set(
+  ["kernel", "tau", "distance", "huberDelta", "pairs", "weighting", "tMax", "steps"].map((k) => `discriminator.${k}`),
+);
 
 /**
  * The config of a fine-tuning run: the source run's architecture and diffusion settings (when the source is a
@@ -253,6 +261,13 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
     );
   }
   const finetuneNotes: string[] = finetune ? parseNotes(trainer.extraJson()) : [];
+  if (resumePlan && coreDifferences(core.discriminator, resumePlan.state.config.discriminator, "").length > 0) {
+    try {
+      trainer.setStructureLoss(JSON.stringify(core.discriminator));
+    } catch (e) {
+      throw NativeError.wrap(e, "cannot change the structure loss on resume");
+    }
+  }
   const paramCounts = trainer.paramCounts();
 
   // Run directory (--force: clear the previous run's files, nothing else).

@@ -154,6 +154,26 @@ impl Trainer {
         Ok((tr, notes))
     }
 
+    /// Changes how the structure distance is computed (kernel, τ, distance, Huber δ, pairs, pair weighting, tMax,
+    /// discriminator steps) without touching the networks: a second stage may use another loss than the run it
+    /// continues. The encoder's architecture fields must stay as they are.
+    pub fn set_structure_loss(&mut self, d: crate::config::DiscriminatorConfig) -> Result<()> {
+        let old = &self.cfg.discriminator;
+        let arch = |c: &crate::config::DiscriminatorConfig| (c.patch_size, c.width, c.depth, c.num_heads, c.proj_dim);
+        if arch(&d) != arch(old) {
+            return Err(Error::Config(format!(
+                "the discriminator's architecture (patchSize, width, depth, numHeads, projDim) cannot change: {:?} → {:?}",
+                arch(old),
+                arch(&d)
+            )));
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.discriminator = d;
+        cfg.validate()?;
+        self.cfg = cfg;
+        Ok(())
+    }
+
     /// Names of the DiT parameters the optimizer updates.
     pub fn trainable_names(&self) -> Vec<String> {
         self.opt_dit.var_names()
@@ -456,6 +476,23 @@ mod tests {
             let last: f64 = losses[30..].iter().sum::<f64>() / 10.0;
             assert!(last < 0.9 * first, "{prediction:?}: mse {first} → {last}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_structure_loss_can_change_but_not_the_encoder() -> Result<()> {
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
+        let (x, y) = batch(4, 1);
+        let cosine = tr.step(&x, &y, &params(0.1))?.structure.unwrap();
+        let mut d = tr.config().discriminator.clone();
+        d.kernel = crate::config::Kernel::Gaussian;
+        d.pairs = crate::config::Pairs::Cross;
+        tr.set_structure_loss(d.clone())?;
+        assert_eq!(tr.config().discriminator, d);
+        let gaussian = tr.step(&x, &y, &params(0.1))?.structure.unwrap();
+        assert_ne!(cosine, gaussian);
+        d.width = 32;
+        assert!(tr.set_structure_loss(d).unwrap_err().to_string().contains("architecture"));
         Ok(())
     }
 

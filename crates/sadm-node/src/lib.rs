@@ -173,6 +173,16 @@ impl NativeTrainer {
         self.extra.clone()
     }
 
+    /// Replaces the structure-loss settings (a DiscriminatorConfig JSON whose architecture fields are unchanged),
+    /// e.g. to continue a run with another kernel or pair weighting.
+    #[napi(catch_unwind)]
+    pub fn set_structure_loss(&self, discriminator_json: String) -> Result<()> {
+        guarded("setStructureLoss", || {
+            let d = serde_json::from_str(&discriminator_json).map_err(|e| sadm_core::Error::Config(format!("discriminator: {e}")))?;
+            lock(&self.inner)?.set_structure_loss(d)
+        })
+    }
+
     /// Names of the DiT parameters the optimizer updates (all of them unless `trainable` restricts it).
     #[napi(catch_unwind)]
     pub fn trainable_names(&self) -> Result<Vec<String>> {
