@@ -1,0 +1,50 @@
+/**
+ * The experiment pipeline end to end in its quick mode (tiny model, a few steps): every arm runs through the real
+ * CLI and addon, and the report, JSON and plot come out. The numbers are meaningless at this size; the structure is
+ * what is checked.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { spawnSync } from "node:child_process";
+import { describe, expect, it } from "vitest";
+import { PNG } from "pngjs";
+import { ROOT, tmpDir } from "./helpers";
+
+interface Results {
+  results: Array<{ id: string; group: string; seed: number; curve: Array<{ step: number; fd: number }>; command: string }>;
+}
+
+describe("npm run experiment -- --quick", () => {
+  it("runs every arm, resumes without rerunning, and writes the table, JSON and plot", () => {
+    const dir = tmpDir();
+    const args = [
+      path.join(ROOT, "dist-experiments", "experiments", "sadm-vs-dit.js"),
+      "--quick", "--seeds", "0,1", "--runs", path.join(dir, "runs"), "--out", path.join(dir, "out"),
+    ];
+    const r = spawnSync(process.execPath, args, { cwd: ROOT, encoding: "utf8", timeout: 600_000 });
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const res = JSON.parse(fs.readFileSync(path.join(dir, "out", "results.json"), "utf8")) as Results;
+    // 1 pre-training + per seed (λ = 0, 2 λ × 2 modes, 2 fine-tunings) + 4 sweep variants.
+    expect(res.results).toHaveLength(1 + 2 * 7 + 4);
+    const byId = new Map(res.results.map((x) => [x.id, x]));
+    // Evaluations every 2 steps; a second stage shares the λ = 0 run's first 6 steps (identical FD there).
+    expect(byId.get("dit-s0")?.curve.map((p) => p.step)).toEqual([2, 4, 6, 8]);
+    const stage2 = byId.get("sadm-stage2-0.1-s0");
+    expect(stage2?.curve.map((p) => p.step)).toEqual([2, 4, 6, 8]);
+    expect(stage2?.curve.slice(0, 3)).toEqual(byId.get("dit-s0")?.curve.slice(0, 3));
+    expect(stage2?.command).toMatch(/^sadm train --resume .*step-00000006 /);
+    expect(byId.get("ft-sadm-0.1-s1")?.command).toMatch(/^sadm finetune --from .*pretrain-0-4 /);
+    for (const x of res.results) for (const p of x.curve) expect(Number.isFinite(p.fd)).toBe(true);
+    const md = fs.readFileSync(path.join(dir, "out", "results.md"), "utf8");
+    expect(md).toContain("| DiT (λ = 0) | 0, 1 |");
+    expect(md).toContain("| SADM second stage, λ = 0.1 | 0, 1 |");
+    expect(md).toContain("| fine-tune on 5–9 with SADM, λ = 0.1 | 0, 1 |");
+    const png = PNG.sync.read(fs.readFileSync(path.join(dir, "out", "fd-over-steps.png")));
+    expect(png.width).toBe(1120);
+    // Finished runs are not run again.
+    const again = spawnSync(process.execPath, args, { cwd: ROOT, encoding: "utf8", timeout: 600_000 });
+    expect(again.status).toBe(0);
+    expect(again.stdout).not.toContain("start ");
+  }, 600_000);
+});
