@@ -290,6 +290,16 @@ mod tests {
             let moved = value(var.as_tensor()) != before[name];
             assert_eq!(moved, names.contains(name), "{name}: moved = {moved}");
         }
+        // The same weights as a plain safetensors file in the reference names (how converted DiT weights come).
+        let file = dir.join("dit.safetensors");
+        candle_core::safetensors::save(&src.ema_tensors(), &file)?;
+        let from_file = load_pretrained(&file, &Device::Cpu)?;
+        let (ft2, notes2) = Trainer::from_pretrained(CoreConfig::tiny_mnist(), &from_file, &file, &Device::Cpu)?;
+        assert!(notes2.is_empty(), "{notes2:?}");
+        for (name, var) in &ft2.dit_vars {
+            assert_eq!(value(var.as_tensor()), value(&ema[name]), "{name} not taken from the file");
+        }
+        assert!(load_pretrained(&dir.join("nope"), &Device::Cpu).err().unwrap().to_string().contains("no such checkpoint directory or weights file"));
         // Another architecture is refused, naming the tensor.
         let mut wide = CoreConfig::tiny_mnist();
         wide.model.hidden_size = 32;
