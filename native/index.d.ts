@@ -86,10 +86,10 @@ export interface Extracted {
 }
 
 /**
- * Compares two feature sets (rows of `dim` floats): Fréchet distance, KID (100 subsets of up to 1,000 rows,
- * seeded) and k-NN precision/recall with k = 3.
+ * Compares two feature sets (rows of `dim` floats), off the JS thread: Fréchet distance, KID (100 subsets of up
+ * to 1,000 rows, seeded) and k-NN precision/recall with k = 3.
  */
-export declare function featureMetrics(real: Float64Array, generated: Float64Array, dim: number): FeatureMetrics
+export declare function featureMetrics(real: Float64Array, generated: Float64Array, dim: number): Promise<FeatureMetrics>
 
 export interface FeatureMetrics {
   /** Fréchet distance. */

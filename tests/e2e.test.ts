@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { PNG } from "pngjs";
-import { nativeBuilt, runCli, tmpDir } from "./helpers";
+import { nativeBuilt, runCliAsync, tmpDir } from "./helpers";
 import {
   BatchLoader,
   MnistDataset,
@@ -56,22 +56,22 @@ describe("end to end (native addon)", () => {
     expect(nativeBuilt(), "native/index.js is missing: run `npm run build`").toBe(true);
   });
 
-  it("the addon loads and reports its build", () => {
+  it("the addon loads and reports its build", async () => {
     const info = loadNative().buildInfo();
     expect(typeof info.version).toBe("string");
     expect(info.devices).toContain("cpu");
-    const r = runCli(["info"]);
+    const r = await runCliAsync(["info"]);
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/^sadm 0\.1\.0/);
     expect(r.stdout).toContain("cpu");
   });
 
-  it("`sadm train` writes checkpoints, samples and metrics that reload; resume and `sadm sample` work", () => {
+  it("`sadm train` writes checkpoints, samples and metrics that reload; resume and `sadm sample` work", async () => {
     const dir = tmpDir();
     const out = path.join(dir, "run");
     const cfgFile = path.join(dir, "tiny.json");
     fs.writeFileSync(cfgFile, JSON.stringify(TINY));
-    const r = runCli(["train", "--config", cfgFile, "--out", out], { timeoutMs: 300_000 });
+    const r = await runCliAsync(["train", "--config", cfgFile, "--out", out], { timeoutMs: 300_000 });
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
     expect(r.stdout).toContain("done at step 6");
@@ -102,10 +102,10 @@ describe("end to end (native addon)", () => {
     expect(Number.isFinite(m[0].structure)).toBe(true);
 
     // A second run in the same dir is refused; --resume continues.
-    const again = runCli(["train", "--config", cfgFile, "--out", out]);
+    const again = await runCliAsync(["train", "--config", cfgFile, "--out", out]);
     expect(again.status).toBe(1);
     expect(again.stderr).toMatch(/^error: .*already holds a run/);
-    const resumed = runCli(["train", "--out", out, "--resume", "--steps", "8", "--sample-every", "0", "-q"], {
+    const resumed = await runCliAsync(["train", "--out", out, "--resume", "--steps", "8", "--sample-every", "0", "-q"], {
       timeoutMs: 300_000,
     });
     expect(resumed.stderr).toBe("");
@@ -114,7 +114,7 @@ describe("end to end (native addon)", () => {
 
     // `sadm sample` on the run directory (latest checkpoint).
     const png = path.join(dir, "grid.png");
-    const s = runCli(["sample", "--checkpoint", out, "--classes", "0,1,2", "--per-class", "2", "--steps", "5", "--cfg", "2", "--out", png]);
+    const s = await runCliAsync(["sample", "--checkpoint", out, "--classes", "0,1,2", "--per-class", "2", "--steps", "5", "--cfg", "2", "--out", png]);
     expect(s.stderr).toBe("");
     expect(s.status).toBe(0);
     expect(pngSize(png)).toEqual([3 * 30 + 2, 2 * 30 + 2]);
@@ -174,18 +174,18 @@ describe("end to end (native addon)", () => {
     expect(await b.sample(labels, sopts)).toEqual(xa);
   }, 300_000);
 
-  it("computes feature metrics natively and rejects malformed feature sets", () => {
+  it("computes feature metrics natively and rejects malformed feature sets", async () => {
     const native = loadNative();
     const n = 64, d = 3;
     const a = new Float64Array(n * d).map((_, i) => Math.sin(i * 1.7) + (i % d));
-    const same = native.featureMetrics(a, a, d);
+    const same = await native.featureMetrics(a, a, d);
     expect(Math.abs(same.fd)).toBeLessThan(1e-8);
     expect([same.precision, same.recall]).toEqual([1, 1]);
-    const shifted = native.featureMetrics(a, a.map((v) => v + 5), d);
+    const shifted = await native.featureMetrics(a, a.map((v) => v + 5), d);
     expect(shifted.fd).toBeGreaterThan(70); // |Δμ|² = 3·25, same covariance
     expect(shifted.precision).toBe(0);
-    expect(() => native.featureMetrics(a, a.subarray(0, 5), d)).toThrow(/generated features: 5 values/);
-    expect(() => native.featureMetrics(a, a.map(() => Number.NaN), d)).toThrow(/non-finite/);
+    await expect(native.featureMetrics(a, a.subarray(0, 5), d)).rejects.toThrow(/generated features: 5 values/);
+    await expect(native.featureMetrics(a, a.map(() => Number.NaN), d)).rejects.toThrow(/non-finite/);
   });
 });
 
@@ -234,13 +234,13 @@ describe("evaluation and fine-tuning end to end (native addon)", () => {
     expect(good.realAccuracy).toBeGreaterThan(0.95);
   }, 120_000);
 
-  it("`sadm eval` appends to the run's metrics; `sadm finetune` starts a new run from it", () => {
+  it("`sadm eval` appends to the run's metrics; `sadm finetune` starts a new run from it", async () => {
     const dir = tmpDir();
     const out = path.join(dir, "run");
     const cfgFile = path.join(dir, "tiny.json");
     fs.writeFileSync(cfgFile, JSON.stringify({ ...TINY, data: { name: "mnist", classes: [0, 1, 2], limit: 64 } }));
-    expect(runCli(["train", "--config", cfgFile, "--out", out, "-q"], { timeoutMs: 300_000 }).status).toBe(0);
-    const e = runCli(["eval", "-k", out, "-n", "30", "--steps", "5", "--json"], { timeoutMs: 300_000 });
+    expect((await runCliAsync(["train", "--config", cfgFile, "--out", out, "-q"], { timeoutMs: 300_000 })).status).toBe(0);
+    const e = await runCliAsync(["eval", "-k", out, "-n", "30", "--steps", "5", "--json"], { timeoutMs: 300_000 });
     expect(e.stderr).toBe("");
     expect(e.status).toBe(0);
     const r = JSON.parse(e.stdout) as { step: number; fd: number; accuracy: number; samples: number };
@@ -252,7 +252,7 @@ describe("evaluation and fine-tuning end to end (native addon)", () => {
     expect(evals[0]).toMatchObject({ step: 6, evalSamples: 30 });
 
     const ft = path.join(dir, "ft");
-    const f = runCli(
+    const f = await runCliAsync(
       ["finetune", "--from", out, "--classes", "5,6", "--trainable", "efficient", "--steps", "3", "--out", ft, "--sample-every", "0"],
       { timeoutMs: 300_000 },
     );
@@ -268,7 +268,7 @@ describe("evaluation and fine-tuning end to end (native addon)", () => {
     expect(names).toContain("blocks.0.attn.qkv.bias");
     expect(names).not.toContain("blocks.0.attn.qkv.weight");
     // Another architecture is refused with the tensor named.
-    const bad = runCli(["finetune", "--from", out, "--set", "model.depth=2", "--steps", "1", "--out", path.join(dir, "bad")]);
+    const bad = await runCliAsync(["finetune", "--from", out, "--set", "model.depth=2", "--steps", "1", "--out", path.join(dir, "bad")]);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/error: cannot start from .*tensor 'blocks\.1\..*' is missing/);
   }, 600_000);

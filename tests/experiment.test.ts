@@ -5,23 +5,22 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { spawnSync } from "node:child_process";
 import { describe, expect, it } from "vitest";
 import { PNG } from "pngjs";
-import { ROOT, tmpDir } from "./helpers";
+import { ROOT, runNodeAsync, tmpDir } from "./helpers";
 
 interface Results {
   results: Array<{ id: string; group: string; seed: number; curve: Array<{ step: number; fd: number }>; command: string }>;
 }
 
 describe("npm run experiment -- --quick", () => {
-  it("runs every arm, resumes without rerunning, and writes the table, JSON and plot", () => {
+  it("runs every arm, resumes without rerunning, and writes the table, JSON and plot", async () => {
     const dir = tmpDir();
     const args = [
       path.join(ROOT, "dist-experiments", "experiments", "sadm-vs-dit.js"),
       "--quick", "--seeds", "0,1", "--runs", path.join(dir, "runs"), "--out", path.join(dir, "out"),
     ];
-    const r = spawnSync(process.execPath, args, { cwd: ROOT, encoding: "utf8", timeout: 600_000 });
+    const r = await runNodeAsync(args, { timeoutMs: 600_000 });
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
     const res = JSON.parse(fs.readFileSync(path.join(dir, "out", "results.json"), "utf8")) as Results;
@@ -43,7 +42,7 @@ describe("npm run experiment -- --quick", () => {
     const png = PNG.sync.read(fs.readFileSync(path.join(dir, "out", "fd-over-steps.png")));
     expect(png.width).toBe(1120);
     // Finished runs are not run again.
-    const again = spawnSync(process.execPath, args, { cwd: ROOT, encoding: "utf8", timeout: 600_000 });
+    const again = await runNodeAsync(args, { timeoutMs: 600_000 });
     expect(again.status).toBe(0);
     expect(again.stdout).not.toContain("start ");
   }, 600_000);

@@ -181,7 +181,7 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
     }
   }
 
-  const featureMetrics = (real: Float64Array, generated: Float64Array, dim: number): FeatureMetrics => {
+  const featureMetrics = async (real: Float64Array, generated: Float64Array, dim: number): Promise<FeatureMetrics> => {
     const mean = (x: Float64Array): number => x.reduce((a, v) => a + v, 0) / x.length;
     const fd = (mean(real) - mean(generated)) ** 2 * dim;
     return { fd, kid: fd / 10, kidStd: 0, precision: 0.5, recall: 0.25 };

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { CheckpointError, ConfigError, NativeError, SadmError } from "./errors.js";
 import { deepMerge, resolveConfig, type EvalConfig, type ExtractorConfig, type SadmConfig } from "./config.js";
 import { MnistDataset, openDataset, readImages } from "./data.js";
-import { loadNative, type NativeExtractor, type SampleOptions } from "./native.js";
+import { loadNative, type FeatureMetrics, type NativeExtractor, type SampleOptions } from "./native.js";
 import { readState, resolveCheckpoint, runDirOf } from "./checkpoint.js";
 import { METRICS_FILE, MetricsLog } from "./logging.js";
 import { writeFileAtomic } from "./image.js";
@@ -149,9 +149,9 @@ export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device =
     images.set(x, i * per);
   }
   const gen = await ex.run(images);
-  let m;
+  let m: FeatureMetrics;
   try {
-    m = native.featureMetrics(Float64Array.from(real.features), Float64Array.from(gen.features), ex.featureDim);
+    m = await native.featureMetrics(Float64Array.from(real.features), Float64Array.from(gen.features), ex.featureDim);
   } catch (err) {
     throw NativeError.wrap(err, "computing the metrics failed");
   }

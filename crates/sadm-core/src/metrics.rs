@@ -1,5 +1,6 @@
-//! Sample-quality metrics on feature sets, in f64: Fréchet distance and KID. Features are rows of a
-//! row-major `n × d` slice.
+//! Sample-quality metrics on feature sets, in f64: Fréchet distance, KID and k-NN precision/recall. Features are
+//! rows of a row-major `n × d` slice.
+use crate::error::{Error, Result};
 
 /// Mean and (unbiased) covariance of `n × d` features.
 fn moments(x: &[f64], n: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
@@ -220,12 +221,25 @@ pub struct Report {
     pub recall: f64,
 }
 
-/// FD, KID (`subsets` × `subset_size`, seeded) and k-NN precision/recall of `generated` against `real`.
-pub fn report(real: &[f64], generated: &[f64], d: usize, subsets: usize, subset_size: usize, k: usize) -> Report {
+/// FD, KID (`subsets` × `subset_size`, seeded) and k-NN precision/recall of `generated` against `real`, after
+/// checking that both are at least k + 1 whole, finite rows of `d` values.
+pub fn report(real: &[f64], generated: &[f64], d: usize, subsets: usize, subset_size: usize, k: usize) -> Result<Report> {
+    for (name, x) in [("real", real), ("generated", generated)] {
+        if d == 0 || x.len() % d != 0 || x.len() / d < (k + 1).max(4) {
+            return Err(Error::Input(format!(
+                "{name} features: {} values are not at least {} rows of {d}",
+                x.len(),
+                (k + 1).max(4)
+            )));
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Input(format!("{name} features contain a non-finite value")));
+        }
+    }
     let g = Grams::new(real, generated, d);
     let (kid, kid_std) = kid_from(&g, d, subsets, subset_size, 0);
     let (precision, recall) = precision_recall_from(&g, k);
-    Report { fd: frechet_distance(real, generated, d), kid, kid_std, precision, recall }
+    Ok(Report { fd: frechet_distance(real, generated, d), kid, kid_std, precision, recall })
 }
 
 #[cfg(test)]
@@ -288,7 +302,11 @@ mod tests {
     fn report_agrees_with_the_single_metrics() {
         let a = gaussian(120, 3, &[0.0; 3], &[1.0; 3], 11);
         let b = gaussian(100, 3, &[0.3; 3], &[1.0; 3], 12);
-        let r = report(&a, &b, 3, 5, 50, 3);
+        let r = report(&a, &b, 3, 5, 50, 3).unwrap();
+        assert!(report(&a, &b[..10], 3, 5, 50, 3).unwrap_err().to_string().contains("generated features: 10 values"));
+        let mut nan = a.clone();
+        nan[4] = f64::NAN;
+        assert!(report(&nan, &b, 3, 5, 50, 3).unwrap_err().to_string().contains("real features contain a non-finite"));
         assert_eq!((r.kid, r.kid_std), kid(&a, &b, 3, 5, 50, 0));
         assert_eq!((r.precision, r.recall), precision_recall(&a, &b, 3, 3));
         assert_eq!(r.fd, frechet_distance(&a, &b, 3));

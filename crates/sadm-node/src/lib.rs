@@ -331,25 +331,30 @@ pub struct FeatureMetrics {
     pub recall: f64,
 }
 
-/// Compares two feature sets (rows of `dim` floats): Fréchet distance, KID (100 subsets of up to 1,000 rows,
-/// seeded) and k-NN precision/recall with k = 3.
-#[napi(catch_unwind)]
-pub fn feature_metrics(real: Float64Array, generated: Float64Array, dim: u32) -> Result<FeatureMetrics> {
-    guarded("featureMetrics", || {
-        let d = dim as usize;
-        for (name, x) in [("real", &real), ("generated", &generated)] {
-            if d == 0 || x.len() % d != 0 || x.len() / d < 4 {
-                return Err(sadm_core::Error::Input(format!(
-                    "{name} features: {} values are not at least 4 rows of {d}", x.len()
-                )));
-            }
-            if x.iter().any(|v| !v.is_finite()) {
-                return Err(sadm_core::Error::Input(format!("{name} features contain a non-finite value")));
-            }
-        }
-        let r = metrics::report(&real, &generated, d, 100, 1000, 3);
+/// Compares two feature sets (rows of `dim` floats), off the JS thread: Fréchet distance, KID (100 subsets of up
+/// to 1,000 rows, seeded) and k-NN precision/recall with k = 3.
+#[napi(catch_unwind, ts_return_type = "Promise<FeatureMetrics>")]
+pub fn feature_metrics(real: Float64Array, generated: Float64Array, dim: u32) -> AsyncTask<MetricsTask> {
+    AsyncTask::new(MetricsTask { real: real.to_vec(), generated: generated.to_vec(), dim: dim as usize })
+}
+
+pub struct MetricsTask {
+    real: Vec<f64>,
+    generated: Vec<f64>,
+    dim: usize,
+}
+
+impl Task for MetricsTask {
+    type Output = metrics::Report;
+    type JsValue = FeatureMetrics;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guarded("featureMetrics", || metrics::report(&self.real, &self.generated, self.dim, 100, 1000, 3))
+    }
+
+    fn resolve(&mut self, _env: Env, r: Self::Output) -> Result<Self::JsValue> {
         Ok(FeatureMetrics { fd: r.fd, kid: r.kid, kid_std: r.kid_std, precision: r.precision, recall: r.recall })
-    })
+    }
 }
 
 /// Features and predicted classes of a set of images.
