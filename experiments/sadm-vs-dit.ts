@@ -240,8 +240,15 @@ function readDone(job: Job): Done | undefined {
   }
 }
 
+/** The run's command line, with paths inside the package relative to it (so the report reads the same anywhere). */
 function commandLine(args: string[]): string {
-  return ["sadm", ...args.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a}'`))].join(" ");
+  const rel = (a: string): string => (a.startsWith(ROOT + path.sep) ? path.relative(ROOT, a) : a);
+  return ["sadm", ...args.map(rel).map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a}'`))].join(" ");
+}
+
+/** When a finished run ended (its done.json's write time). */
+function finishedAt(job: Job): number {
+  return fs.statSync(path.join(job.runDir, DONE)).mtimeMs;
 }
 
 /** Runs one job as a child process; a half-finished earlier attempt is discarded first. */
@@ -331,7 +338,7 @@ function collect(jobs: Job[]): RunResult[] {
     }
     return [{
       id: j.id, group: j.group, arm: j.arm, seed: j.seed, lambda: j.lambda, sadmFrom: j.sadmFrom,
-      command: d.command, seconds: d.seconds, curve, final: curve[curve.length - 1],
+      command: commandLine(j.args), seconds: d.seconds, curve, final: curve[curve.length - 1],
     }];
   });
 }
@@ -396,7 +403,12 @@ function panel(results: RunResult[], groups: Group[], title: string): Panel {
   return { title, xLabel: "training step", yLabel: "Fréchet distance (LeNet features)", series, logY: true };
 }
 
-function report(o: Options, jobs: Job[], results: RunResult[], wall: number): string {
+function report(o: Options, jobs: Job[], results: RunResult[]): string {
+  // Wall time from the first run's start to the last run's end, across invocations of this script.
+  const done = jobs.filter((j) => readDone(j));
+  const start = Math.min(...done.map((j) => finishedAt(j) - (readDone(j)?.seconds ?? 0) * 1000));
+  const end = Math.max(...done.map((j) => finishedAt(j)));
+  const wall = done.length > 0 ? (end - start) / 1000 : 0;
   const cpu = os.cpus()[0]?.model ?? "unknown CPU";
   const total = results.reduce((a, r) => a + r.seconds, 0);
   const lines: string[] = [];
@@ -406,11 +418,12 @@ function report(o: Options, jobs: Job[], results: RunResult[], wall: number): st
   lines.push(
     `Machine: ${cpu}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ${o.jobs} runs at a time, ` +
       `${Math.max(1, Math.floor(os.cpus().length / o.jobs))} thread(s) each. ` +
-      `Compute: ${results.length}/${jobs.length} runs, ${(total / 60).toFixed(0)} min of run time, ${(wall / 60).toFixed(0)} min wall for this invocation.`,
+      `Compute: ${results.length}/${jobs.length} runs, ${(total / 60).toFixed(0)} min of run time, ${(wall / 60).toFixed(0)} min wall ` +
+        "from the first run's start to the last one's end.",
   );
   lines.push("");
   lines.push(
-    `Setup: preset \`${o.preset}\`${o.set.length ? ` with ${o.set.map((s) => `\`${s}\``).join(", ")}` : ""}, ` +
+    `Setup: preset \`${o.preset}\` (batch 64, v-prediction; see the README)${o.set.length ? ` with ${o.set.map((s) => `\`${s}\``).join(", ")}` : ""}, ` +
       `${o.steps} steps from scratch; the second stage continues the λ = 0 run's checkpoint at step ${o.stage2At} ` +
       `(so it shares its first ${o.stage2At} steps and has the same total), SADM from the start ramps λ up over the first ` +
       `${Math.round(o.steps / 10)} steps. Metrics on the final EMA model: ${o.evalSamples} class-balanced samples ` +
@@ -508,12 +521,11 @@ async function main(): Promise<void> {
     throw new Error(`--stage2-at (${o.stage2At}) must be a multiple of --eval-every (${o.evalEvery}) inside (0, ${o.steps})`);
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
   const jobs = plan(o);
-  const t0 = Date.now();
   await runAll(jobs, o);
   const results = collect(jobs);
   fs.mkdirSync(o.out, { recursive: true });
   fs.writeFileSync(path.join(o.out, "results.json"), JSON.stringify({ options: o, results }, null, 2) + "\n");
-  fs.writeFileSync(path.join(o.out, "results.md"), report(o, jobs, results, (Date.now() - t0) / 1000));
+  fs.writeFileSync(path.join(o.out, "results.md"), report(o, jobs, results));
   const svg = chartSvg(
     [panel(results, ["scratch"], "From scratch"), panel(results, ["finetune"], "Fine-tuning 0–4 → 5–9")],
     `thin lines: single seeds; thick: mean over seeds. ${o.evalSamples} samples per point, DDIM ${o.evalSteps} steps.`,

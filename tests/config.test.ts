@@ -27,8 +27,9 @@ describe("resolveConfig defaults", () => {
     expect(c.batchSize).toBe(64);
     expect(c.steps).toBe(2000);
     expect(c.lr).toBe(2e-3);
-    expect(c.lambda).toBe(0.1);
+    expect(c.lambda).toBe(0.01);
     expect(c.discLr).toBe(1e-4);
+    expect(c.eval).toMatchObject({ every: 500, samples: 500, steps: 25 });
     expect(c.emaDecay).toBe(0.9999);
     expect(c.emaWarmup).toBe(true);
     expect(c.outDir).toBe("runs/mnist");

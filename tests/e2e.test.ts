@@ -39,6 +39,7 @@ const TINY: SadmConfigInput = {
   advRampSteps: 2,
   sampleSteps: 5,
   samplesPerClass: 1,
+  eval: { every: 0 },
 };
 
 function close(a: number | undefined, b: number | undefined): boolean {
@@ -253,7 +254,7 @@ describe("evaluation and fine-tuning end to end (native addon)", () => {
 
     const ft = path.join(dir, "ft");
     const f = await runCliAsync(
-      ["finetune", "--from", out, "--classes", "5,6", "--trainable", "efficient", "--steps", "3", "--out", ft, "--sample-every", "0"],
+      ["finetune", "--from", out, "--classes", "5,6", "--trainable", "efficient", "--steps", "3", "--out", ft, "--sample-every", "0", "--eval-every", "0"],
       { timeoutMs: 300_000 },
     );
     expect(f.stderr).toBe("");

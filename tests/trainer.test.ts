@@ -35,6 +35,8 @@ function tiny(outDir: string, extra: SadmConfigInput = {}): SadmConfigInput {
     advRampSteps: 2,
     sampleSteps: 5,
     samplesPerClass: 2,
+    lambda: 0.1,
+    eval: { every: 0 },
     ...extra,
   };
 }
