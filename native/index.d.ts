@@ -34,8 +34,8 @@ export declare class NativeTrainer {
   static create(coreConfigJson: string, device: string): NativeTrainer
   /**
    * A fresh trainer (new discriminator, optimizers, EMA and RNG) whose DiT starts from pretrained weights: a
-   * checkpoint directory (its EMA weights) or a safetensors file in the reference DiT names. Resolves the
-   * notes on what was not taken over (e.g. a class table of another size) via `notes()`.
+   * checkpoint directory (its EMA weights) or a safetensors file in the reference DiT names. What was not taken
+   * over (e.g. a class table of another size) is listed in `extraJson()` as `{"notes": [...]}`.
    */
   static fromPretrained(coreConfigJson: string, from: string, device: string): NativeTrainer
   /** Loads a checkpoint directory written by `save`. */

@@ -113,8 +113,8 @@ impl NativeTrainer {
     }
 
     /// A fresh trainer (new discriminator, optimizers, EMA and RNG) whose DiT starts from pretrained weights: a
-    /// checkpoint directory (its EMA weights) or a safetensors file in the reference DiT names. Resolves the
-    /// notes on what was not taken over (e.g. a class table of another size) via `notes()`.
+    /// checkpoint directory (its EMA weights) or a safetensors file in the reference DiT names. What was not taken
+    /// over (e.g. a class table of another size) is listed in `extraJson()` as `{"notes": [...]}`.
     #[napi(factory, catch_unwind)]
     pub fn from_pretrained(core_config_json: String, from: String, device: String) -> Result<Self> {
         guarded("NativeTrainer.fromPretrained", || {
