@@ -114,7 +114,17 @@ describe("resolveConfig defaults", () => {
     ]);
     expect(toCoreConfig(resolveConfig({ trainable: ["blocks.*.attn.*"] })).trainable).toEqual(["blocks.*.attn.*"]);
     const c = resolveConfig({ eval: { every: 100 } });
-    expect(c.eval).toEqual({ every: 100, samples: 1000, sampler: "ddim", steps: 50, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } });
+    expect(c.eval).toEqual({ every: 100, samples: 500, sampler: "ddim", steps: 25, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } });
+    // Under a DiT model preset the base defaults apply: no evaluation unless asked for.
+    expect(resolveConfig({ preset: "DiT-S/2" }).eval).toEqual({
+      every: 0,
+      samples: 1000,
+      sampler: "ddim",
+      steps: 50,
+      cfgScale: 1,
+      seed: 0,
+      extractor: { arch: "lenet-mnist" },
+    });
     expect(configError({ trainable: "some" }).field).toBe("config.trainable");
     expect(configError({ trainable: [] }).field).toBe("config.trainable");
     expect(configError({ eval: { samples: 5 } }).message).toMatch(/config\.eval\.samples: must be an integer between 10/);
