@@ -8,6 +8,7 @@ pub mod diffusion;
 pub mod discriminator;
 pub mod dit;
 pub mod error;
+pub mod flops;
 pub mod metrics;
 pub mod nn;
 pub mod ops;
