@@ -22,7 +22,7 @@ import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 // there (a type-only import above, a runtime require here) so the experiment uses exactly what `sadm` runs.
 const ROOT = path.resolve(__dirname, "..", "..");
 const CLI = path.join(ROOT, "dist", "cli.js");
-const { readMetrics, version } = require(path.join(ROOT, "dist", "index.js")) as typeof Sadm;
+const { checkpointName, readMetrics, version } = require(path.join(ROOT, "dist", "index.js")) as typeof Sadm;
 
 interface Options {
   preset: string;
@@ -105,6 +105,22 @@ function plan(o: Options): Job[] {
   const dir = (...parts: string[]): string => path.join(o.runs, ...parts);
   const ramp = Math.max(1, Math.round(o.steps / 10));
   const stageRamp = Math.max(1, Math.round((o.steps - o.stage2At) / 5));
+  /** A second stage: continue seed `seed`'s λ = 0 run from step stage2At with λ = `l` (and `extra` flags). */
+  const secondStage = (seed: number, l: number, extra: string[], out: string): Pick<Job, "args" | "deps" | "runDir" | "continues" | "seed" | "lambda" | "sadmFrom"> => ({
+    seed,
+    lambda: l,
+    sadmFrom: o.stage2At,
+    args: [
+      "train", "--resume", path.join(dir("scratch", "dit", `seed-${seed}`), "checkpoints", checkpointName(o.stage2At)),
+      "--steps", String(o.steps), "--sample-every", String(o.steps), "--keep", "1000", "-q",
+      "--eval-every", String(o.evalEvery), "--checkpoint-every", String(o.steps), ...evalArgs,
+      "--lambda", String(l), "--adv-warmup", String(o.stage2At), "--adv-ramp", String(stageRamp),
+      ...extra, "--out", out,
+    ],
+    deps: [`dit-s${seed}`],
+    runDir: out,
+    continues: `dit-s${seed}`,
+  });
   const pre = dir("finetune", "pretrain-0-4");
   jobs.push({
     id: "pretrain-0-4",
@@ -148,23 +164,11 @@ function plan(o: Options): Job[] {
         deps: [],
         runDir: start,
       });
-      const stage = dir("scratch", `sadm-stage2-${fmtLambda(l)}`, `seed-${seed}`);
       jobs.push({
         id: `sadm-stage2-${fmtLambda(l)}-s${seed}`,
         group: "scratch",
         arm: `SADM second stage, λ = ${fmtLambda(l)}`,
-        seed,
-        lambda: l,
-        sadmFrom: o.stage2At,
-        args: [
-          "train", "--resume", path.join(base, "checkpoints", `step-${String(o.stage2At).padStart(8, "0")}`),
-          "--steps", String(o.steps), "--sample-every", String(o.steps), "--keep", "1000", "-q",
-          "--eval-every", String(o.evalEvery), "--checkpoint-every", String(o.steps), ...evalArgs,
-          "--lambda", String(l), "--adv-warmup", String(o.stage2At), "--adv-ramp", String(stageRamp), "--out", stage,
-        ],
-        deps: [`dit-s${seed}`],
-        runDir: stage,
-        continues: `dit-s${seed}`,
+        ...secondStage(seed, l, [], dir("scratch", `sadm-stage2-${fmtLambda(l)}`, `seed-${seed}`)),
       });
     }
     const ftArgs = (lambda: number, out: string): string[] => [
@@ -192,7 +196,6 @@ function plan(o: Options): Job[] {
   }
   if (o.sweep) {
     const seed = o.seeds[0];
-    const base = dir("scratch", "dit", `seed-${seed}`);
     const l = o.lambdas[o.lambdas.length - 1];
     const variants: Array<[string, string, string[]]> = [
       ["gaussian", "kernel: gaussian", ["--set", "discriminator.kernel=gaussian"]],
@@ -201,24 +204,11 @@ function plan(o: Options): Job[] {
       ["disclr", "discriminator lr ×10 (1e-3)", ["--disc-lr", "1e-3"]],
     ];
     for (const [key, label, extra] of variants) {
-      const out = dir("sweep", key, `seed-${seed}`);
       jobs.push({
         id: `sweep-${key}-s${seed}`,
         group: "sweep",
         arm: `second stage, λ = ${fmtLambda(l)}, ${label}`,
-        seed,
-        lambda: l,
-        sadmFrom: o.stage2At,
-        args: [
-          "train", "--resume", path.join(base, "checkpoints", `step-${String(o.stage2At).padStart(8, "0")}`),
-          "--steps", String(o.steps), "--sample-every", String(o.steps), "--keep", "1000", "-q",
-          "--eval-every", String(o.evalEvery), "--checkpoint-every", String(o.steps), ...evalArgs,
-          "--lambda", String(l), "--adv-warmup", String(o.stage2At), "--adv-ramp", String(stageRamp),
-          ...extra, "--out", out,
-        ],
-        deps: [`dit-s${seed}`],
-        runDir: out,
-        continues: `dit-s${seed}`,
+        ...secondStage(seed, l, extra, dir("sweep", key, `seed-${seed}`)),
       });
     }
   }
@@ -533,7 +523,8 @@ async function main(): Promise<void> {
   writePng(svg, path.join(o.out, "fd-over-steps.png"));
   // The final sample grids of the first seed, for a look at what the numbers mean.
   for (const j of jobs.filter((x) => x.seed === o.seeds[0] && x.group !== "sweep")) {
-    const grid = path.join(j.runDir, "samples", `step-${String(j.args.includes("finetune") ? o.finetuneSteps : j.group === "pretrain" ? o.pretrainSteps : o.steps).padStart(8, "0")}.png`);
+    const last = j.group === "finetune" ? o.finetuneSteps : j.group === "pretrain" ? o.pretrainSteps : o.steps;
+    const grid = path.join(j.runDir, "samples", `${checkpointName(last)}.png`);
     if (fs.existsSync(grid)) fs.copyFileSync(grid, path.join(o.out, `grid-${j.id}.png`));
   }
   process.stdout.write(`wrote ${path.join(o.out, "results.md")}, results.json and fd-over-steps.png\n`);

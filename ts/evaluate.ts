@@ -12,6 +12,7 @@ import { loadNative, type FeatureMetrics, type NativeExtractor, type SampleOptio
 import { readState, resolveCheckpoint, runDirOf } from "./checkpoint.js";
 import { METRICS_FILE, MetricsLog } from "./logging.js";
 import { writeFileAtomic } from "./image.js";
+import { gridLabels } from "./sampler.js";
 
 /** The architecture of the extractor shipped with sadm. */
 export const BUILTIN_ARCH = "lenet-mnist";
@@ -77,13 +78,6 @@ export function openExtractor(spec: ExtractorConfig, device = "cpu"): NativeExtr
   return ex;
 }
 
-/** Balanced labels: n labels cycling through `classes`. */
-export function balancedLabels(classes: ReadonlyArray<number>, n: number): Int32Array {
-  const labels = new Int32Array(n);
-  for (let i = 0; i < n; i++) labels[i] = classes[i % classes.length];
-  return labels;
-}
-
 function accuracyOf(pred: Int32Array, labels: Int32Array): number {
   let hit = 0;
   for (let i = 0; i < labels.length; i++) if (pred[i] === labels[i]) hit++;
@@ -126,7 +120,11 @@ export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device =
     throw new ConfigError("config.eval.samples", `the data has only ${real.labels.length} images to compare with`);
 
   const conditional = cfg.model.numClasses > 0;
-  const labels = conditional ? balancedLabels(runClasses(cfg), e.samples) : new Int32Array(e.samples);
+  // Class-balanced: the grid order cycles through the classes; cut to exactly `samples`.
+  const classes = runClasses(cfg);
+  const labels = conditional
+    ? gridLabels(classes, Math.ceil(e.samples / classes.length)).slice(0, e.samples)
+    : new Int32Array(e.samples);
   const per = c * h * w;
   const images = new Float32Array(e.samples * per);
   const chunk = 250;

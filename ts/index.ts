@@ -86,7 +86,6 @@ export {
   evalRecord,
   formatMetrics,
   openExtractor,
-  balancedLabels,
   runClasses,
   trainClassifier,
   builtinExtractorWeights,

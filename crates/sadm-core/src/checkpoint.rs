@@ -42,7 +42,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     io(f.sync_all(), || format!("cannot sync {}", path.display()))
 }
 
-fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+pub(crate) fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     // Tensors go to the CPU first so a CUDA run writes the same files.
     let cpu: HashMap<String, Tensor> =
         tensors.iter().map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
@@ -141,7 +141,7 @@ pub fn check_shapes(path: &Path, expected: &[(String, Vec<usize>)], tensors: &Ha
     Ok(())
 }
 
-fn expected(vars: &[(String, Var)]) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn expected(vars: &[(String, Var)]) -> Vec<(String, Vec<usize>)> {
     vars.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect()
 }
 

@@ -4,7 +4,7 @@
 //! penultimate activations (before the ReLU, which keeps them closer to Gaussian) play the role Inception's
 //! pool features play for FID. An extractor is "a named architecture + a safetensors file", so other networks
 //! (e.g. an Inception a user has weights for) plug in as another [`Arch`].
-use crate::checkpoint::{check_shapes, load_tensors};
+use crate::checkpoint::{check_shapes, expected, load_tensors, save_tensors};
 use crate::error::{Error, Result};
 use crate::nn::{init_vars, linear, sorted_vars, Init, Linear};
 use crate::optim::AdamW;
@@ -175,9 +175,7 @@ impl Extractor {
     pub fn from_tensors(arch: Arch, tensors: &HashMap<String, Tensor>, source: &Path, device: &Device) -> Result<Self> {
         let varmap = VarMap::new();
         LeNet::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
-        let expected: Vec<(String, Vec<usize>)> =
-            sorted_vars(&varmap).into_iter().map(|(n, v)| (n, v.dims().to_vec())).collect();
-        check_shapes(source, &expected, tensors, &[])?;
+        check_shapes(source, &expected(&sorted_vars(&varmap)), tensors, &[])?;
         let cast: HashMap<String, Tensor> = tensors
             .iter()
             .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.to_device(device)?)))
@@ -237,14 +235,13 @@ pub fn save_weights(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
     }
-    candle_core::safetensors::save(tensors, &tmp)?;
+    save_tensors(&tmp, tensors)?;
     // A file meant for sharing (the package ships one): readable by all, as a plain create would make it.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644));
     }
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(format!("cannot sync {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot move {} into place", path.display()), e))
 }
 
