@@ -11,14 +11,19 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /** A feature extractor for the metrics: a named architecture with weights from a safetensors file. */
 export declare class NativeExtractor {
-  /** Loads `arch` ("lenet-mnist") from a safetensors file. */
+  /** Loads `arch` ("lenet-mnist" or "inception-v3-fid") from a safetensors file. */
   static load(arch: string, weights: string, device: string): NativeExtractor
-  /** The input every image must have: [channels, height, width]. */
-  get inputShape(): Array<number>
+  get arch(): string
   get featureDim(): number
+  /** Classes the extractor predicts; 0 for a features-only network (then `predictions` is empty). */
   get numClasses(): number
-  /** Features and predicted classes of n images (n·C·H·W floats in [-1, 1]). */
-  run(images: Float32Array): Promise<Extracted>
+  /** Throws unless the extractor reads images of `shape` = [channels, height, width]. */
+  checkInput(shape: Array<number>): void
+  /**
+   * Features and predicted classes of n images of `shape` = [channels, height, width] (n·C·H·W floats in
+   * [-1, 1]).
+   */
+  run(images: Float32Array, shape: Array<number>): Promise<Extracted>
 }
 
 /** A trained DiT for sampling only (the EMA weights of a checkpoint by default). */

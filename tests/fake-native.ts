@@ -157,8 +157,11 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
       if (!fs.existsSync(weights)) throw new Error(`${weights}: file is missing`);
       return new FakeExtractor();
     }
-    get inputShape(): number[] {
-      return [1, 28, 28];
+    get arch(): string {
+      return "lenet-mnist";
+    }
+    checkInput(shape: number[]): void {
+      if (shape.join("×") !== "1×28×28") throw new Error(`feature extractor lenet-mnist reads 1×28×28 images, not ${shape.join("×")}`);
     }
     get featureDim(): number {
       return 4;
@@ -166,7 +169,8 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
     get numClasses(): number {
       return 10;
     }
-    async run(images: Float32Array): Promise<Extracted> {
+    async run(images: Float32Array, shape: number[]): Promise<Extracted> {
+      this.checkInput(shape);
       const n = images.length / 784;
       log.extracted.push(n);
       const features = new Float32Array(n * 4);

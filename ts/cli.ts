@@ -408,7 +408,7 @@ export function buildCli(argv: string[]): Argv {
           .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler (default ddim)" })
           .option("cfg", { type: "number", describe: "Guidance scale (default 1: the plain conditional model)" })
           .option("seed", { type: "number", describe: "Noise seed (default 0)" })
-          .option("extractor", { type: "string", describe: "Feature-extractor architecture (default lenet-mnist)" })
+          .option("extractor", { type: "string", describe: "Feature extractor: lenet-mnist (default) or inception-v3-fid (needs --extractor-weights)" })
           .option("extractor-weights", { type: "string", describe: "Its weights (safetensors); default: the shipped LeNet" })
           .option("device", { type: "string", describe: "cpu or cuda:N" })
           .option("append", { type: "boolean", default: true, describe: "Append to the run's metrics.jsonl (--no-append: don't)" })

@@ -110,9 +110,12 @@ export interface DataConfig {
 
 /** A feature extractor for the metrics: a named architecture and its weights (safetensors). */
 export interface ExtractorConfig {
-  /** Architecture name; `lenet-mnist` is built in. */
+  /**
+   * Architecture name: `lenet-mnist` (built in, 28×28 grey images) or `inception-v3-fid` (the network of published
+   * FIDs, pytorch-fid's parameter names; any image size, grey or RGB; needs `weights`).
+   */
   arch: string;
-  /** Path of the weights; default: the LeNet shipped with sadm (`assets/lenet-mnist.safetensors`). */
+  /** Path of the weights; default for `lenet-mnist`: the LeNet shipped with sadm (`assets/lenet-mnist.safetensors`). */
   weights?: string;
 }
 

@@ -1,11 +1,12 @@
 /**
  * Sample-quality evaluation: generate samples from a model, embed them and real images with a feature extractor,
  * and compare (Fréchet distance, KID, k-NN precision/recall), plus the extractor's classification accuracy on
- * class-conditional samples. Also trains the built-in MNIST extractor.
+ * class-conditional samples when it is a classifier. Extractors: the built-in MNIST LeNet (`lenet-mnist`), or the
+ * FID Inception-v3 (`inception-v3-fid`) from weights the user has. Also trains the built-in MNIST extractor.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CheckpointError, ConfigError, NativeError, SadmError } from "./errors.js";
+import { CheckpointError, ConfigError, NativeError, SadmError, errorMessage } from "./errors.js";
 import { deepMerge, resolveConfig, type EvalConfig, type ExtractorConfig, type SadmConfig } from "./config.js";
 import { MnistDataset, openDataset, readImages } from "./data.js";
 import { loadNative, type FeatureMetrics, type NativeExtractor, type SampleOptions } from "./native.js";
@@ -32,10 +33,13 @@ export interface EvalMetrics {
   /** k-NN precision (share of samples on the real manifold) and recall (share of real data covered), k = 3. */
   precision: number;
   recall: number;
-  /** The extractor's accuracy on the samples w.r.t. their conditioning labels; null for unconditional models. */
+  /**
+   * The extractor's accuracy on the samples w.r.t. their conditioning labels; null for unconditional models and
+   * for extractors that are not classifiers (Inception).
+   */
   accuracy: number | null;
-  /** The extractor's accuracy on the real reference images (what `accuracy` can at best approach). */
-  realAccuracy: number;
+  /** The extractor's accuracy on the real reference images (what `accuracy` can at best approach); null when it has no classes. */
+  realAccuracy: number | null;
   /** Generated samples and real images compared. */
   samples: number;
   realImages: number;
@@ -100,19 +104,19 @@ export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device =
   const e: EvalConfig = cfg.eval;
   const native = loadNative();
   const ex = openExtractor(e.extractor, device);
-  const [c, h, w] = ex.inputShape;
-  if (c !== cfg.model.inChannels || h !== cfg.model.inputSize || w !== cfg.model.inputSize)
-    throw new ConfigError(
-      "config.eval.extractor",
-      `${e.extractor.arch} takes ${c}×${h}×${w} images but the model makes ` +
-        `${cfg.model.inChannels}×${cfg.model.inputSize}×${cfg.model.inputSize}`,
-    );
+  const shape = [cfg.model.inChannels, cfg.model.inputSize, cfg.model.inputSize];
+  try {
+    ex.checkInput(shape);
+  } catch (err) {
+    throw new ConfigError("config.eval.extractor", errorMessage(err), { cause: err });
+  }
+  const [c, h, w] = shape;
 
   const realKey = `${e.extractor.arch}|${e.extractor.weights ?? ""}|${JSON.stringify(cfg.data)}|${e.samples}`;
   let real = realFeatures.get(realKey);
   if (!real) {
     const batch = readImages(openDataset(cfg.data), e.samples);
-    const out = await ex.run(batch.x);
+    const out = await ex.run(batch.x, shape);
     real = { features: out.features, predictions: out.predictions, labels: batch.labels };
     realFeatures.set(realKey, real);
   }
@@ -120,6 +124,7 @@ export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device =
     throw new ConfigError("config.eval.samples", `the data has only ${real.labels.length} images to compare with`);
 
   const conditional = cfg.model.numClasses > 0;
+  const classifies = ex.numClasses > 0;
   // Class-balanced: the grid order cycles through the classes; cut to exactly `samples`.
   const classes = runClasses(cfg);
   const labels = conditional
@@ -146,7 +151,7 @@ export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device =
     }
     images.set(x, i * per);
   }
-  const gen = await ex.run(images);
+  const gen = await ex.run(images, shape);
   let m: FeatureMetrics;
   try {
     m = await native.featureMetrics(Float64Array.from(real.features), Float64Array.from(gen.features), ex.featureDim);
@@ -159,8 +164,8 @@ export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device =
     kidStd: m.kidStd,
     precision: m.precision,
     recall: m.recall,
-    accuracy: conditional ? accuracyOf(gen.predictions, labels) : null,
-    realAccuracy: accuracyOf(real.predictions, real.labels),
+    accuracy: conditional && classifies ? accuracyOf(gen.predictions, labels) : null,
+    realAccuracy: classifies ? accuracyOf(real.predictions, real.labels) : null,
     samples: e.samples,
     realImages: real.labels.length,
     seconds: (Date.now() - t0) / 1000,
@@ -176,11 +181,11 @@ export function evalRecord(step: number, m: EvalMetrics): Record<string, number>
     kidStd: m.kidStd,
     precision: m.precision,
     recall: m.recall,
-    realAccuracy: m.realAccuracy,
     evalSamples: m.samples,
     evalSeconds: m.seconds,
   };
   if (m.accuracy !== null) r.accuracy = m.accuracy;
+  if (m.realAccuracy !== null) r.realAccuracy = m.realAccuracy;
   return r;
 }
 
@@ -189,7 +194,8 @@ export function formatMetrics(m: EvalMetrics): string {
   return (
     `FD ${m.fd.toFixed(2)}  KID ${m.kid.toFixed(4)} ± ${m.kidStd.toFixed(4)}  precision ${m.precision.toFixed(3)}  ` +
     `recall ${m.recall.toFixed(3)}` +
-    (m.accuracy !== null ? `  accuracy ${m.accuracy.toFixed(3)} (real ${m.realAccuracy.toFixed(3)})` : "")
+    (m.accuracy !== null ? `  accuracy ${m.accuracy.toFixed(3)}` : "") +
+    (m.realAccuracy !== null ? ` (real ${m.realAccuracy.toFixed(3)})` : "")
   );
 }
 
@@ -295,7 +301,7 @@ export async function trainClassifier(opts: ClassifierOptions): Promise<Classifi
   }
   losses.forEach((l, i) => opts.onEpoch?.(i + 1, l));
   const ex = native.NativeExtractor.load(BUILTIN_ARCH, opts.out, "cpu");
-  const out = await ex.run(test.x);
+  const out = await ex.run(test.x, [1, 28, 28]);
   const report: ClassifierReport = {
     arch: BUILTIN_ARCH,
     weights: path.basename(opts.out),

@@ -1,11 +1,13 @@
 //! Feature extractors for the sample-quality metrics (FD, KID, precision/recall, classifier accuracy).
 //!
-//! The built-in one is a LeNet-like MNIST classifier that sadm trains itself ([`train_lenet`]); its 128-d
-//! penultimate activations (before the ReLU, which keeps them closer to Gaussian) play the role Inception's
-//! pool features play for FID. An extractor is "a named architecture + a safetensors file", so other networks
-//! (e.g. an Inception a user has weights for) plug in as another [`Arch`].
+//! An extractor is "a named architecture + a safetensors file". Two are known:
+//! - `lenet-mnist`, built in: a LeNet-like MNIST classifier that sadm trains itself ([`train_lenet`]); its 128-d
+//!   penultimate activations (before the ReLU, which keeps them closer to Gaussian) play the role Inception's pool
+//!   features play for FID, and its predictions give the class accuracy of conditional samples.
+//! - `inception-v3-fid`, the network behind published FIDs ([`InceptionV3`]), for users who have its weights.
 use crate::checkpoint::{check_shapes, expected, load_tensors, save_tensors};
 use crate::error::{Error, Result};
+pub use crate::inception::InceptionV3;
 use crate::nn::{init_vars, linear, sorted_vars, Init, Linear};
 use crate::optim::AdamW;
 use crate::rng::Rng;
@@ -19,14 +21,17 @@ use std::path::Path;
 pub enum Arch {
     /// [`LeNet`] on 28×28 grey images in [-1, 1], 10 classes, 128-d features.
     LeNetMnist,
+    /// [`InceptionV3`] (FID variant) on grey or RGB images of any size, 2048-d features, no classes.
+    InceptionV3Fid,
 }
 
 impl Arch {
-    pub const NAMES: &'static [&'static str] = &["lenet-mnist"];
+    pub const NAMES: &'static [&'static str] = &["lenet-mnist", "inception-v3-fid"];
 
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "lenet-mnist" => Ok(Self::LeNetMnist),
+            "inception-v3-fid" => Ok(Self::InceptionV3Fid),
             _ => Err(Error::Input(format!(
                 "unknown feature-extractor architecture '{name}' (known: {})",
                 Self::NAMES.join(", ")
@@ -37,6 +42,62 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Self::LeNetMnist => "lenet-mnist",
+            Self::InceptionV3Fid => "inception-v3-fid",
+        }
+    }
+
+    pub fn feature_dim(self) -> usize {
+        match self {
+            Self::LeNetMnist => LeNet::FEATURES,
+            Self::InceptionV3Fid => InceptionV3::FEATURES,
+        }
+    }
+
+    /// Classes the extractor predicts; 0 when it only gives features.
+    pub fn num_classes(self) -> usize {
+        match self {
+            Self::LeNetMnist => LeNet::CLASSES,
+            Self::InceptionV3Fid => 0,
+        }
+    }
+
+    /// Checks that images of shape channels×height×width are something this architecture reads.
+    pub fn check_input(self, (c, h, w): (usize, usize, usize)) -> Result<()> {
+        let ok = match self {
+            Self::LeNetMnist => (c, h, w) == LeNet::INPUT,
+            Self::InceptionV3Fid => (c == 1 || c == 3) && h > 0 && w > 0,
+        };
+        if ok {
+            return Ok(());
+        }
+        let wants = match self {
+            Self::LeNetMnist => "28×28 grey (1×28×28) images, i.e. MNIST",
+            Self::InceptionV3Fid => "grey or RGB images (1 or 3 channels) of any size",
+        };
+        Err(Error::Input(format!(
+            "feature extractor {} reads {wants}, not {c}×{h}×{w}; choose an extractor for these images \
+             (eval.extractor.arch: {})",
+            self.name(),
+            Self::NAMES.join(", ")
+        )))
+    }
+
+    /// Images per forward pass: bounds the im2col buffers (Inception's first convolutions take ~25 MB per image).
+    fn batch(self) -> usize {
+        match self {
+            Self::LeNetMnist => 500,
+            Self::InceptionV3Fid => 8,
+        }
+    }
+
+    /// Tensors a weight file of this architecture may hold besides the ones the features need: the classifier head,
+    /// the auxiliary head and BatchNorm's counters of a torchvision/pytorch-fid state dict.
+    fn unused(self, name: &str) -> bool {
+        match self {
+            Self::LeNetMnist => false,
+            Self::InceptionV3Fid => {
+                name.starts_with("fc.") || name.starts_with("AuxLogits.") || name.ends_with(".num_batches_tracked")
+            }
         }
     }
 }
@@ -155,10 +216,24 @@ pub fn train_lenet(
     Ok(vars.into_iter().map(|(name, v)| (name, v.as_tensor().detach())).collect())
 }
 
+enum Net {
+    LeNet(LeNet),
+    Inception(InceptionV3),
+}
+
+impl Net {
+    fn new(arch: Arch, vb: VarBuilder) -> Result<Self> {
+        Ok(match arch {
+            Arch::LeNetMnist => Self::LeNet(LeNet::new(vb)?),
+            Arch::InceptionV3Fid => Self::Inception(InceptionV3::new(vb)?),
+        })
+    }
+}
+
 /// A loaded feature extractor.
 pub struct Extractor {
     arch: Arch,
-    net: LeNet,
+    net: Net,
     device: Device,
 }
 
@@ -166,21 +241,25 @@ pub struct Extractor {
 pub struct Extracted {
     /// n × feature_dim, row-major.
     pub features: Vec<f32>,
-    /// The arg-max class of each image.
+    /// The arg-max class of each image; empty for an extractor without classes.
     pub predictions: Vec<i32>,
 }
 
 impl Extractor {
     /// Builds `arch` from weights by name, naming the first missing or mis-shaped tensor.
     pub fn from_tensors(arch: Arch, tensors: &HashMap<String, Tensor>, source: &Path, device: &Device) -> Result<Self> {
+        let used: HashMap<String, Tensor> =
+            tensors.iter().filter(|(k, _)| !arch.unused(k)).map(|(k, t)| (k.clone(), t.clone())).collect();
+        // The expected names and shapes are those the network asks for when built on placeholder variables.
         let varmap = VarMap::new();
-        LeNet::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
-        check_shapes(source, &expected(&sorted_vars(&varmap)), tensors, &[])?;
-        let cast: HashMap<String, Tensor> = tensors
-            .iter()
-            .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?.to_device(device)?)))
+        Net::new(arch, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+        check_shapes(source, &expected(&sorted_vars(&varmap)), &used, &[])?;
+        drop(varmap);
+        let cast: HashMap<String, Tensor> = used
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(device)?)))
             .collect::<Result<_>>()?;
-        let net = LeNet::new(VarBuilder::from_tensors(cast, DType::F32, device))?;
+        let net = Net::new(arch, VarBuilder::from_tensors(cast, DType::F32, device))?;
         Ok(Self { arch, net, device: device.clone() })
     }
 
@@ -193,25 +272,23 @@ impl Extractor {
     pub fn arch(&self) -> Arch {
         self.arch
     }
-    pub fn input_shape(&self) -> (usize, usize, usize) {
-        LeNet::INPUT
-    }
     pub fn feature_dim(&self) -> usize {
-        LeNet::FEATURES
+        self.arch.feature_dim()
     }
     pub fn num_classes(&self) -> usize {
-        LeNet::CLASSES
+        self.arch.num_classes()
     }
 
-    /// Features and predicted classes of n images (n·C·H·W floats in [-1, 1]), in batches to bound memory.
-    pub fn run(&self, images: &[f32]) -> Result<Extracted> {
-        let (c, h, w) = self.input_shape();
+    /// Features (and, for a classifier, predicted classes) of n images of shape `shape` = (channels, height,
+    /// width), given as n·C·H·W floats in [-1, 1]; in batches to bound memory.
+    pub fn run(&self, images: &[f32], shape: (usize, usize, usize)) -> Result<Extracted> {
+        self.arch.check_input(shape)?;
+        let (c, h, w) = shape;
         let per = c * h * w;
         if images.is_empty() || images.len() % per != 0 {
             return Err(Error::Input(format!(
-                "{} image values are not a whole number of {c}×{h}×{w} images ({} expects that input)",
+                "{} image values are not a whole number of {c}×{h}×{w} images",
                 images.len(),
-                self.arch.name()
             )));
         }
         if let Some(i) = images.iter().position(|v| !v.is_finite()) {
@@ -219,11 +296,18 @@ impl Extractor {
         }
         let n = images.len() / per;
         let mut out = Extracted { features: Vec::with_capacity(n * self.feature_dim()), predictions: Vec::with_capacity(n) };
-        for chunk in images.chunks(500 * per) {
+        for chunk in images.chunks(self.arch.batch() * per) {
             let x = Tensor::from_slice(chunk, (chunk.len() / per, c, h, w), &self.device)?;
-            let (f, logits) = self.net.forward(&x)?;
-            out.features.extend(f.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?);
-            out.predictions.extend(logits.argmax(D::Minus1)?.to_device(&Device::Cpu)?.to_vec1::<u32>()?.iter().map(|&p| p as i32));
+            let features = match &self.net {
+                Net::LeNet(net) => {
+                    let (f, logits) = net.forward(&x)?;
+                    let p = logits.argmax(D::Minus1)?.to_device(&Device::Cpu)?.to_vec1::<u32>()?;
+                    out.predictions.extend(p.iter().map(|&p| p as i32));
+                    f
+                }
+                Net::Inception(net) => net.forward(&x)?,
+            };
+            out.features.extend(features.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()?);
         }
         Ok(out)
     }
@@ -279,7 +363,7 @@ mod tests {
         save_weights(&w, &path)?;
         let ex = Extractor::load("lenet-mnist", &path, &Device::Cpu)?;
         let (tx, ty) = halves(64, 2);
-        let out = ex.run(&tx)?;
+        let out = ex.run(&tx, LeNet::INPUT)?;
         assert_eq!(out.features.len(), 64 * LeNet::FEATURES);
         let correct = out.predictions.iter().zip(&ty).filter(|(p, t)| p == t).count();
         assert!(correct >= 60, "held-out accuracy {correct}/64");
@@ -306,7 +390,8 @@ mod tests {
         let (x, _) = halves(2, 0);
         let ok = train_lenet(&x, &[0, 1], &LeNetTraining { epochs: 1, batch_size: 2, ..Default::default() }, &Device::Cpu, |_, _| {}).unwrap();
         let ex = Extractor::from_tensors(Arch::LeNetMnist, &ok, Path::new("w"), &Device::Cpu).unwrap();
-        assert!(ex.run(&x[..100]).err().unwrap().to_string().contains("whole number"));
+        assert!(ex.run(&x[..100], LeNet::INPUT).err().unwrap().to_string().contains("whole number"));
+        assert!(ex.run(&x, (3, 28, 28)).err().unwrap().to_string().contains("not 3×28×28"));
         assert!(train_lenet(&x, &[0, 10], &Default::default(), &Device::Cpu, |_, _| {}).err().unwrap().to_string().contains("label 10"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -9,6 +9,7 @@ pub mod discriminator;
 pub mod dit;
 pub mod error;
 pub mod flops;
+mod inception;
 pub mod metrics;
 pub mod nn;
 pub mod ops;

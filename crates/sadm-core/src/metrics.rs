@@ -1,122 +1,53 @@
 //! Sample-quality metrics on feature sets, in f64: Fréchet distance, KID and k-NN precision/recall. Features are
-//! rows of a row-major `n × d` slice.
+//! rows of a row-major `n × d` slice. The dense linear algebra (covariances, Gram matrices, symmetric
+//! eigenvalues) is faer's: blocked and multi-threaded, so Inception's 2048-d features take a second, not hours.
 use crate::error::{Error, Result};
+use faer::{Mat, MatRef, Side};
+
+fn rows(x: &[f64], d: usize) -> MatRef<'_, f64> {
+    MatRef::from_row_major_slice(x, x.len() / d, d)
+}
 
 /// Mean and (unbiased) covariance of `n × d` features.
-fn moments(x: &[f64], n: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut mu = vec![0.0; d];
-    for row in x.chunks(d) {
-        mu.iter_mut().zip(row).for_each(|(m, v)| *m += v / n as f64);
-    }
-    let mut cov = vec![0.0; d * d];
-    for row in x.chunks(d) {
-        for i in 0..d {
-            let a = row[i] - mu[i];
-            for j in i..d {
-                cov[i * d + j] += a * (row[j] - mu[j]);
-            }
-        }
-    }
-    for i in 0..d {
-        for j in i..d {
-            let v = cov[i * d + j] / (n as f64 - 1.0);
-            cov[i * d + j] = v;
-            cov[j * d + i] = v;
-        }
-    }
+fn moments(x: &[f64], d: usize) -> (Vec<f64>, Mat<f64>) {
+    let x = rows(x, d);
+    let n = x.nrows();
+    let mu: Vec<f64> = (0..d).map(|j| x.col(j).iter().sum::<f64>() / n as f64).collect();
+    let centred = Mat::from_fn(n, d, |i, j| x[(i, j)] - mu[j]);
+    let cov = centred.transpose() * &centred * faer::Scale(1.0 / (n as f64 - 1.0));
     (mu, cov)
 }
 
-/// Eigenvalues and eigenvectors (columns of `v`) of a symmetric `d × d` matrix, by cyclic Jacobi rotations.
-fn symmetric_eigen(a: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut a = a.to_vec();
-    let mut v = vec![0.0; d * d];
-    (0..d).for_each(|i| v[i * d + i] = 1.0);
-    for _sweep in 0..100 {
-        let off: f64 = (0..d).flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * d + j].powi(2)).sum();
-        let scale: f64 = (0..d).map(|i| a[i * d + i].powi(2)).sum::<f64>().max(1e-300);
-        if off <= 1e-24 * scale {
-            break;
-        }
-        for p in 0..d {
-            for q in p + 1..d {
-                let apq = a[p * d + q];
-                if apq.abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (a[q * d + q] - a[p * d + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..d {
-                    let (akp, akq) = (a[k * d + p], a[k * d + q]);
-                    a[k * d + p] = c * akp - s * akq;
-                    a[k * d + q] = s * akp + c * akq;
-                }
-                for k in 0..d {
-                    let (apk, aqk) = (a[p * d + k], a[q * d + k]);
-                    a[p * d + k] = c * apk - s * aqk;
-                    a[q * d + k] = s * apk + c * aqk;
-                }
-                for k in 0..d {
-                    let (vkp, vkq) = (v[k * d + p], v[k * d + q]);
-                    v[k * d + p] = c * vkp - s * vkq;
-                    v[k * d + q] = s * vkp + c * vkq;
-                }
-            }
-        }
-    }
-    ((0..d).map(|i| a[i * d + i]).collect(), v)
-}
-
-fn matmul(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
-    let mut c = vec![0.0; d * d];
-    for i in 0..d {
-        for k in 0..d {
-            let aik = a[i * d + k];
-            for j in 0..d {
-                c[i * d + j] += aik * b[k * d + j];
-            }
-        }
-    }
-    c
+/// Eigenvalues of a symmetric matrix (its lower triangle is read).
+fn eigenvalues(a: MatRef<'_, f64>) -> Result<Vec<f64>> {
+    a.self_adjoint_eigenvalues(Side::Lower)
+        .map_err(|e| Error::Numerical(format!("the eigenvalue solver did not converge on a {0}×{0} matrix ({e:?})", a.nrows())))
 }
 
 /// Fréchet distance `|μ1−μ2|² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^{1/2})` between two feature sets. The trace of the square
 /// root is Σ√λ over the eigenvalues of the symmetric PSD matrix Σ1^{1/2} Σ2 Σ1^{1/2}, which shares them with Σ1Σ2.
-pub fn frechet_distance(x: &[f64], y: &[f64], d: usize) -> f64 {
-    let (nx, ny) = (x.len() / d, y.len() / d);
-    let (mu1, s1) = moments(x, nx, d);
-    let (mu2, s2) = moments(y, ny, d);
-    let (w, v) = symmetric_eigen(&s1, d);
-    // Σ1^{1/2} = V diag(√w) Vᵀ
-    let mut root = vec![0.0; d * d];
-    for i in 0..d {
-        for j in 0..d {
-            root[i * d + j] = (0..d).map(|k| v[i * d + k] * w[k].max(0.0).sqrt() * v[j * d + k]).sum();
-        }
-    }
-    let m = matmul(&matmul(&root, &s2, d), &root, d);
-    let sym: Vec<f64> = (0..d * d).map(|k| 0.5 * (m[k] + m[(k % d) * d + k / d])).collect();
-    let (ev, _) = symmetric_eigen(&sym, d);
-    let tr_sqrt: f64 = ev.iter().map(|l| l.max(0.0).sqrt()).sum();
+pub fn frechet_distance(x: &[f64], y: &[f64], d: usize) -> Result<f64> {
+    let (mu1, s1) = moments(x, d);
+    let (mu2, s2) = moments(y, d);
+    let eig = s1
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| Error::Numerical(format!("the eigensolver did not converge on a {d}×{d} covariance ({e:?})")))?;
+    let (u, w) = (eig.U(), eig.S().column_vector());
+    // Σ1^{1/2} = U diag(√w) Uᵀ; rounding can leave tiny negative eigenvalues of a PSD matrix, hence the clamp.
+    let u_root = Mat::from_fn(d, d, |i, k| u[(i, k)] * w[k].max(0.0).sqrt());
+    let root = &u_root * u.transpose();
+    let m = &root * &s2 * &root;
+    let tr_sqrt: f64 = eigenvalues(m.as_ref())?.iter().map(|l| l.max(0.0).sqrt()).sum();
     let mean_term: f64 = mu1.iter().zip(&mu2).map(|(a, b)| (a - b).powi(2)).sum();
-    let trace = |s: &[f64]| (0..d).map(|i| s[i * d + i]).sum::<f64>();
-    mean_term + trace(&s1) + trace(&s2) - 2.0 * tr_sqrt
+    let trace = |s: &Mat<f64>| (0..d).map(|i| s[(i, i)]).sum::<f64>();
+    Ok(mean_term + trace(&s1) + trace(&s2) - 2.0 * tr_sqrt)
 }
 
-/// `a · bᵀ` for row sets a (n × d) and b (m × d): the n × m matrix of dot products, rows in parallel.
+/// `a · bᵀ` for row sets a (n × d) and b (m × d): the n × m matrix of dot products, row-major.
 fn gram(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
-    use rayon::prelude::*;
-    let m = b.len() / d;
-    let mut out = vec![0.0; (a.len() / d) * m];
-    out.par_chunks_mut(m.max(1)).zip(a.par_chunks(d)).for_each(|(row, x)| {
-        for (o, y) in row.iter_mut().zip(b.chunks(d)) {
-            *o = x.iter().zip(y).map(|(p, q)| p * q).sum();
-        }
-    });
-    out
+    let g = rows(a, d) * rows(b, d).transpose();
+    let (n, m) = (g.nrows(), g.ncols());
+    (0..n * m).map(|k| g[(k / m, k % m)]).collect()
 }
 
 /// The three Gram matrices of two feature sets, computed once and shared by KID and precision/recall.
@@ -211,6 +142,9 @@ pub fn precision_recall(real: &[f64], generated: &[f64], d: usize, k: usize) -> 
     precision_recall_from(&Grams::new(real, generated, d), k)
 }
 
+/// KID and precision/recall share the three full Gram matrices; past this they would not fit a typical machine.
+const MAX_GRAM_BYTES: usize = 6 << 30;
+
 /// Every metric of two feature sets, sharing one set of Gram matrices.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
@@ -236,10 +170,20 @@ pub fn report(real: &[f64], generated: &[f64], d: usize, subsets: usize, subset_
             return Err(Error::Input(format!("{name} features contain a non-finite value")));
         }
     }
+    let (nr, ng) = (real.len() / d, generated.len() / d);
+    let gram_bytes = 8 * (nr * nr + ng * ng + nr * ng);
+    if gram_bytes > MAX_GRAM_BYTES {
+        return Err(Error::Input(format!(
+            "{nr} real and {ng} generated images need {:.1} GB of Gram matrices for KID and precision/recall (at \
+             most {} GB); evaluate with fewer samples (eval.samples ≤ 15000)",
+            gram_bytes as f64 / 1e9,
+            MAX_GRAM_BYTES >> 30
+        )));
+    }
     let g = Grams::new(real, generated, d);
     let (kid, kid_std) = kid_from(&g, d, subsets, subset_size, 0);
     let (precision, recall) = precision_recall_from(&g, k);
-    Ok(Report { fd: frechet_distance(real, generated, d), kid, kid_std, precision, recall })
+    Ok(Report { fd: frechet_distance(real, generated, d)?, kid, kid_std, precision, recall })
 }
 
 #[cfg(test)]
@@ -254,20 +198,47 @@ mod tests {
 
     #[test]
     fn eigen_of_a_known_matrix() {
-        let (mut w, _) = symmetric_eigen(&[2.0, 1.0, 1.0, 2.0], 2);
-        w.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        assert!((w[0] - 1.0).abs() < 1e-12 && (w[1] - 3.0).abs() < 1e-12);
+        let w = eigenvalues(rows(&[2.0, 1.0, 1.0, 2.0], 2)).unwrap();
+        assert!((w[0] - 1.0).abs() < 1e-12 && (w[1] - 3.0).abs() < 1e-12, "{w:?}");
     }
 
     #[test]
     fn fd_of_a_set_with_itself_is_zero_and_order_free() {
         let x = gaussian(500, 6, &[0.0; 6], &[1.0, 2.0, 0.5, 1.0, 1.0, 3.0], 1);
-        assert!(frechet_distance(&x, &x, 6).abs() < 1e-8);
+        assert!(frechet_distance(&x, &x, 6).unwrap().abs() < 1e-8);
         let rev: Vec<f64> = x.chunks(6).rev().flatten().copied().collect();
         let y = gaussian(400, 6, &[0.5; 6], &[1.0; 6], 2);
-        let a = frechet_distance(&x, &y, 6);
-        let b = frechet_distance(&rev, &y, 6);
+        let a = frechet_distance(&x, &y, 6).unwrap();
+        let b = frechet_distance(&rev, &y, 6).unwrap();
         assert!((a - b).abs() < 1e-9 * a.abs().max(1.0));
+    }
+
+    #[test]
+    fn fd_with_fewer_samples_than_dimensions_matches_the_sample_space_form() {
+        // n < d, as with 500 samples of Inception's 2048-d features: both covariances are singular. With centred
+        // rows A, B: Σ1 = AᵀA/(n1−1), Σ2 = BᵀB/(n2−1), and the eigenvalues of Σ1Σ2 are those of (ABᵀ)(ABᵀ)ᵀ
+        // over (n1−1)(n2−1), so Tr (Σ1Σ2)^{1/2} is the nuclear norm of ABᵀ over √((n1−1)(n2−1)).
+        let d = 64;
+        let std: Vec<f64> = (0..d).map(|j| 0.5 + (j % 7) as f64 * 0.3).collect();
+        let x = gaussian(40, d, &vec![0.0; d], &std, 21);
+        let y = gaussian(30, d, &vec![0.2; d], &vec![1.0; d], 22);
+        let centred = |x: &[f64]| {
+            let m = rows(x, d);
+            let mu: Vec<f64> = (0..d).map(|j| m.col(j).iter().sum::<f64>() / m.nrows() as f64).collect();
+            Mat::from_fn(m.nrows(), d, |i, j| m[(i, j)] - mu[j])
+        };
+        let (a, b) = (centred(&x), centred(&y));
+        let nuclear: f64 = (&a * b.transpose()).singular_values().unwrap().iter().sum();
+        let tr_sqrt = nuclear / ((39.0 * 29.0) as f64).sqrt();
+        let (mu1, s1) = moments(&x, d);
+        let (mu2, s2) = moments(&y, d);
+        let mean: f64 = mu1.iter().zip(&mu2).map(|(p, q)| (p - q).powi(2)).sum();
+        let want = mean + (0..d).map(|i| s1[(i, i)] + s2[(i, i)]).sum::<f64>() - 2.0 * tr_sqrt;
+        let fd = frechet_distance(&x, &y, d).unwrap();
+        assert!((fd - want).abs() < 1e-8 * want, "{fd} vs {want}");
+        // The null space's eigenvalues are rounding noise (~1e-16) whose square roots (~1e-8) add up.
+        let same = frechet_distance(&x, &x, d).unwrap();
+        assert!(same.abs() < 1e-5 * (0..d).map(|i| s1[(i, i)]).sum::<f64>(), "{same}");
     }
 
     #[test]
@@ -278,7 +249,7 @@ mod tests {
         let x = gaussian(200_000, 3, &m1, &s1, 3);
         let y = gaussian(200_000, 3, &m2, &s2, 4);
         let closed: f64 = (0..3).map(|i| (m1[i] - m2[i]).powi(2) + (s1[i] - s2[i]).powi(2)).sum();
-        let fd = frechet_distance(&x, &y, 3);
+        let fd = frechet_distance(&x, &y, 3).unwrap();
         assert!((fd - closed).abs() < 0.03 * closed, "{fd} vs {closed}");
     }
 
@@ -309,7 +280,7 @@ mod tests {
         assert!(report(&nan, &b, 3, 5, 50, 3).unwrap_err().to_string().contains("real features contain a non-finite"));
         assert_eq!((r.kid, r.kid_std), kid(&a, &b, 3, 5, 50, 0));
         assert_eq!((r.precision, r.recall), precision_recall(&a, &b, 3, 3));
-        assert_eq!(r.fd, frechet_distance(&a, &b, 3));
+        assert_eq!(r.fd, frechet_distance(&a, &b, 3).unwrap());
     }
 
     #[test]

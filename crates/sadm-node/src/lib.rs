@@ -374,7 +374,7 @@ pub struct NativeExtractor {
 
 #[napi]
 impl NativeExtractor {
-    /// Loads `arch` ("lenet-mnist") from a safetensors file.
+    /// Loads `arch` ("lenet-mnist" or "inception-v3-fid") from a safetensors file.
     #[napi(factory, catch_unwind)]
     pub fn load(arch: String, weights: String, device: String) -> Result<Self> {
         guarded("NativeExtractor.load", || {
@@ -383,11 +383,9 @@ impl NativeExtractor {
         })
     }
 
-    /// The input every image must have: [channels, height, width].
     #[napi(getter)]
-    pub fn input_shape(&self) -> Vec<u32> {
-        let (c, h, w) = self.inner.input_shape();
-        vec![c as u32, h as u32, w as u32]
+    pub fn arch(&self) -> String {
+        self.inner.arch().name().to_string()
     }
 
     #[napi(getter)]
@@ -395,21 +393,37 @@ impl NativeExtractor {
         self.inner.feature_dim() as u32
     }
 
+    /// Classes the extractor predicts; 0 for a features-only network (then `predictions` is empty).
     #[napi(getter)]
     pub fn num_classes(&self) -> u32 {
         self.inner.num_classes() as u32
     }
 
-    /// Features and predicted classes of n images (n·C·H·W floats in [-1, 1]).
+    /// Throws unless the extractor reads images of `shape` = [channels, height, width].
+    #[napi(catch_unwind)]
+    pub fn check_input(&self, shape: Vec<u32>) -> Result<()> {
+        guarded("NativeExtractor.checkInput", || self.inner.arch().check_input(image_shape(&shape)?))
+    }
+
+    /// Features and predicted classes of n images of `shape` = [channels, height, width] (n·C·H·W floats in
+    /// [-1, 1]).
     #[napi(catch_unwind, ts_return_type = "Promise<Extracted>")]
-    pub fn run(&self, images: Float32Array) -> AsyncTask<ExtractTask> {
-        AsyncTask::new(ExtractTask { inner: self.inner.clone(), images: images.to_vec() })
+    pub fn run(&self, images: Float32Array, shape: Vec<u32>) -> AsyncTask<ExtractTask> {
+        AsyncTask::new(ExtractTask { inner: self.inner.clone(), images: images.to_vec(), shape })
+    }
+}
+
+fn image_shape(shape: &[u32]) -> sadm_core::Result<(usize, usize, usize)> {
+    match *shape {
+        [c, h, w] => Ok((c as usize, h as usize, w as usize)),
+        _ => Err(sadm_core::Error::Input(format!("an image shape is [channels, height, width], not {shape:?}"))),
     }
 }
 
 pub struct ExtractTask {
     inner: Arc<Extractor>,
     images: Vec<f32>,
+    shape: Vec<u32>,
 }
 
 impl Task for ExtractTask {
@@ -417,7 +431,7 @@ impl Task for ExtractTask {
     type JsValue = Extracted;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guarded("extract", || self.inner.run(&self.images))
+        guarded("extract", || self.inner.run(&self.images, image_shape(&self.shape)?))
     }
 
     fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
