@@ -50,6 +50,7 @@ fn gemm_peak() -> sadm_core::Result<(f64, usize)> {
 }
 
 fn main() -> sadm_core::Result<()> {
+    sadm_core::device::init_cpu_threads();
     let (peak, peak_n) = gemm_peak()?;
     let threads = sadm_core::candle::utils::get_num_threads();
     println!("f32 GEMM peak: {peak:.1} GFLOP/s ({peak_n}×{peak_n}, {threads} threads)\n");

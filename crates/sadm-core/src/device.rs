@@ -60,3 +60,26 @@ mod tests {
         assert!(parse_device("cuda:0").unwrap_err().to_string().contains("CPU only"));
     }
 }
+
+/// Runs `f` on a thread of the rayon pool that candle's matmuls and sadm's kernels parallelise over, blocking the
+/// caller. From any other thread (Node's libuv pool, a bench's main thread), the caller would otherwise compute
+/// the serial parts while the pool's idle workers spin: one thread more than there are cores, and on a 2-core
+/// machine the spinning steals the caller's core.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.expect("the pool ran the closure")
+}
+
+/// Process-wide CPU threading defaults; call once at start-up, before the first tensor op (the addon does it when
+/// it loads). candle's element-wise ops run on a pool of its own whose workers spin 25,000 rounds after every op
+/// before they park; next to rayon's pool (matmuls, sadm's kernels) that keeps one more thread busy than there are
+/// cores, and on 2 cores a training step ran 15–25 % slower. A value the user set is kept.
+pub fn init_cpu_threads() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
+    }
+}

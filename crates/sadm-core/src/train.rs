@@ -236,6 +236,10 @@ impl Trainer {
 
     /// One SADM step on a batch (NCHW floats in [-1, 1], labels in [0, numClasses)).
     pub fn step(&mut self, x0: &[f32], labels: &[i32], p: &StepParams) -> Result<StepStats> {
+        crate::device::on_pool(|| self.step_here(x0, labels, p))
+    }
+
+    fn step_here(&mut self, x0: &[f32], labels: &[i32], p: &StepParams) -> Result<StepStats> {
         let b = self.check_batch(x0, labels)?;
         let adversarial = p.lambda > 0.0 || p.update_disc;
         if adversarial && b < 2 {

@@ -20,9 +20,15 @@ fn js_err(e: sadm_core::Error) -> Error {
     Error::from_reason(e.to_string())
 }
 
+#[napi_derive::module_init]
+fn init() {
+    device::init_cpu_threads();
+}
+
 /// Runs `f` with panics caught (see `sadm_core::error::catch_panic`) and errors turned into JS errors.
-fn guarded<T>(what: &str, f: impl FnOnce() -> sadm_core::Result<T>) -> Result<T> {
-    sadm_core::error::catch_panic(what, f).map_err(js_err)
+
+fn guarded<T: Send>(what: &str, f: impl FnOnce() -> sadm_core::Result<T> + Send) -> Result<T> {
+    sadm_core::error::catch_panic(what, || device::on_pool(f)).map_err(js_err)
 }
 
 fn lock<T>(m: &Mutex<T>) -> sadm_core::Result<std::sync::MutexGuard<'_, T>> {
