@@ -50,7 +50,9 @@ fn gemm_peak() -> sadm_core::Result<(f64, usize)> {
 }
 
 fn main() -> sadm_core::Result<()> {
+    // What the addon does when it loads (crates/sadm-node/src/lib.rs, `init`).
     sadm_core::device::init_cpu_threads();
+    unsafe { libmimalloc_sys::mi_option_set(15 /* mi_option_purge_delay */, -1) };
     let (peak, peak_n) = gemm_peak()?;
     let threads = sadm_core::candle::utils::get_num_threads();
     println!("f32 GEMM peak: {peak:.1} GFLOP/s ({peak_n}×{peak_n}, {threads} threads)\n");
