@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# sadm against the PyTorch peer on this machine, same thread count: training step of the MNIST presets.
-# Installs PyTorch from PyPI into a private virtual environment on first use (about 5 GB, a few minutes), runs
-# `cargo bench --bench step_time` and benches/torch_peer.py, prints the ratios and writes benches/results/peer.json.
-#   bash benches/peer.sh            # threads = all cores
+# sadm against the PyTorch peer on this machine, same thread count, every config of benches/step_time.rs: training
+# step (λ = 0 and SADM), guided sampling (DDPM 250, DDIM 50), achieved GFLOP/s against the measured GEMM peak, and
+# peak RSS. Each config runs in a process of its own on each side, sadm and PyTorch back to back, so the ratios
+# compare runs minutes apart, not hours. Installs PyTorch (CPU) from PyPI into a private virtual environment on
+# first use (from PyPI only: about 5 GB, a few minutes). Prints a Markdown table and writes benches/results/peer.json.
+#   bash benches/peer.sh                      # all configs (about 15 min on 2 cores)
+#   bash benches/peer.sh mnist-tiny DiT-S/2   # some
 #   THREADS=1 bash benches/peer.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,18 +18,39 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/
   "$VENV/bin/pip" install --quiet torch numpy
 fi
 export RAYON_NUM_THREADS="$THREADS"
-cargo bench -p sadm-core --bench step_time >&2
-"$VENV/bin/python" benches/torch_peer.py "$THREADS" 2>/dev/null > benches/results/torch_peer.jsonl
-node - "$THREADS" <<'JS'
+CONFIGS=("$@")
+[ ${#CONFIGS[@]} -gt 0 ] || CONFIGS=(mnist-tiny mnist-small DiT-S/2 DiT-B/2)
+mkdir -p benches/results
+cargo bench -p sadm-core --bench step_time --no-run >&2
+: > benches/results/sadm.jsonl
+: > benches/results/torch_peer.jsonl
+for c in "${CONFIGS[@]}"; do
+  echo "== $c" >&2
+  cargo bench -q -p sadm-core --bench step_time -- "$c" >> benches/results/sadm.jsonl
+  "$VENV/bin/python" benches/torch_peer.py "$THREADS" "$c" 2>/dev/null >> benches/results/torch_peer.jsonl
+done
+node - "$THREADS" "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" <<'JS'
 const fs = require("fs");
-const ours = JSON.parse(fs.readFileSync("benches/results/step_time.json", "utf8"));
-const peer = fs.readFileSync("benches/results/torch_peer.jsonl", "utf8").trim().split("\n").map((l) => JSON.parse(l));
-const rows = ours.rows.map((r) => {
-  const p = peer.find((x) => x.preset === r.preset);
-  return { preset: r.preset, sadmMs: r.plain.msPerStep, torchMs: p.msPerStep, speedup: p.msPerStep / r.plain.msPerStep };
+const lines = (f) => fs.readFileSync(f, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
+const ours = lines("benches/results/sadm.jsonl");
+const peer = lines("benches/results/torch_peer.jsonl");
+const [threads, cores, cpu] = process.argv.slice(2);
+const rows = ours.map((s) => {
+  const p = peer.find((x) => x.config === s.config);
+  return {
+    config: s.config, batch: s.batch, ditParams: s.ditParams,
+    sadm: { train: s.plain.imagesPerSec, trainSadm: s.sadm.imagesPerSec, ddpm250: s.sampling.ddpm250ImagesPerSec, ddim50: s.sampling.ddim50ImagesPerSec, peakRssMiB: s.peakRssMiB, gflops: s.plain.gflops, gemmPeakGflops: s.gemmPeakGflops },
+    torch: { train: p.imagesPerSec, ddpm250: p.ddpm250ImagesPerSec, ddim50: p.ddim50ImagesPerSec, peakRssMiB: p.peakRssMiB, version: p.torch },
+    ratio: { train: s.plain.imagesPerSec / p.imagesPerSec, ddpm250: s.sampling.ddpm250ImagesPerSec / p.ddpm250ImagesPerSec, ddim50: s.sampling.ddim50ImagesPerSec / p.ddim50ImagesPerSec, peakRss: s.peakRssMiB / p.peakRssMiB },
+    sadmOverhead: s.sadmOverhead,
+  };
 });
-console.log(`\n| preset (λ = 0, batch 64, ${process.argv[2]} threads) | sadm ms/step | PyTorch ${peer[0].torch} ms/step | sadm/PyTorch throughput |`);
-console.log("|---|---|---|---|");
-for (const r of rows) console.log(`| ${r.preset} | ${r.sadmMs.toFixed(0)} | ${r.torchMs.toFixed(0)} | ${r.speedup.toFixed(2)}× |`);
-fs.writeFileSync("benches/results/peer.json", JSON.stringify({ threads: Number(process.argv[2]), rows }, null, 2) + "\n");
+const f = (v, d = 1) => v.toFixed(d);
+const g = (v) => (v >= 100 ? v.toFixed(0) : v.toPrecision(3));
+console.log(`\n${cpu}, ${threads} threads (of ${cores} cores), PyTorch ${peer[0]?.torch}. Throughput in images/s; ratios are sadm / PyTorch (training, sampling: higher is better; RSS: lower is better).\n`);
+console.log("| config | batch | train sadm | train PyTorch | ratio | SADM overhead | GFLOP/s (% of GEMM peak) | DDPM 250 + CFG sadm / PyTorch | ratio | DDIM 50 + CFG sadm / PyTorch | ratio | peak RSS MiB sadm / PyTorch | ratio |");
+console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+for (const r of rows)
+  console.log(`| ${r.config} | ${r.batch} | ${g(r.sadm.train)} | ${g(r.torch.train)} | ${f(r.ratio.train, 2)}× | ${r.sadmOverhead >= 0 ? "+" : ""}${f(100 * r.sadmOverhead, 0)}% | ${f(r.sadm.gflops)} (${f(100 * r.sadm.gflops / r.sadm.gemmPeakGflops, 0)}%) | ${g(r.sadm.ddpm250)} / ${g(r.torch.ddpm250)} | ${f(r.ratio.ddpm250, 2)}× | ${g(r.sadm.ddim50)} / ${g(r.torch.ddim50)} | ${f(r.ratio.ddim50, 2)}× | ${f(r.sadm.peakRssMiB, 0)} / ${f(r.torch.peakRssMiB, 0)} | ${f(r.ratio.peakRss, 2)}× |`);
+fs.writeFileSync("benches/results/peer.json", JSON.stringify({ date: new Date().toISOString(), cpu, threads: Number(threads), rows }, null, 2) + "\n");
 JS

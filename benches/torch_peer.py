@@ -1,11 +1,17 @@
-"""The PyTorch peer of `cargo bench --bench step_time`: the same DiT (DiT's reference models.py architecture, written
-out without timm), batch, optimizer (AdamW, grad-norm clip 1) and EMA, timed the same way (1 warm-up step, then 10).
+"""The PyTorch peer of `cargo bench --bench step_time`: the same configs, DiT (DiT's reference models.py
+architecture, written out without timm; attention through F.scaled_dot_product_attention, as timm's Attention runs
+it), batch, optimizer (AdamW, grad-norm clip 1), EMA and guided samplers, timed the same way (medians over the same
+number of steps after a warm-up).
 
-Run by benches/peer.sh, which installs PyTorch from PyPI into a private virtual environment and pins both sides to
-the same thread count. Prints one JSON line per preset.
+    python benches/torch_peer.py THREADS [CONFIG ...]
+
+Run by benches/peer.sh, which installs PyTorch from PyPI into a private virtual environment, pins both sides to the
+same thread count and runs each config in a process of its own (for its peak RSS). One JSON line per config.
 """
 import json
 import math
+import resource
+import statistics
 import sys
 import time
 
@@ -29,8 +35,7 @@ class Attention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
-        x = attn.softmax(-1) @ v
+        x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
@@ -99,41 +104,110 @@ class DiT(nn.Module):
         return h.reshape(b, self.in_ch, g * p, g * p)
 
 
-def step_time(preset, batch=64, steps=10):
-    torch.manual_seed(0)
-    model = DiT(hidden=preset["hidden"], depth=preset["depth"], heads=preset["heads"])
+# The configs of benches/step_time.rs.
+CONFIGS = {
+    "mnist-tiny": dict(input=28, ch=1, patch=4, hidden=128, depth=4, heads=4, classes=10, batch=64, steps=10, sample_batch=64, sample_steps=25),
+    "mnist-small": dict(input=28, ch=1, patch=4, hidden=192, depth=6, heads=6, classes=10, batch=64, steps=10, sample_batch=64, sample_steps=25),
+    "DiT-S/2": dict(input=32, ch=4, patch=2, hidden=384, depth=12, heads=6, classes=1000, batch=32, steps=3, sample_batch=8, sample_steps=5),
+    "DiT-B/2": dict(input=32, ch=4, patch=2, hidden=768, depth=12, heads=12, classes=1000, batch=8, steps=3, sample_batch=8, sample_steps=5),
+}
+
+BETAS = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+ABAR = torch.cumprod(1 - BETAS, 0)
+
+
+def make_model(c):
+    return DiT(input_size=c["input"], patch=c["patch"], in_ch=c["ch"], hidden=c["hidden"], depth=c["depth"],
+               heads=c["heads"], classes=c["classes"])
+
+
+def train_step_time(model, c):
+    """Median seconds of one step: forward, ε-MSE, backward, clip, AdamW, EMA."""
     ema = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    abar = torch.cumprod(1 - betas, 0).float()
-    x0 = (torch.arange(batch * 784) % 97).float().reshape(batch, 1, 28, 28) / 48.0 - 1.0
-    y = torch.arange(batch) % 10
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    b, per = c["batch"], c["ch"] * c["input"] ** 2
+    x0 = (torch.arange(b * per) % 97).float().reshape(b, c["ch"], c["input"], c["input"]) / 48.0 - 1.0
+    y = torch.arange(b) % c["classes"]
+    abar = ABAR.float()
 
     def one():
-        t = torch.randint(0, 1000, (batch,))
+        t = torch.randint(0, 1000, (b,))
         noise = torch.randn_like(x0)
         a = abar[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        v = a.sqrt() * noise - (1 - a).sqrt() * x0
-        loss = F.mse_loss(model(x_t, t, y), v)
+        loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, y), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
             for e, p in zip(ema, model.parameters()):
-                e.mul_(0.999).add_(p.detach(), alpha=0.001)
+                e.mul_(0.9999).add_(p.detach(), alpha=0.0001)
 
     one()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    times = []
+    for _ in range(c["steps"]):
+        t0 = time.perf_counter()
         one()
-    return (time.perf_counter() - t0) / steps
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def sample_step_time(model, c, sampler, steps, scale=4.0):
+    """Seconds per denoising step of guided sampling over a respaced schedule, timed over c["sample_steps"]."""
+    n = c["sample_batch"]
+    use = torch.linspace(0, 999, steps).round().long()
+    abar = ABAR[use]
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    betas = 1 - abar / abar_prev
+    post_var = betas * (1 - abar_prev) / (1 - abar)
+    post_logvar = torch.log(torch.cat([post_var[1:2], post_var[1:]])).float()
+    c1 = (betas * abar_prev.sqrt() / (1 - abar)).float()
+    c2 = ((1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)).float()
+    abar, abar_prev = abar.float(), abar_prev.float()
+    y = torch.arange(n) % c["classes"]
+    y2 = torch.cat([y, torch.full_like(y, c["classes"])])
+    x = torch.randn(n, c["ch"], c["input"], c["input"])
+    model.eval()
+
+    def step(i):
+        nonlocal x
+        t = torch.full((2 * n,), int(use[i]))
+        out = model(torch.cat([x, x]), t, y2)
+        eps = out[n:] + scale * (out[:n] - out[n:])
+        x0 = ((x - (1 - abar[i]).sqrt() * eps) / abar[i].sqrt()).clamp(-1, 1)
+        if sampler == "ddpm":
+            mean = c1[i] * x0 + c2[i] * x
+            x = mean + (0.5 * post_logvar[i]).exp() * torch.randn_like(x) if i > 0 else mean
+        else:
+            eps = (x - abar[i].sqrt() * x0) / (1 - abar[i]).sqrt()
+            x = abar_prev[i].sqrt() * x0 + (1 - abar_prev[i]).sqrt() * eps
+
+    step(steps - 1)  # warm-up
+    k = c["sample_steps"]
+    t0 = time.perf_counter()
+    for i in reversed(range(steps - k, steps)):
+        step(i)
+    model.train()
+    return (time.perf_counter() - t0) / k
 
 
 if __name__ == "__main__":
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else torch.get_num_threads()
     torch.set_num_threads(threads)
-    for name, preset in [("mnist-tiny", dict(hidden=128, depth=4, heads=4)), ("mnist-small", dict(hidden=192, depth=6, heads=6))]:
-        s = step_time(preset)
-        print(json.dumps({"preset": name, "threads": threads, "torch": torch.__version__, "msPerStep": s * 1e3, "imagesPerSec": 64 / s}))
+    names = sys.argv[2:] or list(CONFIGS)
+    for name in names:
+        c = CONFIGS[name]
+        torch.manual_seed(0)
+        model = make_model(c)
+        step = train_step_time(model, c)
+        ddpm = sample_step_time(model, c, "ddpm", 250) * 250
+        ddim = sample_step_time(model, c, "ddim", 50) * 50
+        print(json.dumps({
+            "config": name, "threads": threads, "torch": torch.__version__, "batch": c["batch"],
+            "msPerStep": step * 1e3, "imagesPerSec": c["batch"] / step,
+            "ddpm250ImagesPerSec": c["sample_batch"] / ddpm, "ddim50ImagesPerSec": c["sample_batch"] / ddim,
+            "peakRssMiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }), flush=True)
+
+

@@ -2,7 +2,7 @@
 //! the CPU: tanh-GELU (candle's backward for it is a chain of a dozen tensor ops with libm `powf`/`tanhf`),
 //! LayerNorm without affine and softmax over the last dimension (candle's fused versions have no backward).
 //! Other devices take the basic-op compositions in `nn`, which candle differentiates itself.
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 const K0: f32 = 0.797_884_6; // sqrt(2/π)
@@ -374,6 +374,123 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fused(x) { x.contiguous()?.apply_op1(Softmax) } else { candle_nn::ops::softmax(x, candle_core::D::Minus1) }
 }
 
+fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: only f32 is supported") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// In place, `acc ← β·acc + (1−β)·f(s·g)` with f the identity (Adam's first moment) or the square (second).
+struct Moment {
+    beta: f32,
+    one_minus_beta: f32,
+    scale: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "sadm-adam-moment"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (acc, g) = (slice_mut(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        acc.par_chunks_mut(MIN_PAR).zip(g.par_chunks(MIN_PAR)).for_each(|(acc, g)| {
+            for (a, &g) in acc.iter_mut().zip(g) {
+                let g = g * self.scale;
+                let g = if self.square { g * g } else { g };
+                *a = *a * self.beta + g * self.one_minus_beta;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// In place, AdamW's parameter update `p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + ε)` from the updated moments.
+struct AdamWApply {
+    lr: f32,
+    decay: f32,
+    inv_bc1: f32,
+    inv_bc2: f32,
+    eps: f32,
+}
+
+impl InplaceOp3 for AdamWApply {
+    fn name(&self) -> &'static str {
+        "sadm-adamw-apply"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<()> {
+        let p = slice_mut(s1, l1, self.name())?;
+        let (m, v) = (slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        p.par_chunks_mut(MIN_PAR).zip(m.par_chunks(MIN_PAR).zip(v.par_chunks(MIN_PAR))).for_each(|(p, (m, v))| {
+            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                *p = *p * self.decay - (m * self.inv_bc1) / ((v * self.inv_bc2).sqrt() + self.eps) * self.lr;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// In place, `e ← d·e + (1−d)·x` (the EMA of the weights).
+struct Lerp {
+    d: f32,
+    one_minus_d: f32,
+}
+
+impl InplaceOp2 for Lerp {
+    fn name(&self) -> &'static str {
+        "sadm-ema"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (e, x) = (slice_mut(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        e.par_chunks_mut(MIN_PAR).zip(x.par_chunks(MIN_PAR)).for_each(|(e, x)| {
+            for (e, &x) in e.iter_mut().zip(x) {
+                *e = *e * self.d + x * self.one_minus_d;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Whether the in-place optimizer kernels apply: contiguous f32 tensors on the CPU.
+pub fn fused_inplace(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| fused(t) && t.is_contiguous())
+}
+
+/// One AdamW update of `p` in place with gradient `g` (times `scale`), moments `m` and `v` updated in place: three
+/// passes over memory and no allocation, where the tensor-op form takes a dozen of each. Callers check
+/// [`fused_inplace`]; `bc1`, `bc2` are the bias corrections 1 − βᵗ.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_inplace(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    cfg: &crate::config::OptimConfig,
+    lr: f64,
+    scale: f64,
+    (bc1, bc2): (f64, f64),
+) -> Result<()> {
+    let g = g.contiguous()?;
+    let moment = |beta: f64, square| Moment { beta: beta as f32, one_minus_beta: (1.0 - beta) as f32, scale: scale as f32, square };
+    m.inplace_op2(&g, &moment(cfg.beta1, false))?;
+    v.inplace_op2(&g, &moment(cfg.beta2, true))?;
+    let apply = AdamWApply {
+        lr: lr as f32,
+        decay: (1.0 - lr * cfg.weight_decay) as f32,
+        inv_bc1: (1.0 / bc1) as f32,
+        inv_bc2: (1.0 / bc2) as f32,
+        eps: cfg.eps as f32,
+    };
+    p.inplace_op3(m, v, &apply)
+}
+
+/// `e ← d·e + (1−d)·x` in place; callers check [`fused_inplace`].
+pub fn ema_inplace(e: &Tensor, x: &Tensor, d: f64) -> Result<()> {
+    e.inplace_op2(x, &Lerp { d: d as f32, one_minus_d: (1.0 - d) as f32 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,6 +515,18 @@ mod tests {
         let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
         assert!(max_diff(ga, gb) < 1e-4, "backward {}", max_diff(ga, gb));
+    }
+
+    #[test]
+    fn ema_inplace_is_the_lerp_and_leaves_the_source_alone() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(3);
+        let (e0, x) = (rng.randn(&[500, 41], &dev).unwrap(), rng.randn(&[500, 41], &dev).unwrap());
+        let e = e0.copy().unwrap();
+        ema_inplace(&e, &x, 0.9).unwrap();
+        let want = ((&e0 * 0.9).unwrap() + (&x * 0.1).unwrap()).unwrap();
+        assert!(max_diff(&e, &want) < 1e-6, "{}", max_diff(&e, &want));
+        assert!(max_diff(&e0, &e) > 0.01, "updated a copy instead of in place");
     }
 
     #[test]

@@ -54,6 +54,10 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
+            if crate::ops::fused_inplace(&[var.as_tensor(), g, &self.m[i], &self.v[i]]) {
+                crate::ops::adamw_inplace(var.as_tensor(), g, &self.m[i], &self.v[i], c, lr, grad_scale, (bc1, bc2))?;
+                continue;
+            }
             // Detached: tensors kept across steps must not carry (and keep alive) this step's graph.
             let g = if grad_scale != 1.0 { (g.detach() * grad_scale)? } else { g.detach() };
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
@@ -124,6 +128,36 @@ mod tests {
         }
         let got = p.as_tensor().to_vec1::<f32>()?[0] as f64;
         assert!((got - pe).abs() < 1e-6, "{got} vs {pe}");
+        Ok(())
+    }
+
+    #[test]
+    fn fused_cpu_update_matches_the_tensor_formula() -> Result<()> {
+        // The in-place kernels (CPU) against AdamW written in tensor ops, with clipping scale and weight decay;
+        // 700×37 values so the kernels take their parallel path.
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::Rng::new(5);
+        let p0 = rng.randn(&[700, 37], &dev)?;
+        let p = Var::from_tensor(&p0.copy()?)?;
+        let cfg = OptimConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.05, grad_clip: 0.0 };
+        let mut opt = AdamW::new(vec![("p".into(), p.clone())], cfg.clone())?;
+        let (lr, scale) = (0.01, 0.5);
+        let (mut pr, mut m, mut v) = (p0.clone(), p0.zeros_like()?, p0.zeros_like()?);
+        for t in 1..=3 {
+            let g = rng.randn(&[700, 37], &dev)?;
+            let grads = (p.as_tensor() * &g)?.sum_all()?.backward()?;
+            opt.step(&grads, lr, scale)?;
+            let g = (g * scale)?;
+            m = ((&m * cfg.beta1)? + (&g * (1.0 - cfg.beta1))?)?;
+            v = ((&v * cfg.beta2)? + (g.sqr()? * (1.0 - cfg.beta2))?)?;
+            let (bc1, bc2) = (1.0 - cfg.beta1.powi(t), 1.0 - cfg.beta2.powi(t));
+            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + cfg.eps)?)?;
+            pr = ((pr * (1.0 - lr * cfg.weight_decay))? - (update * lr)?)?;
+        }
+        let diff = (p.as_tensor() - &pr)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "fused AdamW differs by {diff}");
+        let dm = (&opt.m[0] - &m)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(dm < 1e-7, "first moment differs by {dm}");
         Ok(())
     }
 

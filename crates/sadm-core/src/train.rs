@@ -307,7 +307,11 @@ impl Trainer {
 
         // 4. EMA of θ.
         for (e, (_, v)) in self.ema.iter_mut().zip(&self.dit_vars) {
-            *e = ((&*e * p.ema_decay)? + (v.as_tensor().detach() * (1.0 - p.ema_decay))?)?;
+            if crate::ops::fused_inplace(&[e, v.as_tensor()]) {
+                crate::ops::ema_inplace(e, v.as_tensor(), p.ema_decay)?;
+            } else {
+                *e = ((&*e * p.ema_decay)? + (v.as_tensor().detach() * (1.0 - p.ema_decay))?)?;
+            }
         }
         self.step += 1;
         stats.step = self.step;
@@ -317,7 +321,7 @@ impl Trainer {
     /// Samples from the EMA weights (or the raw weights with `use_ema = false`).
     pub fn sample(&self, labels: &[i32], opts: &SampleOptions, use_ema: bool) -> Result<Tensor> {
         let weights = if use_ema { self.ema_tensors() } else { Self::var_tensors(&self.dit_vars) };
-        sample_with(&self.cfg, weights, &self.device, labels, opts)
+        crate::device::on_pool(|| sample_with(&self.cfg, weights, &self.device, labels, opts))
     }
 }
 
