@@ -88,16 +88,23 @@ impl Attention {
 
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let hd = c / self.num_heads;
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.num_heads, hd))?.permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)? * (hd as f64).powf(-0.5))?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let attn = crate::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
-        self.proj.forward(&out)
+        self.proj.forward(&crate::ops::attention(&self.qkv.forward(x)?, self.num_heads)?)
     }
+}
+
+/// softmax(q·kᵀ/√d)·v for every head, from the fused projection [B, N, 3·C] laid out (q, k, v) × heads × d as
+/// timm's, to [B, N, C] with the heads concatenated: the composition candle differentiates itself, for non-CPU
+/// devices and as the reference the fused kernel is tested against.
+pub fn attention_ref(qkv: &Tensor, num_heads: usize) -> Result<Tensor> {
+    let (b, n, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let hd = c / num_heads;
+    let qkv = qkv.reshape((b, n, 3, num_heads, hd))?.permute((2, 0, 3, 1, 4))?;
+    let q = (qkv.get(0)? * (hd as f64).powf(-0.5))?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let attn = candle_nn::ops::softmax(&q.matmul(&k.t()?)?, D::Minus1)?;
+    attn.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))
 }
 
 /// Two linears with a tanh-approximated GELU between them.

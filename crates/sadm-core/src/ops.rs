@@ -1,6 +1,7 @@
 //! Fused CPU kernels, with backward, for the element-wise and row-wise ops that dominate a small DiT step on
 //! the CPU: tanh-GELU (candle's backward for it is a chain of a dozen tensor ops with libm `powf`/`tanhf`),
-//! LayerNorm without affine and softmax over the last dimension (candle's fused versions have no backward).
+//! LayerNorm without affine (candle's fused version has no backward), multi-head attention; and in-place AdamW
+//! and EMA updates.
 //! Other devices take the basic-op compositions in `nn`, which candle differentiates itself.
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -127,55 +128,6 @@ impl CustomOp2 for LayerNormGrad {
             mgy /= d as f32;
             for ((o, &x), &g) in dr.iter_mut().zip(xr).zip(gr) {
                 *o = r * (g - mg - (x - mean) * r * mgy);
-            }
-        });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
-    }
-}
-
-struct Softmax;
-struct SoftmaxGrad;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "sadm-softmax"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, self.name())?;
-        let d = l.dims()[l.dims().len() - 1];
-        let mut y = vec![0f32; x.len()];
-        map_rows(d, &mut y, |i, yr| {
-            let xr = &x[i * d..(i + 1) * d];
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (y, &x) in yr.iter_mut().zip(xr) {
-                *y = (x - max).exp();
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
-            yr.iter_mut().for_each(|y| *y *= inv);
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
-    }
-}
-
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "sadm-softmax-grad"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let d = l1.dims()[l1.dims().len() - 1];
-        let mut dx = vec![0f32; y.len()];
-        // dx = y·(g − Σ g·y)
-        map_rows(d, &mut dx, |i, dr| {
-            let (yr, gr) = (&y[i * d..(i + 1) * d], &g[i * d..(i + 1) * d]);
-            let dot: f32 = yr.iter().zip(gr).map(|(y, g)| y * g).sum();
-            for ((o, &y), &g) in dr.iter_mut().zip(yr).zip(gr) {
-                *o = y * (g - dot);
             }
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
@@ -369,9 +321,153 @@ pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     if fused(x) { x.contiguous()?.apply_op1(LayerNorm(eps as f32)) } else { crate::nn::layer_norm_ref(x, eps) }
 }
 
-/// Softmax over the last dimension.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if fused(x) { x.contiguous()?.apply_op1(Softmax) } else { candle_nn::ops::softmax(x, candle_core::D::Minus1) }
+/// The attention core of a fused qkv projection [B, N, 3·C] → [B, N, C] (`nn::attention_ref`).
+pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    if fused(qkv) { qkv.contiguous()?.apply_op1(Attention { heads }) } else { crate::nn::attention_ref(qkv, heads) }
+}
+
+/// A raw output pointer that parallel tasks write disjoint parts of.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// `dst (m×n, row stride dst_rs) = beta · lhs (m×k) · rhs (k×n)`, strides in elements (row, column), on the
+/// calling thread: attention runs one head per task, which is parallel enough.
+///
+/// # Safety
+/// The pointers must address matrices of those shapes and strides, and `dst` must not overlap the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_into(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+) {
+    gemm::gemm(
+        m, n, k, dst, 1, dst_rs as isize, false, lhs, lhs_cs as isize, lhs_rs as isize, rhs, rhs_cs as isize,
+        rhs_rs as isize, 0.0, beta, false, false, false, gemm::Parallelism::None,
+    )
+}
+
+/// Fused multi-head attention core: [B, N, 3·C] → [B, N, C] (see `nn::attention_ref`), one (image, head) per task.
+/// It reads q, k, v in place from the projection and writes each head into its columns of the output, so the
+/// five reshape/transpose copies of the composition disappear, and nothing N×N outlives the task: the backward
+/// recomputes the probabilities (one extra N×N×d product) instead of keeping B·H·N² floats alive per layer.
+struct Attention {
+    heads: usize,
+}
+struct AttentionGrad {
+    heads: usize,
+}
+
+/// Shapes of an attention call: (batch, tokens, C, head dim, 1/√d).
+fn attention_dims(l: &Layout, heads: usize) -> Result<(usize, usize, usize, usize, f32)> {
+    let (b, n, c3) = l.shape().dims3()?;
+    if c3 % 3 != 0 || (c3 / 3) % heads != 0 {
+        candle_core::bail!("attention: last dimension {c3} is not 3 × heads ({heads}) × head dim")
+    }
+    let d = c3 / 3 / heads;
+    Ok((b, n, c3 / 3, d, 1.0 / (d as f32).sqrt()))
+}
+
+/// Row-wise softmax of an n×n block, in place.
+fn softmax_rows(p: &mut [f32], n: usize) {
+    for row in p.chunks_mut(n) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+impl Attention {
+    /// P = softmax(q·kᵀ/√d) of head `h` of image `bi` into `p` (n×n).
+    fn probabilities(x: &[f32], (bi, h): (usize, usize), (n, c, d, scale): (usize, usize, usize, f32), p: &mut [f32]) {
+        let base = bi * n * 3 * c + h * d;
+        // SAFETY: q and k rows of this head lie inside x (base + 2c·… < x.len()); p is n×n and separate.
+        unsafe {
+            let (q, k) = (x.as_ptr().add(base), x.as_ptr().add(base + c));
+            matmul_into((n, n, d), p.as_mut_ptr(), n, q, (3 * c, 1), k, (1, 3 * c), scale);
+        }
+        softmax_rows(p, n);
+    }
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "sadm-attention"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        let (b, n, c, d, scale) = attention_dims(l, self.heads)?;
+        let mut out = vec![0f32; b * n * c];
+        let dst = SharedOut(out.as_mut_ptr());
+        (0..b * self.heads).into_par_iter().for_each_init(
+            || vec![0f32; n * n],
+            |p, bh| {
+                let (bi, h) = (bh / self.heads, bh % self.heads);
+                Attention::probabilities(x, (bi, h), (n, c, d, scale), p);
+                let dst = dst;
+                // SAFETY: task (bi, h) alone writes columns h·d..(h+1)·d of image bi's rows; v lies inside x.
+                unsafe {
+                    let v = x.as_ptr().add(bi * n * 3 * c + 2 * c + h * d);
+                    matmul_into((n, d, n), dst.0.add(bi * n * c + h * d), c, p.as_ptr(), (n, 1), v, (3 * c, 1), 1.0);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((b, n, c))))
+    }
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &AttentionGrad { heads: self.heads })?))
+    }
+}
+
+impl CustomOp2 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "sadm-attention-grad"
+    }
+    /// d(qkv) from dO: with P recomputed, dV = Pᵀ·dO, dP = dO·vᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)),
+    /// dq = dS·k/√d, dk = dSᵀ·q/√d.
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let (b, n, c, d, scale) = attention_dims(l1, self.heads)?;
+        let mut dx = vec![0f32; x.len()];
+        let dst = SharedOut(dx.as_mut_ptr());
+        (0..b * self.heads).into_par_iter().for_each_init(
+            || (vec![0f32; n * n], vec![0f32; n * n]),
+            |(p, dp), bh| {
+                let (bi, h) = (bh / self.heads, bh % self.heads);
+                Attention::probabilities(x, (bi, h), (n, c, d, scale), p);
+                let base = bi * n * 3 * c + h * d;
+                let dst = dst;
+                // SAFETY: all reads lie inside x and g; task (bi, h) alone writes head h's q, k, v columns of
+                // image bi in dx; p and dp are this task's n×n scratch.
+                unsafe {
+                    let (q, k, v) = (x.as_ptr().add(base), x.as_ptr().add(base + c), x.as_ptr().add(base + 2 * c));
+                    let go = g.as_ptr().add(bi * n * c + h * d);
+                    let (dq, dk, dv) = (dst.0.add(base), dst.0.add(base + c), dst.0.add(base + 2 * c));
+                    matmul_into((n, d, n), dv, 3 * c, p.as_ptr(), (1, n), go, (c, 1), 1.0);
+                    matmul_into((n, n, d), dp.as_mut_ptr(), n, go, (c, 1), v, (1, 3 * c), 1.0);
+                    for (pr, dr) in p.chunks(n).zip(dp.chunks_mut(n)) {
+                        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                        dr.iter_mut().zip(pr).for_each(|(d, &p)| *d = p * (*d - dot));
+                    }
+                    matmul_into((n, d, n), dq, 3 * c, dp.as_ptr(), (n, 1), k, (3 * c, 1), scale);
+                    matmul_into((n, d, n), dk, 3 * c, dp.as_ptr(), (1, n), q, (3 * c, 1), scale);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
 }
 
 fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
@@ -495,7 +591,7 @@ pub fn ema_inplace(e: &Tensor, x: &Tensor, d: f64) -> Result<()> {
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use candle_core::{Device, Var, D};
+    use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
@@ -515,6 +611,24 @@ mod tests {
         let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
         assert!(max_diff(ga, gb) < 1e-4, "backward {}", max_diff(ga, gb));
+    }
+
+    #[test]
+    fn attention_matches_the_composition_forward_and_backward() {
+        // 3 images × 37 tokens × 2 heads of 8: odd sizes, so no product is a multiple of a GEMM tile.
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(4);
+        for (b, n, heads, d) in [(3, 37, 2, 8), (2, 5, 1, 3)] {
+            let qkv = Var::from_tensor(&rng.randn(&[b, n, 3 * heads * d], &dev).unwrap()).unwrap();
+            let w = rng.randn(&[b, n, heads * d], &dev).unwrap();
+            let a = attention(qkv.as_tensor(), heads).unwrap();
+            let r = crate::nn::attention_ref(qkv.as_tensor(), heads).unwrap();
+            assert!(max_diff(&a, &r) < 1e-5, "forward {}", max_diff(&a, &r));
+            let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (r * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gr) = (ga.get(qkv.as_tensor()).unwrap(), gr.get(qkv.as_tensor()).unwrap());
+            assert!(max_diff(ga, gr) < 1e-5, "backward {}", max_diff(ga, gr));
+        }
     }
 
     #[test]
@@ -575,8 +689,4 @@ mod tests {
         same_as_reference(|x| layer_norm(x, 1e-6), |x| crate::nn::layer_norm_ref(x, 1e-6), 2.0);
     }
 
-    #[test]
-    fn softmax_matches_reference() {
-        same_as_reference(softmax_last_dim, |x| candle_nn::ops::softmax(x, D::Minus1), 4.0);
-    }
 }
