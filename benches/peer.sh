@@ -7,9 +7,11 @@
 #   bash benches/peer.sh                      # all configs (about 15 min on 2 cores)
 #   bash benches/peer.sh mnist-tiny DiT-S/2   # some
 #   THREADS=1 bash benches/peer.sh
+#   REPEAT=3 bash benches/peer.sh             # each pair 3 times, medians per figure (this machine is shared)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS="${THREADS:-$(nproc)}"
+REPEAT="${REPEAT:-1}"
 VENV="${SADM_TORCH_VENV:-$HOME/.cache/sadm-torch-venv}"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "installing PyTorch into $VENV (first run only)" >&2
@@ -24,16 +26,34 @@ mkdir -p benches/results
 cargo bench -p sadm-core --bench step_time --no-run >&2
 : > benches/results/sadm.jsonl
 : > benches/results/torch_peer.jsonl
-for c in "${CONFIGS[@]}"; do
-  echo "== $c" >&2
-  cargo bench -q -p sadm-core --bench step_time -- "$c" >> benches/results/sadm.jsonl
-  "$VENV/bin/python" benches/torch_peer.py "$THREADS" "$c" 2>/dev/null >> benches/results/torch_peer.jsonl
+for r in $(seq "$REPEAT"); do
+  for c in "${CONFIGS[@]}"; do
+    echo "== $c ($r/$REPEAT)" >&2
+    cargo bench -q -p sadm-core --bench step_time -- "$c" >> benches/results/sadm.jsonl
+    "$VENV/bin/python" benches/torch_peer.py "$THREADS" "$c" 2>/dev/null >> benches/results/torch_peer.jsonl
+  done
 done
-node - "$THREADS" "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" <<'JS'
+node - "$THREADS" "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$REPEAT" <<'JS'
 const fs = require("fs");
 const lines = (f) => fs.readFileSync(f, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
-const ours = lines("benches/results/sadm.jsonl");
-const peer = lines("benches/results/torch_peer.jsonl");
+// With REPEAT > 1, every figure is the median over the repetitions of its config.
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const mergeBy = (rows) => {
+  const out = [];
+  for (const r of rows) if (!out.some((o) => o.config === r.config)) out.push(r);
+  const merge = (group) => {
+    const first = group[0];
+    if (typeof first === "number") return median(group);
+    if (first && typeof first === "object") return Object.fromEntries(Object.keys(first).map((k) => [k, merge(group.map((g) => g[k]))]));
+    return first;
+  };
+  return out.map((o) => merge(rows.filter((r) => r.config === o.config)));
+};
+const ours = mergeBy(lines("benches/results/sadm.jsonl"));
+const peer = mergeBy(lines("benches/results/torch_peer.jsonl"));
 const [threads, cores, cpu] = process.argv.slice(2);
 const rows = ours.map((s) => {
   const p = peer.find((x) => x.config === s.config);
@@ -47,10 +67,10 @@ const rows = ours.map((s) => {
 });
 const f = (v, d = 1) => v.toFixed(d);
 const g = (v) => (v >= 100 ? v.toFixed(0) : v.toPrecision(3));
-console.log(`\n${cpu}, ${threads} threads (of ${cores} cores), PyTorch ${peer[0]?.torch}. Throughput in images/s; ratios are sadm / PyTorch (training, sampling: higher is better; RSS: lower is better).\n`);
+console.log(`\n${cpu}, ${threads} threads (of ${cores} cores), PyTorch ${peer[0]?.torch}, medians of ${process.argv[5]} run(s) per config. Throughput in images/s; ratios are sadm / PyTorch (training, sampling: higher is better; RSS: lower is better).\n`);
 console.log("| config | batch | train sadm | train PyTorch | ratio | SADM overhead | GFLOP/s (% of GEMM peak) | DDPM 250 + CFG sadm / PyTorch | ratio | DDIM 50 + CFG sadm / PyTorch | ratio | peak RSS MiB sadm / PyTorch | ratio |");
 console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
 for (const r of rows)
   console.log(`| ${r.config} | ${r.batch} | ${g(r.sadm.train)} | ${g(r.torch.train)} | ${f(r.ratio.train, 2)}× | ${r.sadmOverhead >= 0 ? "+" : ""}${f(100 * r.sadmOverhead, 0)}% | ${f(r.sadm.gflops)} (${f(100 * r.sadm.gflops / r.sadm.gemmPeakGflops, 0)}%) | ${g(r.sadm.ddpm250)} / ${g(r.torch.ddpm250)} | ${f(r.ratio.ddpm250, 2)}× | ${g(r.sadm.ddim50)} / ${g(r.torch.ddim50)} | ${f(r.ratio.ddim50, 2)}× | ${f(r.sadm.peakRssMiB, 0)} / ${f(r.torch.peakRssMiB, 0)} | ${f(r.ratio.peakRss, 2)}× |`);
-fs.writeFileSync("benches/results/peer.json", JSON.stringify({ date: new Date().toISOString(), cpu, threads: Number(threads), rows }, null, 2) + "\n");
+fs.writeFileSync("benches/results/peer.json", JSON.stringify({ date: new Date().toISOString(), cpu, threads: Number(threads), repeat: Number(process.argv[5]), rows }, null, 2) + "\n");
 JS

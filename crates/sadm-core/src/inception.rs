@@ -2,8 +2,8 @@
 //! final average-pool features are what every published FID is computed on. Parameter names are those of
 //! pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (torchvision's `Inception3` names, e.g.
 //! `Mixed_5b.branch1x1.conv.weight`), so a user's copy of those weights loads after a plain conversion to
-//! safetensors. The FID variant differs from torchvision's in three places, all kept here: average pools skip the
-//! zero padding (TensorFlow's behaviour), and the last block max-pools its pool branch.
+//! safetensors. The FID variant pools differently from torchvision's, and both differences are kept here: its average
+//! pools skip the zero padding (TensorFlow's behaviour), and its last block max-pools its pool branch.
 use crate::error::Result;
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;

@@ -478,17 +478,18 @@ fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut 
     }
 }
 
-/// In place, `acc ← β·acc + (1−β)·f(s·g)` with f the identity (Adam's first moment) or the square (second).
-struct Moment {
+/// In place, the moving average `acc ← β·acc + (1−β)·f(s·x)`, f the identity (Adam's first moment, the EMA of the
+/// weights) or the square (Adam's second moment).
+struct MovingAverage {
     beta: f32,
     one_minus_beta: f32,
     scale: f32,
     square: bool,
 }
 
-impl InplaceOp2 for Moment {
+impl InplaceOp2 for MovingAverage {
     fn name(&self) -> &'static str {
-        "sadm-adam-moment"
+        "sadm-moving-average"
     }
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
         let (acc, g) = (slice_mut(s1, l1, self.name())?, slice(s2, l2, self.name())?);
@@ -528,27 +529,6 @@ impl InplaceOp3 for AdamWApply {
     }
 }
 
-/// In place, `e ← d·e + (1−d)·x` (the EMA of the weights).
-struct Lerp {
-    d: f32,
-    one_minus_d: f32,
-}
-
-impl InplaceOp2 for Lerp {
-    fn name(&self) -> &'static str {
-        "sadm-ema"
-    }
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let (e, x) = (slice_mut(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        e.par_chunks_mut(MIN_PAR).zip(x.par_chunks(MIN_PAR)).for_each(|(e, x)| {
-            for (e, &x) in e.iter_mut().zip(x) {
-                *e = *e * self.d + x * self.one_minus_d;
-            }
-        });
-        Ok(())
-    }
-}
-
 /// Whether the in-place optimizer kernels apply: contiguous f32 tensors on the CPU.
 pub fn fused_inplace(ts: &[&Tensor]) -> bool {
     ts.iter().all(|t| fused(t) && t.is_contiguous())
@@ -569,7 +549,7 @@ pub fn adamw_inplace(
     (bc1, bc2): (f64, f64),
 ) -> Result<()> {
     let g = g.contiguous()?;
-    let moment = |beta: f64, square| Moment { beta: beta as f32, one_minus_beta: (1.0 - beta) as f32, scale: scale as f32, square };
+    let moment = |beta: f64, square| MovingAverage { beta: beta as f32, one_minus_beta: (1.0 - beta) as f32, scale: scale as f32, square };
     m.inplace_op2(&g, &moment(cfg.beta1, false))?;
     v.inplace_op2(&g, &moment(cfg.beta2, true))?;
     let apply = AdamWApply {
@@ -584,7 +564,7 @@ pub fn adamw_inplace(
 
 /// `e ← d·e + (1−d)·x` in place; callers check [`fused_inplace`].
 pub fn ema_inplace(e: &Tensor, x: &Tensor, d: f64) -> Result<()> {
-    e.inplace_op2(x, &Lerp { d: d as f32, one_minus_d: (1.0 - d) as f32 })
+    e.inplace_op2(x, &MovingAverage { beta: d as f32, one_minus_beta: (1.0 - d) as f32, scale: 1.0, square: false })
 }
 
 #[cfg(test)]
