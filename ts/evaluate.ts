@@ -194,8 +194,10 @@ export function formatMetrics(m: EvalMetrics): string {
   return (
     `FD ${m.fd.toFixed(2)}  KID ${m.kid.toFixed(4)} ± ${m.kidStd.toFixed(4)}  precision ${m.precision.toFixed(3)}  ` +
     `recall ${m.recall.toFixed(3)}` +
-    (m.accuracy !== null ? `  accuracy ${m.accuracy.toFixed(3)}` : "") +
-    (m.realAccuracy !== null ? ` (real ${m.realAccuracy.toFixed(3)})` : "")
+    // The real images' accuracy is the ceiling of the samples' one, so it is shown only next to it.
+    (m.accuracy !== null && m.realAccuracy !== null
+      ? `  accuracy ${m.accuracy.toFixed(3)} (real ${m.realAccuracy.toFixed(3)})`
+      : "")
   );
 }
 

@@ -584,13 +584,25 @@ mod tests {
         // Rows of 37 so that row blocks straddle rayon chunks; 3 rows × 600 > MIN_PAR for the parallel path.
         let x = Var::from_tensor(&(rng.randn(&[600, 3, 37], &dev).unwrap() * scale as f64).unwrap()).unwrap();
         let w = rng.randn(&[600, 3, 37], &dev).unwrap();
+        same_values_and_gradients(&x, &w, fused, reference, (1e-5, 1e-4));
+    }
+
+    /// `fused(x)` and `reference(x)` agree within `tol.0`, and so do the gradients of `Σ w·f(x)` w.r.t. x within
+    /// `tol.1`.
+    fn same_values_and_gradients(
+        x: &Var,
+        w: &Tensor,
+        fused: impl Fn(&Tensor) -> Result<Tensor>,
+        reference: impl Fn(&Tensor) -> Result<Tensor>,
+        tol: (f32, f32),
+    ) {
         let a = fused(x.as_tensor()).unwrap();
         let b = reference(x.as_tensor()).unwrap();
-        assert!(max_diff(&a, &b) < 1e-5, "forward {}", max_diff(&a, &b));
-        let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_diff(&a, &b) < tol.0, "forward {}", max_diff(&a, &b));
+        let ga = (a * w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * w).unwrap().sum_all().unwrap().backward().unwrap();
         let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
-        assert!(max_diff(ga, gb) < 1e-4, "backward {}", max_diff(ga, gb));
+        assert!(max_diff(ga, gb) < tol.1, "backward {}", max_diff(ga, gb));
     }
 
     #[test]
@@ -601,13 +613,7 @@ mod tests {
         for (b, n, heads, d) in [(3, 37, 2, 8), (2, 5, 1, 3)] {
             let qkv = Var::from_tensor(&rng.randn(&[b, n, 3 * heads * d], &dev).unwrap()).unwrap();
             let w = rng.randn(&[b, n, heads * d], &dev).unwrap();
-            let a = attention(qkv.as_tensor(), heads).unwrap();
-            let r = crate::nn::attention_ref(qkv.as_tensor(), heads).unwrap();
-            assert!(max_diff(&a, &r) < 1e-5, "forward {}", max_diff(&a, &r));
-            let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let gr = (r * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let (ga, gr) = (ga.get(qkv.as_tensor()).unwrap(), gr.get(qkv.as_tensor()).unwrap());
-            assert!(max_diff(ga, gr) < 1e-5, "backward {}", max_diff(ga, gr));
+            same_values_and_gradients(&qkv, &w, |x| attention(x, heads), |x| crate::nn::attention_ref(x, heads), (1e-5, 1e-5));
         }
     }
 

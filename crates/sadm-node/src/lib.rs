@@ -32,8 +32,8 @@ fn init() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
-/// Runs `f` with panics caught (see `sadm_core::error::catch_panic`) and errors turned into JS errors.
-
+/// Runs `f` on the rayon pool (`device::on_pool`) with panics caught (see `sadm_core::error::catch_panic`) and
+/// errors turned into JS errors.
 fn guarded<T: Send>(what: &str, f: impl FnOnce() -> sadm_core::Result<T> + Send) -> Result<T> {
     sadm_core::error::catch_panic(what, || device::on_pool(f)).map_err(js_err)
 }
