@@ -91,8 +91,9 @@ describe("resolveConfig defaults", () => {
   it("maps to the CoreConfig the native core expects", () => {
     const c = resolveConfig({ seed: 7 });
     const core = toCoreConfig(c);
-    expect(Object.keys(core).sort()).toEqual(["diffusion", "discOptim", "discriminator", "ditOptim", "model", "seed", "trainable"]);
+    expect(Object.keys(core).sort()).toEqual(["diffusion", "discOptim", "discriminator", "ditOptim", "model", "precision", "seed", "trainable"]);
     expect(core.trainable).toEqual(["*"]);
+    expect(core.precision).toBe("fp32");
     expect(core.seed).toBe(7);
     expect(Object.keys(core.model).sort()).toEqual(
       ["classDropoutProb", "depth", "hiddenSize", "inChannels", "inputSize", "learnSigma", "mlpRatio", "numClasses", "numHeads", "patchSize"],
@@ -197,6 +198,11 @@ describe("resolveConfig errors", () => {
     expect(configError({ discriminator: { tMax: 2000 } }).field).toBe("config.discriminator.tMax");
     expect(configError({ batchSize: 1 }).field).toBe("config.batchSize");
     expect(() => resolveConfig({ batchSize: 1, lambda: 0 })).not.toThrow();
+    const bf16 = configError({ precision: "bf16" });
+    expect(bf16.field).toBe("config.precision");
+    expect(bf16.message).toContain("bf16 is for cuda devices");
+    expect(resolveConfig({ precision: "bf16", device: "cuda" }).precision).toBe("bf16");
+    expect(configError({ precision: "fp16" }).field).toBe("config.precision");
   });
 
   it("rejects a non-object config", () => {

@@ -12,7 +12,7 @@ import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, setPath, type SadmConfigInp
 import { train } from "./trainer.js";
 import { sampleGrid } from "./sampler.js";
 import { evaluate, formatMetrics, trainClassifier } from "./evaluate.js";
-import { loadNative, nativeLoaderPath } from "./native.js";
+import { cudaBinaryCandidates, loadNative, nativeLoaderPath } from "./native.js";
 import { version } from "./version.js";
 
 type PlainObject = { [key: string]: unknown };
@@ -86,6 +86,7 @@ interface TrainArgs {
   resume?: string;
   force?: boolean;
   device?: string;
+  precision?: string;
   seed?: number;
   sampleEvery?: number;
   checkpointEvery?: number;
@@ -123,6 +124,7 @@ export function trainInputFromArgs(a: TrainArgs): SadmConfigInput {
   flag("advRampSteps", a.advRamp);
   flag("outDir", a.out);
   flag("device", a.device);
+  flag("precision", a.precision);
   flag("seed", a.seed);
   flag("sampleEvery", a.sampleEvery);
   flag("checkpointEvery", a.checkpointEvery);
@@ -278,19 +280,41 @@ function nodeBinaries(): string[] {
   return found;
 }
 
+/** What `sadm info` says of one native build: where it is and what it sees, or why it cannot load. */
+interface BackendReport {
+  binary?: string;
+  features?: string[];
+  devices?: string[];
+  error?: string;
+}
+
+function reportCuda(): BackendReport {
+  const binary = cudaBinaryCandidates().find((f) => fs.existsSync(f));
+  try {
+    const info = loadNative("cuda:0").buildInfo();
+    return { binary, features: info.features, devices: info.devices };
+  } catch (e) {
+    return { binary, error: errorMessage(e) };
+  }
+}
+
 async function runInfo(a: { json?: boolean }): Promise<number> {
-  const native = loadNative();
-  const info = native.buildInfo();
-  const binaries = nodeBinaries();
+  const info = loadNative().buildInfo();
+  const cpu: BackendReport = { binary: nodeBinaries().join(", ") || undefined, features: info.features, devices: info.devices };
+  const cuda = reportCuda();
+  const devices = [...new Set([...info.devices, ...(cuda.devices ?? [])])];
   if (a.json) {
-    process.stdout.write(JSON.stringify({ version: version(), native: info, binaries }, null, 2) + "\n");
+    process.stdout.write(JSON.stringify({ version: version(), nativeVersion: info.version, cpu, cuda, devices }, null, 2) + "\n");
     return 0;
   }
+  const cudaLine = cuda.error
+    ? `not available: ${cuda.error.replace(/\n\s*/g, "\n          ")}`
+    : `${cuda.binary ?? "(loaded)"} (features: ${(cuda.features ?? []).join(", ")})`;
   process.stdout.write(
     `sadm ${version()} (native core ${info.version})\n` +
-      `features: ${info.features.length > 0 ? info.features.join(", ") : "(none)"}\n` +
-      `devices:  ${info.devices.join(", ")}\n` +
-      `binary:   ${binaries.length > 0 ? binaries.join("\n          ") : "(unknown)"}\n` +
+      `cpu:      ${cpu.binary ?? "(unknown)"} (features: ${info.features.join(", ")})\n` +
+      `cuda:     ${cudaLine}\n` +
+      `devices:  ${devices.join(", ")}\n` +
       `node:     ${process.version} ${process.platform}-${process.arch}\n`,
   );
   return 0;
@@ -339,6 +363,7 @@ function withTrainOptions<T>(y: Argv<T>) {
     })
     .option("force", { type: "boolean", describe: "Overwrite a run already in --out" })
     .option("device", { type: "string", describe: "cpu or cuda:N" })
+    .option("precision", { type: "string", choices: ["fp32", "bf16"], describe: "DiT matmuls in fp32, or bf16 (CUDA)" })
     .option("seed", { type: "number", describe: "Random seed" })
     .option("sample-every", { type: "number", describe: "Write a sample grid every N steps" })
     .option("checkpoint-every", { type: "number", describe: "Save a checkpoint every N steps" })

@@ -181,6 +181,11 @@ export interface SadmConfig {
   seed: number;
   /** `cpu` or `cuda:N`. */
   device: string;
+  /**
+   * Arithmetic of the DiT's matrix products: `fp32`, or `bf16` (CUDA only) with fp32 master weights, optimizer
+   * state, norms and losses, as PyTorch's autocast does.
+   */
+  precision: "fp32" | "bf16";
   /** Run directory. */
   outDir: string;
   /** Sampler for the grids written during training (and the CLI default). */
@@ -221,6 +226,7 @@ export interface CoreConfig {
   discOptim: OptimConfig;
   /** Name patterns of the trainable DiT parameters (`["*"]` = all). */
   trainable: string[];
+  precision: "fp32" | "bf16";
 }
 
 /** Architecture fields of a DiT model preset. */
@@ -340,6 +346,7 @@ export const BASE_DEFAULTS: SadmConfigInput = {
   printEvery: 100,
   seed: 0,
   device: "cpu",
+  precision: "fp32",
   outDir: "runs/mnist",
   sampler: "ddim",
   sampleSteps: 50,
@@ -498,6 +505,7 @@ export const configInputSchema = z.strictObject({
     .string({ error: 'must be "cpu" or "cuda:N"' })
     .regex(/^(cpu|cuda(:\d+)?)$/, { error: 'must be "cpu", "cuda" or "cuda:N"' })
     .optional(),
+  precision: oneOf(["fp32", "bf16"] as const).optional(),
   outDir: z.string({ error: "must be a path" }).min(1, { error: "must not be empty" }).optional(),
   sampler: oneOf(["ddpm", "ddim"] as const).optional(),
   sampleSteps: num(1, 100_000, true).optional(),
@@ -718,6 +726,7 @@ export function resolveConfig(input: unknown): SadmConfig {
     printEvery: requireField(m.printEvery, "config.printEvery"),
     seed: requireField(m.seed, "config.seed"),
     device: normalizeDevice(requireField(m.device, "config.device")),
+    precision: requireField(m.precision, "config.precision"),
     outDir: requireField(m.outDir, "config.outDir"),
     sampler: requireField(m.sampler, "config.sampler"),
     sampleSteps: requireField(m.sampleSteps, "config.sampleSteps"),
@@ -758,6 +767,11 @@ export function normalizeDevice(device: string): string {
 }
 
 function checkCrossFields(c: SadmConfig): void {
+  if (c.precision === "bf16" && c.device === "cpu")
+    throw new ConfigError(
+      "config.precision",
+      'bf16 is for cuda devices: candle has no CPU bf16 matrix product, so on the CPU it is slower than fp32; use "fp32"',
+    );
   const m = c.model;
   const shape = DATASET_SHAPES[c.data.name];
   if (m.inputSize !== shape.size)
@@ -838,6 +852,7 @@ export function toCoreConfig(cfg: SadmConfig): CoreConfig {
     ditOptim: { ...cfg.ditOptim },
     discOptim: { ...cfg.discOptim },
     trainable: trainablePatterns(cfg.trainable),
+    precision: cfg.precision,
   };
 }
 

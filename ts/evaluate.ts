@@ -73,7 +73,7 @@ export function openExtractor(spec: ExtractorConfig, device = "cpu"): NativeExtr
   let ex = extractors.get(key);
   if (!ex) {
     try {
-      ex = loadNative().NativeExtractor.load(spec.arch, weights, device);
+      ex = loadNative(device).NativeExtractor.load(spec.arch, weights, device);
     } catch (e) {
       throw NativeError.wrap(e, `cannot load feature extractor ${spec.arch} from ${weights}`);
     }
@@ -102,7 +102,7 @@ export function runClasses(cfg: SadmConfig): number[] {
 export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device = cfg.device): Promise<EvalMetrics> {
   const t0 = Date.now();
   const e: EvalConfig = cfg.eval;
-  const native = loadNative();
+  const native = loadNative(device);
   const ex = openExtractor(e.extractor, device);
   const shape = [cfg.model.inChannels, cfg.model.inputSize, cfg.model.inputSize];
   try {
@@ -236,11 +236,11 @@ export async function evaluate(req: EvalRequest): Promise<EvalResult> {
   const cfg = resolveConfig(deepMerge(saved as unknown as Record<string, unknown>, { eval: req.eval ?? {}, device }));
   let model;
   try {
-    model = loadNative().NativeModel.load(dir, device, true);
+    model = loadNative(cfg.device).NativeModel.load(dir, cfg.device, true);
   } catch (e) {
     throw NativeError.wrap(e, `cannot load checkpoint ${dir}`);
   }
-  const m = await evaluateModel(model, cfg, device);
+  const m = await evaluateModel(model, cfg);
   const runDir = runDirOf(dir);
   let metricsFile: string | undefined;
   if (req.append !== false && runDir !== undefined) {

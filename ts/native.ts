@@ -3,6 +3,8 @@
  * (config, data, CLI help) work without it, and a missing binary becomes a clear {@link NativeError}.
  */
 import type * as Native from "../native/index.js";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { NativeError, errorMessage } from "./errors.js";
 
 /** The addon's module type. */
@@ -21,7 +23,15 @@ export type {
   ClassifierTraining,
 } from "../native/index.js";
 
-let cached: NativeModule | undefined;
+/** Which native build a device needs: the default CPU binary, or the CUDA binary (a separate, optional build). */
+export type Backend = "cpu" | "cuda";
+
+/** The backend a device name (`cpu`, `cuda`, `cuda:N`) runs on. */
+export function backendOf(device: string): Backend {
+  return device.trim().startsWith("cuda") ? "cuda" : "cpu";
+}
+
+const cached = new Map<Backend, NativeModule>();
 let override: NativeModule | undefined;
 
 /** Resolved path of the addon's JS loader. */
@@ -29,23 +39,103 @@ export function nativeLoaderPath(): string {
   return require.resolve("../native/index.js");
 }
 
+/** napi-rs's platform suffix for this process (`linux-x64-gnu`), or undefined where no CUDA build can exist. */
+function cudaPlatform(): string | undefined {
+  if (process.platform !== "linux" || process.arch !== "x64") return undefined;
+  const glibc = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header
+    ?.glibcVersionRuntime;
+  return glibc ? "linux-x64-gnu" : undefined;
+}
+
 /**
- * Returns the native addon, loading it on first use.
- * @throws NativeError when the addon is not built or cannot load (e.g. a CUDA build without CUDA libraries).
+ * Where sadm looks for the CUDA binary, in order: `$SADM_CUDA_BINARY`, the local build (`npm run
+ * build:native:cuda` writes `native/cuda/`), then the optional package `sadm-cuda-<platform>`.
  */
-export function loadNative(): NativeModule {
-  if (override) return override;
-  if (cached) return cached;
+export function cudaBinaryCandidates(): string[] {
+  const out: string[] = [];
+  const env = process.env.SADM_CUDA_BINARY;
+  if (env) return [path.resolve(env)];
+  const platform = cudaPlatform();
+  if (!platform) return out;
+  out.push(path.join(path.dirname(nativeLoaderPath()), "cuda", `sadm.${platform}.node`));
   try {
-    cached = require("../native/index.js") as NativeModule;
-  } catch (e) {
+    out.push(require.resolve(`sadm-cuda-${platform}/sadm.${platform}.node`));
+  } catch {
+    // the optional package is not installed
+  }
+  return out;
+}
+
+/**
+ * Turns the dynamic loader's message for a CUDA binary that exists but cannot load into what is missing and how
+ * to get it. Exported for tests.
+ */
+export function explainCudaLoadFailure(file: string, message: string): string {
+  const first = message.split("\n")[0] ?? message;
+  const lib = /(lib[\w.+-]+\.so[\d.]*)/.exec(first)?.[1];
+  let advice: string;
+  if (lib?.startsWith("libcuda.so")) {
+    advice =
+      "the NVIDIA driver library libcuda.so.1 is not installed (or not on the library path): this machine has no " +
+      "usable NVIDIA driver; install the driver, or use device \"cpu\"";
+  } else if (lib && /^lib(cublas|cublasLt|curand|nvrtc)\.so/.test(lib)) {
+    advice =
+      `the CUDA 13 library ${lib} is not installed (or not on LD_LIBRARY_PATH): install the CUDA 13 toolkit, or ` +
+      "`pip install nvidia-cublas nvidia-curand` and add their lib folders to LD_LIBRARY_PATH";
+  } else {
+    advice = "it is not a loadable sadm CUDA build for this machine; rebuild it with `npm run build:native:cuda`";
+  }
+  return `the sadm CUDA binary ${file} cannot load: ${first}\n  ${advice}`;
+}
+
+function loadCuda(): NativeModule {
+  const candidates = cudaBinaryCandidates();
+  const file = candidates.find((f) => fs.existsSync(f));
+  if (!file) {
+    const platform = cudaPlatform();
     throw new NativeError(
-      `cannot load the sadm native addon: ${errorMessage(e).split("\n")[0]}\n` +
-        "  build it with `npm run build` (or point NAPI_RS_NATIVE_LIBRARY_PATH at a sadm .node binary)",
-      { cause: e },
+      platform
+        ? "a cuda device needs sadm's CUDA build, which is not installed" +
+            (candidates.length > 0 ? ` (looked for ${candidates.join(", ")})` : "") +
+            `:\n  install the optional package sadm-cuda-${platform}, build it with \`npm run build:native:cuda\` ` +
+            "(needs the CUDA toolkit), or set SADM_CUDA_BINARY to its .node file; or use device \"cpu\""
+        : `sadm's CUDA build exists for Linux x64 with glibc only (this is ${process.platform}-${process.arch}); ` +
+            'use device "cpu"',
     );
   }
-  return cached;
+  try {
+    return require(file) as NativeModule;
+  } catch (e) {
+    throw new NativeError(explainCudaLoadFailure(file, errorMessage(e)), { cause: e });
+  }
+}
+
+/**
+ * Returns the native addon for `device`'s backend, loading it on first use: the CPU binary for `"cpu"`, the
+ * CUDA binary for `"cuda:N"`. Both can be loaded in one process.
+ * @throws NativeError when the binary is missing or cannot load, with what to install.
+ */
+export function loadNative(device = "cpu"): NativeModule {
+  if (override) return override;
+  const backend = backendOf(device);
+  const hit = cached.get(backend);
+  if (hit) return hit;
+  let mod: NativeModule;
+  if (backend === "cuda") {
+    mod = loadCuda();
+  } else {
+    try {
+      mod = require("../native/index.js") as NativeModule;
+    } catch (e) {
+      throw new NativeError(
+        `cannot load the sadm native addon: ${errorMessage(e).split("\n")[0]}\n` +
+          "  build it with `npm run build` (or point NAPI_RS_NATIVE_LIBRARY_PATH at a sadm .node binary)",
+        { cause: e },
+      );
+    }
+  }
+  cached.set(backend, mod);
+  return mod;
 }
 
 /**

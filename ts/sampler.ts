@@ -126,8 +126,8 @@ export async function sampleFrom(
 /** Samples images from a checkpoint with the NativeModel (EMA weights unless `useEma: false`). */
 export async function sample(req: SampleRequest): Promise<SampleResult> {
   const dir = resolveCheckpoint(req.checkpoint);
-  const native = loadNative();
   const device = normalizeDevice(req.device ?? "cpu");
+  const native = loadNative(device);
   let model: Sampleable;
   try {
     model = native.NativeModel.load(dir, device, req.useEma ?? true);

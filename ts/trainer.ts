@@ -241,7 +241,7 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
   }
 
   // Native trainer.
-  const native = loadNative();
+  const native = loadNative(cfg.device);
   const core: CoreConfig = toCoreConfig(cfg);
   let trainer: NativeTrainer;
   try {

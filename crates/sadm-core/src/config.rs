@@ -197,6 +197,29 @@ pub struct CoreConfig {
     /// stay frozen. `["*"]`, the default, trains everything; fine-tuning can restrict it (see `PEFT_PATTERNS`).
     #[serde(default = "all_parameters")]
     pub trainable: Vec<String>,
+    /// Arithmetic of the DiT's matrix products; not part of the model, so a run may change it on resume.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// `Bf16` is mixed precision as PyTorch's autocast does it: the DiT's linear layers multiply in bfloat16, while
+/// the master weights, gradients, optimizer state, norms, softmax and losses stay in f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype the DiT's matrix products run in.
+    pub fn compute_dtype(self) -> candle_core::DType {
+        match self {
+            Precision::Fp32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
 }
 
 fn all_parameters() -> Vec<String> {
@@ -319,6 +342,7 @@ impl CoreConfig {
             dit_optim: OptimConfig::default(),
             disc_optim: OptimConfig::default(),
             trainable: all_parameters(),
+            precision: Precision::Fp32,
         }
     }
 }

@@ -40,16 +40,24 @@ impl Module for LayerNorm {
 
 pub use crate::ops::{gated_residual, modulate};
 
-/// `x·Wᵀ + b` over the last dimension, with the fused bias of [`crate::ops::bias_add`].
+/// `x·Wᵀ + b` over the last dimension, with the fused bias of [`crate::ops::bias_add`]. With a compute dtype
+/// other than the weight's (bf16 mixed precision), the product runs in it on casts of `x` and `W`, and is cast
+/// back before the bias: the weight's gradient flows back through the cast to the f32 master weight.
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    compute: DType,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        let compute = weight.dtype();
+        Self { weight, bias, compute }
+    }
+
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.compute = dtype;
     }
 }
 
@@ -58,7 +66,12 @@ impl Module for Linear {
         let dims = x.dims().to_vec();
         let k = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, k))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, k))?;
+        let y = if self.compute == x.dtype() {
+            x2.matmul(&self.weight.t()?)?
+        } else {
+            x2.to_dtype(self.compute)?.matmul(&self.weight.to_dtype(self.compute)?.t()?)?.to_dtype(x.dtype())?
+        };
         let y = match &self.bias {
             Some(b) => crate::ops::bias_add(&y, b)?,
             None => y,
@@ -83,6 +96,11 @@ pub struct Attention {
 impl Attention {
     pub fn new(dim: usize, num_heads: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self { qkv: linear(dim, 3 * dim, vb.pp("qkv"))?, proj: linear(dim, dim, vb.pp("proj"))?, num_heads })
+    }
+
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.qkv.set_compute_dtype(dtype);
+        self.proj.set_compute_dtype(dtype);
     }
 }
 
@@ -116,6 +134,11 @@ pub struct Mlp {
 impl Mlp {
     pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self { fc1: linear(dim, hidden, vb.pp("fc1"))?, fc2: linear(hidden, dim, vb.pp("fc2"))? })
+    }
+
+    pub fn set_compute_dtype(&mut self, dtype: DType) {
+        self.fc1.set_compute_dtype(dtype);
+        self.fc2.set_compute_dtype(dtype);
     }
 }
 

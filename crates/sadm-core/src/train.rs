@@ -73,7 +73,7 @@ impl Trainer {
     pub(crate) fn build(cfg: CoreConfig, device: &Device, init: bool) -> Result<Self> {
         cfg.validate()?;
         let m = &cfg.model;
-        let (dit, dit_map, disc, disc_map) = if init {
+        let (mut dit, dit_map, disc, disc_map) = if init {
             let (dit, dm) = dit::new_trainable(m, &mut Rng::derive(cfg.seed, STREAM_INIT_DIT), device)?;
             let (disc, cm) = discriminator::new_trainable(
                 &cfg.discriminator,
@@ -89,6 +89,7 @@ impl Trainer {
             let disc = Encoder::new(&cfg.discriminator, m.in_channels, m.input_size, VarBuilder::from_varmap(&cm, DType::F32, device))?;
             (dit, dm, disc, cm)
         };
+        dit.set_precision(cfg.precision);
         let dit_vars = sorted_vars(&dit_map);
         let disc_vars = sorted_vars(&disc_map);
         let ema = dit_vars.iter().map(|(_, v)| v.as_tensor().detach().copy()).collect::<candle_core::Result<_>>()?;
@@ -348,7 +349,11 @@ pub fn sample_with(
     } else {
         None
     };
-    let dit = DiT::new(m, VarBuilder::from_tensors(weights, DType::F32, device))?;
+    let mut dit = DiT::new(m, VarBuilder::from_tensors(weights, DType::F32, device))?;
+    // A run trained in bf16 samples in bf16 on a GPU; the CPU has no bf16 product, and f32 is exact there.
+    if !device.is_cpu() {
+        dit.set_precision(cfg.precision);
+    }
     let diffusion = GaussianDiffusion::new(&cfg.diffusion);
     let shape = (labels.len(), m.in_channels, m.input_size, m.input_size);
     Ok(diffusion::sample(&diffusion, &dit, shape, ys.as_deref(), m.num_classes, opts, device)?)
