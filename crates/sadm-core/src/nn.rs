@@ -34,7 +34,7 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, 1e-5)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        crate::ops::bias_add(&crate::ops::column_scale(&layer_norm(x, 1e-5)?, &self.weight)?, &self.bias)
     }
 }
 

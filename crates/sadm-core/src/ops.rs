@@ -183,6 +183,54 @@ impl CustomOp1 for ColumnSum {
     }
 }
 
+/// x·w with w [d] broadcast over every row: a LayerNorm's gain. Its backward is g·w for x and Σ_rows g·x for w,
+/// each one pass, where candle's broadcast backward adds a multiply and a strided reduction.
+struct ColumnScale;
+struct ColumnDot;
+
+impl CustomOp2 for ColumnScale {
+    fn name(&self) -> &'static str {
+        "sadm-column-scale"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let d = w.len();
+        let mut out = x.to_vec();
+        map_rows(d, &mut out, |_, r| r.iter_mut().zip(w).for_each(|(o, w)| *o *= w));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        Ok((Some(grad.apply_op2_no_bwd(w, &ColumnScale)?), Some(grad.apply_op2_no_bwd(x, &ColumnDot)?)))
+    }
+}
+
+impl CustomOp2 for ColumnDot {
+    fn name(&self) -> &'static str {
+        "sadm-column-dot"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (g, x) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let d = l1.dims()[l1.dims().len() - 1];
+        let per = (MIN_PAR / d).max(1) * d;
+        let out = g
+            .par_chunks(per)
+            .zip(x.par_chunks(per))
+            .map(|(g, x)| {
+                let mut acc = vec![0f32; d];
+                for (gr, xr) in g.chunks(d).zip(x.chunks(d)) {
+                    acc.iter_mut().zip(gr.iter().zip(xr)).for_each(|(a, (g, x))| *a += g * x);
+                }
+                acc
+            })
+            .reduce(|| vec![0f32; d], |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            });
+        Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}
+
 /// Per-sample (dim 0) vectors [B, d] applied to every token of [B, N, d]: `x·(1+scale) + shift` (adaLN modulate)
 /// or `x + gate·h` (gated residual). Backward sums over tokens per sample.
 struct Modulate;
@@ -291,6 +339,11 @@ fn fused(x: &Tensor) -> bool {
 /// `y + b`, b broadcast over the last dimension (a linear layer's bias).
 pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if fused(y) { y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd) } else { y.broadcast_add(b) }
+}
+
+/// `x·w`, w broadcast over the last dimension (a LayerNorm's gain).
+pub fn column_scale(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if fused(x) { x.contiguous()?.apply_op2(&w.contiguous()?, ColumnScale) } else { x.broadcast_mul(w) }
 }
 
 /// adaLN `modulate`: `x·(1+scale) + shift`, with [B, d] shift/scale applied to every token of x [B, N, d].
@@ -663,6 +716,14 @@ mod tests {
         let expect = w.sum((0, 1)).unwrap();
         assert!(max_diff(g.get(bias.as_tensor()).unwrap(), &expect) < 1e-4);
         assert!(max_diff(g.get(xt).unwrap(), &w) == 0.0);
+        let gain = Var::from_tensor(&rng.randn(&[40], &dev).unwrap()).unwrap();
+        let (fused, reference) = (column_scale(xt, gain.as_tensor()).unwrap(), xt.broadcast_mul(gain.as_tensor()).unwrap());
+        assert!(max_diff(&fused, &reference) < 1e-6);
+        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (reference * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [xt, gain.as_tensor()] {
+            assert!(max_diff(gf.get(v).unwrap(), gr.get(v).unwrap()) < 1e-4);
+        }
     }
 
     #[test]

@@ -226,13 +226,34 @@ impl Trainer {
         Ok(b)
     }
 
-    /// D(φ) on (x0, x̂0): the real embeddings, the reconstructions' embeddings, the pair weights.
-    fn structure(&self, x0: &Tensor, x0_hat: &Tensor, t: &[usize], detach_real: bool) -> Result<Tensor> {
-        let z = self.disc.forward(x0)?;
-        let z = if detach_real { z.detach() } else { z };
-        let z_hat = self.disc.forward(x0_hat)?;
+    /// D(φ) on (x0, x̂0) for the discriminator's update. The real and reconstructed batches go through the
+    /// encoder as one batch of 2B: every encoder op works per image, and on these small tensors one pass at twice
+    /// the batch costs far less than two passes.
+    fn disc_structure(&self, x0: &Tensor, x0_hat: &Tensor, t: &[usize]) -> Result<Tensor> {
+        let b = x0.dim(0)?;
+        let z = self.disc.forward(&Tensor::cat(&[x0, x0_hat], 0)?)?;
+        self.distance(&z.narrow(0, 0, b)?, &z.narrow(0, b, b)?, t)
+    }
+
+    /// D on (x0, x̂0) with φ fixed, for the denoiser's update: an encoder on detached copies of the weights (the
+    /// same storage), so the backward computes x̂0's gradient and no weight gradient, and the real embeddings
+    /// carry no graph at all.
+    fn denoiser_structure(&self, x0: &Tensor, x0_hat: &Tensor, t: &[usize]) -> Result<Tensor> {
+        let weights = self.disc_vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+        let m = &self.cfg.model;
+        let frozen = Encoder::new(
+            &self.cfg.discriminator,
+            m.in_channels,
+            m.input_size,
+            VarBuilder::from_tensors(weights, DType::F32, &self.device),
+        )?;
+        self.distance(&frozen.forward(x0)?, &frozen.forward(x0_hat)?, t)
+    }
+
+    /// The structural distance between the real embeddings z and the reconstructions' ẑ, with the pair weights.
+    fn distance(&self, z: &Tensor, z_hat: &Tensor, t: &[usize]) -> Result<Tensor> {
         let w = discriminator::sample_weights(&self.cfg.discriminator, t, &self.diffusion.alphas_cumprod);
-        Ok(discriminator::structure_distance(&z, &z_hat, &w, &self.cfg.discriminator)?)
+        Ok(discriminator::structure_distance(z, z_hat, &w, &self.cfg.discriminator)?)
     }
 
     /// One SADM step on a batch (NCHW floats in [-1, 1], labels in [0, numClasses)).
@@ -274,7 +295,7 @@ impl Trainer {
         if p.update_disc {
             let x0_hat = losses.x0_hat.detach();
             for k in 0..self.cfg.discriminator.steps {
-                let d = self.structure(&x0, &x0_hat, &t, false)?;
+                let d = self.disc_structure(&x0, &x0_hat, &t)?;
                 let grads = d.neg()?.backward()?;
                 let norm = self.opt_disc.grad_norm(&grads)?;
                 let d_val = scalar(&d)?;
@@ -293,7 +314,7 @@ impl Trainer {
         // 3. Denoiser: L_den + λ·D with φ fixed; A is a constant for θ, only Â carries gradient.
         let mut total = (&losses.eps_loss + &losses.vb)?;
         if p.lambda > 0.0 {
-            let d = self.structure(&x0, &losses.x0_hat, &t, true)?;
+            let d = self.denoiser_structure(&x0, &losses.x0_hat, &t)?;
             stats.structure = Some(scalar(&d)?);
             total = (total + (d * p.lambda)?)?;
         }
@@ -396,7 +417,7 @@ mod tests {
         let yy = Tensor::new(&[0u32, 1, 2, 3, 4, 5, 10, 7], &Device::Cpu)?;
         let out = tr.dit.forward(&x_t, &tt, Some(&yy))?;
         let l = tr.diffusion.training_losses(&out, &x0, &x_t, &t, &noise)?;
-        let d = tr.structure(&x0, &l.x0_hat, &t, false)?;
+        let d = tr.disc_structure(&x0, &l.x0_hat, &t)?;
         let grads = ((l.eps_loss + l.vb)? + d)?.backward()?;
         for (name, var) in tr.dit_vars.iter().chain(&tr.disc_vars) {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
@@ -406,6 +427,39 @@ mod tests {
                 let n = part.abs()?.sum_all()?.to_scalar::<f32>()?;
                 assert!(n > 0.0, "zero gradient for {name} (part {k})");
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn batched_and_frozen_structure_passes_match_two_plain_passes() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &dev)?;
+        let (x, y) = batch(8, 1);
+        for _ in 0..2 {
+            tr.step(&x, &y, &params(0.1))?; // move the encoder off its initialisation
+        }
+        let x0 = Tensor::from_slice(&x, (8, 1, 28, 28), &dev)?;
+        let x0_hat = Var::from_tensor(&(Rng::new(3).randn(&[8, 1, 28, 28], &dev)? * 0.5)?)?;
+        let t = vec![10usize, 100, 200, 300, 400, 500, 600, 50];
+        let plain = tr.distance(&tr.disc.forward(&x0)?, &tr.disc.forward(x0_hat.as_tensor())?, &t)?;
+        let batched = tr.disc_structure(&x0, x0_hat.as_tensor(), &t)?;
+        let frozen = tr.denoiser_structure(&x0, x0_hat.as_tensor(), &t)?;
+        let v = scalar(&plain)?;
+        assert!(v.abs() > 1e-4, "a degenerate distance {v} would hide differences");
+        assert!((scalar(&batched)? - v).abs() < 1e-6 * v.abs().max(1.0));
+        assert!((scalar(&frozen)? - v).abs() < 1e-6 * v.abs().max(1.0));
+        let (gp, gb, gf) = (plain.backward()?, batched.backward()?, frozen.backward()?);
+        let close = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / a.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-12))
+        };
+        let xg = gp.get(x0_hat.as_tensor()).expect("x̂0 gradient");
+        assert!(close(xg, gb.get(x0_hat.as_tensor()).unwrap())? < 1e-5);
+        assert!(close(xg, gf.get(x0_hat.as_tensor()).unwrap())? < 1e-5);
+        for (name, var) in &tr.disc_vars {
+            let g = gp.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+            assert!(close(g, gb.get(var.as_tensor()).unwrap())? < 1e-4, "{name}");
+            assert!(gf.get(var.as_tensor()).is_none(), "{name}: φ is fixed in the denoiser's pass");
         }
         Ok(())
     }
