@@ -67,14 +67,19 @@ impl Module for Linear {
         let k = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, k))?;
-        let y = if self.compute == x.dtype() {
-            x2.matmul(&self.weight.t()?)?
-        } else {
-            x2.to_dtype(self.compute)?.matmul(&self.weight.to_dtype(self.compute)?.t()?)?.to_dtype(x.dtype())?
-        };
         let y = match &self.bias {
-            Some(b) => crate::ops::bias_add(&y, b)?,
-            None => y,
+            Some(b) if self.compute == x.dtype() => crate::ops::linear(&x2, &self.weight, b)?,
+            _ => {
+                let y = if self.compute == x.dtype() {
+                    x2.matmul(&self.weight.t()?)?
+                } else {
+                    x2.to_dtype(self.compute)?.matmul(&self.weight.to_dtype(self.compute)?.t()?)?.to_dtype(x.dtype())?
+                };
+                match &self.bias {
+                    Some(b) => crate::ops::bias_add(&y, b)?,
+                    None => y,
+                }
+            }
         };
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(0)?;
