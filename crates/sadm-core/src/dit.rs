@@ -2,7 +2,7 @@
 //! converted DiT checkpoints load without renaming. The patch embedding is a linear layer over patches (the same
 //! weights as the reference strided conv): candle's conv backward is slow on CUDA.
 use crate::config::{ModelConfig, Precision};
-use crate::nn::{self, gated_residual, layer_norm, modulate, Attention, Init, Linear, Mlp, LN_EPS};
+use crate::nn::{self, ada_layer_norm, gated_residual, Attention, Init, Linear, Mlp, LN_EPS};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder, VarMap};
@@ -56,9 +56,9 @@ impl DiTBlock {
         let m = self.ada_ln_modulation.forward(&c.silu()?)?.chunk(6, D::Minus1)?;
         let (shift_msa, scale_msa, gate_msa) = (&m[0], &m[1], &m[2]);
         let (shift_mlp, scale_mlp, gate_mlp) = (&m[3], &m[4], &m[5]);
-        let h = self.attn.forward(&modulate(&layer_norm(x, LN_EPS)?, shift_msa, scale_msa)?)?;
+        let h = self.attn.forward(&ada_layer_norm(x, shift_msa, scale_msa, LN_EPS)?)?;
         let x = gated_residual(x, &h, gate_msa)?;
-        let h = self.mlp.forward(&modulate(&layer_norm(&x, LN_EPS)?, shift_mlp, scale_mlp)?)?;
+        let h = self.mlp.forward(&ada_layer_norm(&x, shift_mlp, scale_mlp, LN_EPS)?)?;
         gated_residual(&x, &h, gate_mlp)
     }
 }
@@ -80,7 +80,7 @@ impl FinalLayer {
 
     fn forward(&self, x: &Tensor, c: &Tensor) -> Result<Tensor> {
         let m = self.ada_ln_modulation.forward(&c.silu()?)?.chunk(2, D::Minus1)?;
-        self.linear.forward(&modulate(&layer_norm(x, LN_EPS)?, &m[0], &m[1])?)
+        self.linear.forward(&ada_layer_norm(x, &m[0], &m[1], LN_EPS)?)
     }
 }
 

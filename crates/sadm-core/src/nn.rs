@@ -38,7 +38,7 @@ impl Module for LayerNorm {
     }
 }
 
-pub use crate::ops::{gated_residual, modulate};
+pub use crate::ops::{ada_layer_norm, gated_residual, modulate};
 
 /// `x·Wᵀ + b` over the last dimension, with the fused bias of [`crate::ops::bias_add`]. With a compute dtype
 /// other than the weight's (bf16 mixed precision), the product runs in it on casts of `x` and `W`, and is cast

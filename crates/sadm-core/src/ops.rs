@@ -397,6 +397,98 @@ impl CustomOp3 for Modulate {
     }
 }
 
+/// adaLN: `LayerNorm(x)·(1+scale) + shift` in one op, [B, N, d] with per-sample [B, d] shift and scale. The
+/// pair of ops keeps the normalised tensor alive until the backward (two [B, N, d] tensors per DiT block); this
+/// keeps only x and recomputes the row statistics in the backward.
+struct AdaLayerNorm(f32);
+/// dx of [`AdaLayerNorm`], from (x, scale, g).
+struct AdaLayerNormDx(f32);
+/// Σ over tokens of g·LayerNorm(x) per sample → [B, d]: d(scale) of [`AdaLayerNorm`], from (x, g).
+struct NormTokenDot(f32);
+
+impl CustomOp3 for AdaLayerNorm {
+    fn name(&self) -> &'static str {
+        "sadm-ada-layer-norm"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, shift, scale) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let (_, n, d) = per_sample_rows(l1);
+        let mut y = vec![0f32; x.len()];
+        map_rows(d, &mut y, #[inline(always)] |row, yr| {
+            let p = (row / n) * d;
+            let xr = &x[row * d..(row + 1) * d];
+            let (mean, r) = ln_stats(xr, self.0);
+            for k in 0..d {
+                yr[k] = (xr[k] - mean) * r * (1.0 + scale[p + k]) + shift[p + k];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, _shift: &Tensor, scale: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = x.apply_op3_no_bwd(&scale.contiguous()?, &g, &AdaLayerNormDx(self.0))?;
+        let dshift = g.apply_op1_no_bwd(&TokenSum)?;
+        let dscale = x.apply_op2_no_bwd(&g, &NormTokenDot(self.0))?;
+        Ok((Some(dx), Some(dshift), Some(dscale)))
+    }
+}
+
+impl CustomOp3 for AdaLayerNormDx {
+    fn name(&self) -> &'static str {
+        "sadm-ada-layer-norm-dx"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, scale, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let (_, n, d) = per_sample_rows(l1);
+        let mut dx = vec![0f32; x.len()];
+        // With ĝ = g·(1+scale) the gradient at the normalised x̂: dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)).
+        map_rows(d, &mut dx, #[inline(always)] |row, dr| {
+            let p = (row / n) * d;
+            let (xr, gr) = (&x[row * d..(row + 1) * d], &g[row * d..(row + 1) * d]);
+            let (mean, r) = ln_stats(xr, self.0);
+            for k in 0..d {
+                dr[k] = gr[k] * (1.0 + scale[p + k]); // ĝ, for now
+            }
+            let mg = sum8(dr) / d as f32;
+            let mut acc = [0f32; 8];
+            let (mut cx, mut cg) = (xr.chunks_exact(8), dr.chunks_exact(8));
+            for (x, g) in (&mut cx).zip(&mut cg) {
+                acc.iter_mut().zip(x.iter().zip(g)).for_each(|(s, (x, g))| *s += g * (x - mean));
+            }
+            let tail: f32 = cx.remainder().iter().zip(cg.remainder()).map(|(x, g)| g * (x - mean)).sum();
+            let mgy = r * (acc.iter().sum::<f32>() + tail) / d as f32;
+            for (o, &x) in dr.iter_mut().zip(xr) {
+                *o = r * (*o - mg - (x - mean) * r * mgy);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+impl CustomOp2 for NormTokenDot {
+    fn name(&self) -> &'static str {
+        "sadm-norm-token-dot"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
+        let (b, n, d) = per_sample_rows(l1);
+        let mut out = vec![0f32; b * d];
+        out.par_chunks_mut(d).enumerate().for_each(|(bi, o)| {
+            simd(#[inline(always)] || {
+                for t in 0..n {
+                    let base = (bi * n + t) * d;
+                    let (xr, gr) = (&x[base..base + d], &g[base..base + d]);
+                    let (mean, r) = ln_stats(xr, self.0);
+                    for k in 0..d {
+                        o[k] += gr[k] * (xr[k] - mean) * r;
+                    }
+                }
+            })
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, d))))
+    }
+}
+
 impl CustomOp3 for GatedResidual {
     fn name(&self) -> &'static str {
         "sadm-gated-residual"
@@ -477,6 +569,15 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, Modulate)
     } else {
         x.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
+    }
+}
+
+/// adaLN: `modulate(LayerNorm(x), shift, scale)` with [B, d] shift/scale, x [B, N, d].
+pub fn ada_layer_norm(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(x) {
+        x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, AdaLayerNorm(eps as f32))
+    } else {
+        modulate(&crate::nn::layer_norm_ref(x, eps)?, shift, scale)
     }
 }
 
@@ -884,6 +985,11 @@ mod tests {
             xt.broadcast_mul(&(bt.unsqueeze(1).unwrap() + 1.0).unwrap()).unwrap().broadcast_add(&at.unsqueeze(1).unwrap()).unwrap(),
         );
         check(gated_residual(xt, ht, at).unwrap(), (xt + ht.broadcast_mul(&at.unsqueeze(1).unwrap()).unwrap()).unwrap());
+        let normed = crate::nn::layer_norm_ref(xt, 1e-6).unwrap();
+        check(
+            ada_layer_norm(xt, at, bt, 1e-6).unwrap(),
+            normed.broadcast_mul(&(bt.unsqueeze(1).unwrap() + 1.0).unwrap()).unwrap().broadcast_add(&at.unsqueeze(1).unwrap()).unwrap(),
+        );
         let bias = Var::from_tensor(&rng.randn(&[40], &dev).unwrap()).unwrap();
         let y = bias_add(xt, bias.as_tensor()).unwrap();
         let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
