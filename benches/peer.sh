@@ -62,15 +62,15 @@ const rows = ours.map((s) => {
     sadm: { train: s.plain.imagesPerSec, trainSadm: s.sadm.imagesPerSec, ddpm250: s.sampling.ddpm250ImagesPerSec, ddim50: s.sampling.ddim50ImagesPerSec, peakRssMiB: s.peakRssMiB, gflops: s.plain.gflops, gemmPeakGflops: s.gemmPeakGflops },
     torch: { train: p.imagesPerSec, ddpm250: p.ddpm250ImagesPerSec, ddim50: p.ddim50ImagesPerSec, peakRssMiB: p.peakRssMiB, version: p.torch },
     ratio: { train: s.plain.imagesPerSec / p.imagesPerSec, ddpm250: s.sampling.ddpm250ImagesPerSec / p.ddpm250ImagesPerSec, ddim50: s.sampling.ddim50ImagesPerSec / p.ddim50ImagesPerSec, peakRss: s.peakRssMiB / p.peakRssMiB },
-    sadmOverhead: s.sadmOverhead,
+    sadmOverhead: s.sadmOverhead, sadmFlopOverhead: s.sadmFlopOverhead,
   };
 });
 const f = (v, d = 1) => v.toFixed(d);
 const g = (v) => (v >= 100 ? v.toFixed(0) : v.toPrecision(3));
 console.log(`\n${cpu}, ${threads} threads (of ${cores} cores), PyTorch ${peer[0]?.torch}, medians of ${process.argv[5]} run(s) per config. Throughput in images/s; ratios are sadm / PyTorch (training, sampling: higher is better; RSS: lower is better).\n`);
-console.log("| config | batch | train sadm | train PyTorch | ratio | SADM overhead | GFLOP/s (% of GEMM peak) | DDPM 250 + CFG sadm / PyTorch | ratio | DDIM 50 + CFG sadm / PyTorch | ratio | peak RSS MiB sadm / PyTorch | ratio |");
+console.log("| config | batch | train sadm | train PyTorch | ratio | SADM overhead (in FLOPs) | GFLOP/s (% of GEMM peak) | DDPM 250 + CFG sadm / PyTorch | ratio | DDIM 50 + CFG sadm / PyTorch | ratio | peak RSS MiB sadm / PyTorch | ratio |");
 console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
 for (const r of rows)
-  console.log(`| ${r.config} | ${r.batch} | ${g(r.sadm.train)} | ${g(r.torch.train)} | ${f(r.ratio.train, 2)}× | ${r.sadmOverhead >= 0 ? "+" : ""}${f(100 * r.sadmOverhead, 0)}% | ${f(r.sadm.gflops)} (${f(100 * r.sadm.gflops / r.sadm.gemmPeakGflops, 0)}%) | ${g(r.sadm.ddpm250)} / ${g(r.torch.ddpm250)} | ${f(r.ratio.ddpm250, 2)}× | ${g(r.sadm.ddim50)} / ${g(r.torch.ddim50)} | ${f(r.ratio.ddim50, 2)}× | ${f(r.sadm.peakRssMiB, 0)} / ${f(r.torch.peakRssMiB, 0)} | ${f(r.ratio.peakRss, 2)}× |`);
+  console.log(`| ${r.config} | ${r.batch} | ${g(r.sadm.train)} | ${g(r.torch.train)} | ${f(r.ratio.train, 2)}× | ${r.sadmOverhead >= 0 ? "+" : ""}${f(100 * r.sadmOverhead, 0)}% (+${f(100 * r.sadmFlopOverhead, 0)}%) | ${f(r.sadm.gflops)} (${f(100 * r.sadm.gflops / r.sadm.gemmPeakGflops, 0)}%) | ${g(r.sadm.ddpm250)} / ${g(r.torch.ddpm250)} | ${f(r.ratio.ddpm250, 2)}× | ${g(r.sadm.ddim50)} / ${g(r.torch.ddim50)} | ${f(r.ratio.ddim50, 2)}× | ${f(r.sadm.peakRssMiB, 0)} / ${f(r.torch.peakRssMiB, 0)} | ${f(r.ratio.peakRss, 2)}× |`);
 fs.writeFileSync("benches/results/peer.json", JSON.stringify({ date: new Date().toISOString(), cpu, threads: Number(threads), repeat: Number(process.argv[5]), rows }, null, 2) + "\n");
 JS
