@@ -144,6 +144,18 @@ fn ln_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// Σ g·(x − mean), vectorised as [`sum8`]. Centred before the product: Σ g·x − mean·Σ g cancels catastrophically
+/// when |mean| ≫ std.
+#[inline(always)]
+fn centered_dot8(g: &[f32], x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let (mut cx, mut cg) = (x.chunks_exact(8), g.chunks_exact(8));
+    for (x, g) in (&mut cx).zip(&mut cg) {
+        acc.iter_mut().zip(x.iter().zip(g)).for_each(|(s, (x, g))| *s += g * (x - mean));
+    }
+    acc.iter().sum::<f32>() + cx.remainder().iter().zip(cg.remainder()).map(|(x, g)| g * (x - mean)).sum::<f32>()
+}
+
 impl CustomOp1 for LayerNorm {
     fn name(&self) -> &'static str {
         "sadm-layer-norm"
@@ -179,14 +191,7 @@ impl CustomOp2 for LayerNormGrad {
             let (xr, gr) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d]);
             let (mean, r) = ln_stats(xr, self.0);
             let mg = sum8(gr) / d as f32;
-            // Centred before the product: Σ g·x − mean·Σ g would cancel catastrophically when |mean| ≫ std.
-            let mut acc = [0f32; 8];
-            let (mut cx, mut cg) = (xr.chunks_exact(8), gr.chunks_exact(8));
-            for (x, g) in (&mut cx).zip(&mut cg) {
-                acc.iter_mut().zip(x.iter().zip(g)).for_each(|(s, (x, g))| *s += g * (x - mean));
-            }
-            let tail: f32 = cx.remainder().iter().zip(cg.remainder()).map(|(x, g)| g * (x - mean)).sum();
-            let mgy = r * (acc.iter().sum::<f32>() + tail) / d as f32;
+            let mgy = r * centered_dot8(gr, xr, mean) / d as f32;
             for ((o, &x), &g) in dr.iter_mut().zip(xr).zip(gr) {
                 *o = r * (g - mg - (x - mean) * r * mgy);
             }
@@ -450,13 +455,7 @@ impl CustomOp3 for AdaLayerNormDx {
                 dr[k] = gr[k] * (1.0 + scale[p + k]); // ĝ, for now
             }
             let mg = sum8(dr) / d as f32;
-            let mut acc = [0f32; 8];
-            let (mut cx, mut cg) = (xr.chunks_exact(8), dr.chunks_exact(8));
-            for (x, g) in (&mut cx).zip(&mut cg) {
-                acc.iter_mut().zip(x.iter().zip(g)).for_each(|(s, (x, g))| *s += g * (x - mean));
-            }
-            let tail: f32 = cx.remainder().iter().zip(cg.remainder()).map(|(x, g)| g * (x - mean)).sum();
-            let mgy = r * (acc.iter().sum::<f32>() + tail) / d as f32;
+            let mgy = r * centered_dot8(dr, xr, mean) / d as f32;
             for (o, &x) in dr.iter_mut().zip(xr) {
                 *o = r * (*o - mg - (x - mean) * r * mgy);
             }
