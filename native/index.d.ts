@@ -140,6 +140,11 @@ export interface StepStats {
   discLoss?: number
   gradNormDit: number
   gradNormDisc?: number
+  /**
+   * Set when the step was skipped (a non-finite loss or gradient norm; nothing was updated): what was not
+   * finite.
+   */
+  skipped?: string
 }
 
 /**

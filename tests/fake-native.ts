@@ -30,7 +30,8 @@ export interface FakeLog {
 /** Behaviour switches. */
 export interface FakeBehaviour {
   failAtStep?: number;
-  nanAtStep?: number;
+  /** Steps the fake reports as skipped for a non-finite loss, as the core does. */
+  badSteps?: number[];
 }
 
 export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeModule; log: FakeLog } {
@@ -86,7 +87,9 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
       log.steps.push({ step: next, opts: { ...opts }, firstPixels: Array.from(x0.subarray(0, 3)), labels: Array.from(labels) });
       const mse = 1 / (1 + 0.1 * next);
       const structure = opts.updateDisc ? 0.5 : undefined;
-      const loss = behaviour.nanAtStep === next ? Number.NaN : mse + opts.lambda * (structure ?? 0);
+      if (behaviour.badSteps?.includes(next))
+        return { step: next, loss: Number.NaN, mse: Number.NaN, vb: 0, gradNormDit: 0, skipped: "denoising loss (mse NaN, vb 0) is not finite" };
+      const loss = mse + opts.lambda * (structure ?? 0);
       return {
         step: next,
         loss,

@@ -6,6 +6,7 @@ import {
   CheckpointError,
   ConfigError,
   NativeError,
+  NumericalError,
   SadmError,
   listCheckpoints,
   readMetrics,
@@ -213,11 +214,32 @@ describe("train (with a fake native core)", () => {
     await expect(train(tiny(path.join(tmpDir(), "run2")), { quiet: true })).rejects.toThrow(/shapes do not match/);
   });
 
-  it("stops with a clear error when the loss is not finite", async () => {
-    setNativeModule(makeFakeNative({ nanAtStep: 2 }).native);
-    const p = train(tiny(path.join(tmpDir(), "run")), { quiet: true });
-    await expect(p).rejects.toThrow(SadmError);
-    await expect(train(tiny(path.join(tmpDir(), "run2")), { quiet: true })).rejects.toThrow(/diverged at step 2/);
+  it("skips and logs non-finite steps, and goes on when the next one is good", async () => {
+    setNativeModule(makeFakeNative({ badSteps: [3, 4] }).native);
+    const out = path.join(tmpDir(), "run");
+    const lines: string[] = [];
+    const r = await train(tiny(out), { tty: false, log: (l) => lines.push(l) });
+    expect(r.step).toBe(10);
+    expect(r.skippedSteps).toBe(2);
+    expect(lines.filter((l) => l.includes("skipped (nothing updated)"))).toHaveLength(2);
+    expect(lines.some((l) => l.includes("step 4 skipped") && l.includes("[2 in a row]"))).toBe(true);
+    const records = fs.readFileSync(path.join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(records.filter((x) => typeof x.skipped === "string").map((x) => x.step)).toEqual([3, 4]);
+  });
+
+  it("stops after maxBadSteps skipped steps in a row, naming the last good checkpoint", async () => {
+    setNativeModule(makeFakeNative({ badSteps: [5, 6, 7, 8, 9] }).native);
+    const out = path.join(tmpDir(), "run");
+    const p = train(tiny(out, { maxBadSteps: 3, checkpointEvery: 2 }), { quiet: true });
+    const err = await p.catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NumericalError);
+    const e = err as NumericalError;
+    expect(e.step).toBe(7);
+    expect(e.lastCheckpoint).toBe(path.join(out, "checkpoints", "step-00000004"));
+    expect(e.message).toContain("3 steps in a row were skipped");
+    expect(e.message).toContain(`resume from it (sadm train --resume ${e.lastCheckpoint})`);
+    // The checkpoint it names is complete and loads.
+    expect(fs.existsSync(path.join(e.lastCheckpoint ?? "", "state.json"))).toBe(true);
   });
 
   it("prints plain progress lines without a TTY", async () => {

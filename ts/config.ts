@@ -173,6 +173,11 @@ export interface SadmConfig {
   checkpointEvery: number;
   /** Keep the last K checkpoints. */
   keepCheckpoints: number;
+  /**
+   * A step whose loss or gradient norm is not finite is skipped (nothing is updated) and logged; this many
+   * skipped steps in a row stop the run with an error naming the last good checkpoint.
+   */
+  maxBadSteps: number;
   /** Append to metrics.jsonl every N steps (values averaged over the window). */
   logEvery: number;
   /** Without a TTY, print a progress line every N steps. */
@@ -342,6 +347,7 @@ export const BASE_DEFAULTS: SadmConfigInput = {
   emaDecay: 0.9999,
   emaWarmup: true,
   keepCheckpoints: 3,
+  maxBadSteps: 5,
   logEvery: 10,
   printEvery: 100,
   seed: 0,
@@ -498,6 +504,7 @@ export const configInputSchema = z.strictObject({
   sampleEvery: num(0, MAX_STEPS, true).optional(),
   checkpointEvery: num(0, MAX_STEPS, true).optional(),
   keepCheckpoints: num(1, 1_000_000, true).optional(),
+  maxBadSteps: num(1, 1_000_000, true).optional(),
   logEvery: num(1, MAX_STEPS, true).optional(),
   printEvery: num(1, MAX_STEPS, true).optional(),
   seed: num(0, Number.MAX_SAFE_INTEGER, true).optional(),
@@ -722,6 +729,7 @@ export function resolveConfig(input: unknown): SadmConfig {
     sampleEvery: m.sampleEvery ?? steps,
     checkpointEvery: m.checkpointEvery ?? steps,
     keepCheckpoints: requireField(m.keepCheckpoints, "config.keepCheckpoints"),
+    maxBadSteps: requireField(m.maxBadSteps, "config.maxBadSteps"),
     logEvery: requireField(m.logEvery, "config.logEvery"),
     printEvery: requireField(m.printEvery, "config.printEvery"),
     seed: requireField(m.seed, "config.seed"),

@@ -27,6 +27,22 @@ export class DataError extends SadmError {}
 /** A missing, incomplete or corrupt checkpoint, or a run directory that cannot be used. */
 export class CheckpointError extends SadmError {}
 
+/**
+ * Training stopped because `maxBadSteps` steps in a row had a non-finite loss or gradient norm (each was skipped:
+ * nothing was updated). The run's files are intact; resume from {@link NumericalError.lastCheckpoint}.
+ */
+export class NumericalError extends SadmError {
+  /** The step at which the run stopped. */
+  readonly step: number;
+  /** The newest checkpoint of the run, if one was written or loaded. */
+  readonly lastCheckpoint: string | undefined;
+  constructor(message: string, step: number, lastCheckpoint: string | undefined) {
+    super(message);
+    this.step = step;
+    this.lastCheckpoint = lastCheckpoint;
+  }
+}
+
 /** An error thrown by the native addon (or the addon failing to load); the original message is kept. */
 export class NativeError extends SadmError {
   constructor(message: string, options?: { cause?: unknown }) {

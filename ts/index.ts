@@ -8,7 +8,7 @@
  * await sampleGrid({ checkpoint: run.checkpoint!, cfgScale: 3 }, "grid.png");
  * ```
  */
-export { SadmError, ConfigError, DataError, CheckpointError, NativeError } from "./errors.js";
+export { SadmError, ConfigError, DataError, CheckpointError, NativeError, NumericalError } from "./errors.js";
 export {
   resolveConfig,
   parseConfigInput,

@@ -4,7 +4,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CheckpointError, ConfigError, NativeError, SadmError } from "./errors.js";
+import { CheckpointError, ConfigError, NativeError, NumericalError, SadmError } from "./errors.js";
 import {
   deepMerge,
   parseConfigInput,
@@ -110,6 +110,8 @@ export interface TrainResult {
   paramCounts: ParamCounts;
   /** Evaluations run by this call. */
   evals: Array<EvalMetrics & { step: number }>;
+  /** Steps skipped by this call for a non-finite loss or gradient norm (see `maxBadSteps`). */
+  skippedSteps: number;
 }
 
 /** True when a directory already holds a run (metrics or checkpoints). */
@@ -312,6 +314,8 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
   let lastSampleStep = -1;
   let step = startStep;
   let aborted = false;
+  let badInRow = 0;
+  let skippedSteps = 0;
 
   const extra = (): CheckpointExtra => ({
     config: cfg,
@@ -392,14 +396,29 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
         throw NativeError.wrap(e, `training step ${t + 1} failed`);
       }
       step = stats.step;
-      last = { ...stats, lambda, lr, emaDecay, seconds: (Date.now() - ts) / 1000 };
-      if (!Number.isFinite(stats.loss))
-        throw new SadmError(
-          `training diverged at step ${step}: loss is ${stats.loss} (try a lower lr or lambda, or gradient clipping)`,
-        );
-      window.add(numericFields(last));
-      if (step % cfg.logEvery === 0 || step === cfg.steps) {
-        const means = window.means();
+      if (stats.skipped) {
+        badInRow++;
+        skippedSteps++;
+        metrics.append({ step, skipped: stats.skipped, time: (Date.now() - t0) / 1000 });
+        progress.log(`sadm: step ${step} skipped (nothing updated): ${stats.skipped} [${badInRow} in a row]`);
+        if (badInRow >= cfg.maxBadSteps)
+          throw new NumericalError(
+            `training stopped at step ${step}: ${badInRow} steps in a row were skipped, the last because its ${stats.skipped}. ` +
+              (lastCheckpoint
+                ? `The last good checkpoint is ${lastCheckpoint}: resume from it (sadm train --resume ${lastCheckpoint})`
+                : "No checkpoint was written yet: start again") +
+              " with a lower lr or lambda, or with gradient clipping (--set ditOptim.gradClip=1).",
+            step,
+            lastCheckpoint,
+          );
+      } else {
+        badInRow = 0;
+        last = { ...stats, lambda, lr, emaDecay, seconds: (Date.now() - ts) / 1000 };
+        window.add(numericFields(last));
+      }
+      const means = window.means();
+      // A window of nothing but skipped steps has no means to log; their own records are already there.
+      if ((step % cfg.logEvery === 0 || step === cfg.steps) && Object.keys(means).length > 0) {
         const record: Record<string, number> = {
           ...means,
           step,
@@ -411,8 +430,12 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
         if (history.length > HISTORY_CAP) history.splice(0, history.length - HISTORY_CAP);
         window.reset();
       }
-      progress.update(step, last);
-      opts.onStep?.(last);
+      if (last && !stats.skipped) {
+        progress.update(step, last);
+        opts.onStep?.(last);
+      }
+      // Nothing periodic during a run of skipped steps: its checkpoints would rotate out the good ones before it.
+      if (badInRow > 0) continue;
       if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) await writeSamples();
       if (cfg.eval.every > 0 && step % cfg.eval.every === 0) await runEval();
       if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) await saveCheckpoint();
@@ -438,6 +461,7 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
     seconds: (Date.now() - t0) / 1000,
     paramCounts,
     evals,
+    skippedSteps,
   };
 }
 

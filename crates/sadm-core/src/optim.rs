@@ -6,6 +6,14 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
 
+/// What [`AdamW::snapshot`] keeps.
+pub struct Snapshot {
+    vars: Vec<Tensor>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    step: u64,
+}
+
 pub struct AdamW {
     cfg: OptimConfig,
     vars: Vec<(String, Var)>,
@@ -69,6 +77,26 @@ impl AdamW {
             self.m[i] = m;
             self.v[i] = v;
         }
+        Ok(())
+    }
+
+    /// A deep copy of the variables and of this optimizer's state, so that an update can be undone.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let copy = |t: &Tensor| t.copy();
+        Ok(Snapshot {
+            vars: self.vars.iter().map(|(_, v)| copy(v.as_tensor())).collect::<candle_core::Result<_>>()?,
+            m: self.m.iter().map(copy).collect::<candle_core::Result<_>>()?,
+            v: self.v.iter().map(copy).collect::<candle_core::Result<_>>()?,
+            step: self.step,
+        })
+    }
+
+    /// Puts the variables and the state back as they were at `snapshot`.
+    pub fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        for ((_, var), t) in self.vars.iter().zip(&snapshot.vars) {
+            var.set(t)?;
+        }
+        (self.m, self.v, self.step) = (snapshot.m, snapshot.v, snapshot.step);
         Ok(())
     }
 

@@ -42,6 +42,9 @@ pub struct StepStats {
     pub disc_loss: Option<f64>,
     pub grad_norm_dit: f64,
     pub grad_norm_disc: Option<f64>,
+    /// Set when the step was skipped for a non-finite loss or gradient norm: what was not finite. A skipped
+    /// step changes no parameter, EMA or optimizer state; it consumes its batch and randomness and counts.
+    pub skipped: Option<String>,
 }
 
 pub struct Trainer {
@@ -291,7 +294,14 @@ impl Trainer {
         let losses = self.diffusion.training_losses(&out, &x0, &x_t, &t, &noise)?;
         let mut stats = StepStats { mse: scalar(&losses.mse)?, vb: scalar(&losses.vb)?, ..Default::default() };
 
-        // 2. Discriminator: maximise D with x̂0 detached.
+        if !stats.mse.is_finite() || !stats.vb.is_finite() {
+            let what = format!("denoising loss (mse {}, vb {})", stats.mse, stats.vb);
+            return Ok(self.skip(stats, what));
+        }
+
+        // 2. Discriminator: maximise D with x̂0 detached. Its state is kept until the denoiser's update has proved
+        // finite, so that a skipped step leaves both networks as they were.
+        let mut disc_before = None;
         if p.update_disc {
             let x0_hat = losses.x0_hat.detach();
             for k in 0..self.cfg.discriminator.steps {
@@ -300,14 +310,18 @@ impl Trainer {
                 let norm = self.opt_disc.grad_norm(&grads)?;
                 let d_val = scalar(&d)?;
                 if !d_val.is_finite() || !norm.is_finite() {
-                    return Err(Error::Numerical(format!("discriminator loss {d_val} / grad norm {norm} at step {}", self.step)));
+                    if let Some(s) = disc_before.take() {
+                        self.opt_disc.restore(s)?;
+                    }
+                    return Ok(self.skip(stats, format!("discriminator loss {d_val} / gradient norm {norm}")));
                 }
-                self.opt_disc.step(&grads, p.disc_lr, self.opt_disc.clip_factor(norm))?;
                 if k == 0 {
+                    disc_before = Some(self.opt_disc.snapshot()?);
                     stats.disc_loss = Some(-d_val);
                     stats.structure = Some(d_val);
                     stats.grad_norm_disc = Some(norm);
                 }
+                self.opt_disc.step(&grads, p.disc_lr, self.opt_disc.clip_factor(norm))?;
             }
         }
 
@@ -322,7 +336,11 @@ impl Trainer {
         let grads = total.backward()?;
         let norm = self.opt_dit.grad_norm(&grads)?;
         if !stats.loss.is_finite() || !norm.is_finite() {
-            return Err(Error::Numerical(format!("denoiser loss {} / grad norm {norm} at step {}", stats.loss, self.step)));
+            if let Some(s) = disc_before {
+                self.opt_disc.restore(s)?;
+            }
+            let what = format!("denoiser loss {} / gradient norm {norm}", stats.loss);
+            return Ok(self.skip(stats, what));
         }
         self.opt_dit.step(&grads, p.lr, self.opt_dit.clip_factor(norm))?;
         stats.grad_norm_dit = norm;
@@ -338,6 +356,14 @@ impl Trainer {
         self.step += 1;
         stats.step = self.step;
         Ok(stats)
+    }
+
+    /// Counts a step that changed nothing, and says why.
+    fn skip(&mut self, mut stats: StepStats, what: String) -> StepStats {
+        self.step += 1;
+        stats.step = self.step;
+        stats.skipped = Some(format!("{what} is not finite"));
+        stats
     }
 
     /// Samples from the EMA weights (or the raw weights with `use_ema = false`).
@@ -461,6 +487,59 @@ mod tests {
             assert!(close(g, gb.get(var.as_tensor()).unwrap())? < 1e-4, "{name}");
             assert!(gf.get(var.as_tensor()).is_none(), "{name}: φ is fixed in the denoiser's pass");
         }
+        Ok(())
+    }
+
+    /// Every number a step can change: both networks, the EMA, both optimizers' moments and step counts.
+    fn full_state(tr: &Trainer) -> Result<Vec<(String, Vec<u32>)>> {
+        let bits = |t: &Tensor| -> Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?.iter().map(|v| v.to_bits()).collect()) };
+        let mut out = vec![];
+        for (n, v) in tr.dit_vars.iter().chain(&tr.disc_vars) {
+            out.push((n.clone(), bits(v.as_tensor())?));
+        }
+        for (i, e) in tr.ema.iter().enumerate() {
+            out.push((format!("ema.{i}"), bits(e)?));
+        }
+        let mut opt = HashMap::new();
+        tr.opt_dit.state_tensors("dit", &mut opt)?;
+        tr.opt_disc.state_tensors("disc", &mut opt)?;
+        let mut names: Vec<_> = opt.keys().cloned().collect();
+        names.sort();
+        for n in names {
+            out.push((n.clone(), bits(&opt[&n].to_dtype(DType::F32)?)?));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_non_finite_step_is_skipped_and_changes_nothing() -> Result<()> {
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
+        let (x, y) = batch(8, 1);
+        for _ in 0..2 {
+            tr.step(&x, &y, &params(0.1))?;
+        }
+        // A NaN weight in the DiT: the denoising loss is NaN, caught before any update.
+        let bias = tr.dit_vars.iter().find(|(n, _)| n == "final_layer.linear.bias").unwrap().1.clone();
+        let good = bias.as_tensor().copy()?;
+        bias.set(&(good.ones_like()? * f64::NAN)?)?;
+        let before = full_state(&tr)?;
+        let s = tr.step(&x, &y, &params(0.1))?;
+        assert!(s.skipped.as_deref().unwrap_or("").contains("denoising loss"), "{:?}", s.skipped);
+        assert_eq!(s.step, 3, "a skipped step still counts");
+        assert!(full_state(&tr)? == before, "a skipped step changed the state");
+        bias.set(&good)?;
+
+        // A discriminator learning rate that blows φ up: the discriminator's own update is finite, the
+        // denoiser's structure term through the new φ is not. The discriminator's update must be undone.
+        let before = full_state(&tr)?;
+        let blow_up = StepParams { disc_lr: 1e35, ..params(0.1) };
+        let s = tr.step(&x, &y, &blow_up)?;
+        assert!(s.skipped.as_deref().unwrap_or("").contains("denoiser loss"), "{:?}", s.skipped);
+        assert!(full_state(&tr)? == before, "the discriminator's update was not undone");
+
+        let s = tr.step(&x, &y, &params(0.1))?;
+        assert!(s.skipped.is_none() && s.loss.is_finite() && s.step == 5);
+        assert!(full_state(&tr)? != before);
         Ok(())
     }
 

@@ -63,6 +63,9 @@ pub struct StepStats {
     pub disc_loss: Option<f64>,
     pub grad_norm_dit: f64,
     pub grad_norm_disc: Option<f64>,
+    /// Set when the step was skipped (a non-finite loss or gradient norm; nothing was updated): what was not
+    /// finite.
+    pub skipped: Option<String>,
 }
 
 #[napi(object)]
@@ -275,6 +278,7 @@ impl Task for StepTask {
             disc_loss: s.disc_loss,
             grad_norm_dit: s.grad_norm_dit,
             grad_norm_disc: s.grad_norm_disc,
+            skipped: s.skipped,
         })
     }
 }
