@@ -7,6 +7,7 @@ import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { PNG } from "pngjs";
 import { nativeBuilt, runCliAsync, tmpDir } from "./helpers";
+import { Rng } from "../ts/rng";
 import {
   BatchLoader,
   MnistDataset,
@@ -202,6 +203,41 @@ describe("end to end (native addon)", () => {
     expect(sb.step).toBe(10);
     expect(sb.rng).toEqual(sa.rng);
     expect(sb.extra.data).toEqual(sa.extra.data);
+  }, 600_000);
+
+  it("SIGKILL at random moments while checkpoints are written never costs the previous checkpoint", async () => {
+    // A checkpoint every step (the size of the default preset's, ~20 MB with fsyncs) and fast steps, so that most
+    // of a run's time is spent saving and most kills land inside a save.
+    const dir = tmpDir();
+    const out = path.join(dir, "run");
+    const cfgFile = path.join(dir, "cfg.json");
+    fs.writeFileSync(
+      cfgFile,
+      JSON.stringify({ ...TINY, model: { hiddenSize: 128, depth: 4, numHeads: 4 }, steps: 400, batchSize: 4, checkpointEvery: 1, keepCheckpoints: 2, sampleEvery: 0 }),
+    );
+    const native = loadNative();
+    const rng = new Rng(11);
+    let newest = 0;
+    let interrupted = 0;
+    for (let kill = 0; kill < 16; kill++) {
+      const resume = listCheckpoints(out).length > 0 ? ["--resume"] : ["--force"];
+      const r = await runCliAsync(["train", "--config", cfgFile, "--out", out, ...resume], { timeoutMs: 900 + rng.nextInt(1500) });
+      expect(r.status, r.stderr).toBe(-1); // killed, not finished or failed
+      const root = path.join(out, "checkpoints");
+      interrupted += fs.existsSync(root) ? fs.readdirSync(root).filter((n) => n.startsWith(".")).length : 0;
+      const all = listCheckpoints(out);
+      for (const c of all) native.NativeTrainer.load(c.dir, "cpu"); // every listed checkpoint is whole
+      const latest = all.at(-1)?.step ?? 0;
+      expect(latest, "the newest checkpoint went backwards").toBeGreaterThanOrEqual(newest);
+      newest = latest;
+    }
+    expect(newest, "no run got as far as a checkpoint").toBeGreaterThan(0);
+    // The kills did land inside saves (their temporaries are the evidence), and a resumed run cleans them up.
+    expect(interrupted).toBeGreaterThan(0);
+    const r = await runCliAsync(["train", "--config", cfgFile, "--out", out, "--resume", "--steps", String(newest + 2)], { timeoutMs: 300_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`resuming ${path.join(out, "checkpoints", `step-${String(newest).padStart(8, "0")}`)}`);
+    expect(fs.readdirSync(path.join(out, "checkpoints")).filter((n) => n.startsWith("."))).toEqual([]);
   }, 600_000);
 
   it("computes feature metrics natively and rejects malformed feature sets", async () => {

@@ -120,13 +120,13 @@ export function assertComplete(dir: string): CheckpointState {
 
 function tryState(dir: string): CheckpointState | undefined {
   try {
-    return readState(dir);
+    return assertComplete(dir);
   } catch {
     return undefined;
   }
 }
 
-/** The complete checkpoints of a run (state.json exists and parses), oldest first. */
+/** The complete checkpoints of a run (state.json parses and every weight file is there), oldest first. */
 export function listCheckpoints(outDir: string): CheckpointInfo[] {
   const root = path.resolve(outDir, CHECKPOINTS_DIR);
   let names: string[];
@@ -161,8 +161,62 @@ export function pruneCheckpoints(outDir: string, keep: number): string[] {
   if (!Number.isInteger(keep) || keep < 1) throw new CheckpointError(`keepCheckpoints must be ≥ 1 (got ${keep})`);
   const all = listCheckpoints(outDir);
   const doomed = all.slice(0, Math.max(0, all.length - keep));
-  for (const c of doomed) fs.rmSync(c.dir, { recursive: true, force: true });
+  for (const c of doomed) {
+    // Out of the checkpoint namespace in one rename first: a deletion killed halfway would otherwise leave a
+    // directory with state.json but without some weights.
+    const gone = path.join(path.dirname(c.dir), `.${path.basename(c.dir)}.del-${process.pid}-${Date.now()}`);
+    fs.renameSync(c.dir, gone);
+    fs.rmSync(gone, { recursive: true, force: true });
+  }
   return doomed.map((c) => c.dir);
+}
+
+/**
+ * The temporaries of an interrupted save (`.step-N.tmp-PID-T`, `.step-N.old-PID-T`; see the core's `save`) or
+ * deletion (`.step-N.del-PID-T`, {@link pruneCheckpoints}).
+ */
+const SAVE_TEMP = /^\.(step-\d+)\.(tmp|old|del)-(\d+)-\d+$/;
+
+function processAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Cleans up after saves and deletions that a killed process left half-done: a `.tmp` directory is an incomplete
+ * new checkpoint and a `.del` one a pruned checkpoint, and both are deleted; an `.old` directory is the previous
+ * checkpoint of that name, moved aside just before the new one was renamed into place, and is put back if the new
+ * one never arrived. Those of processes still alive are left alone.
+ * @returns what was done, one line per directory.
+ */
+export function recoverCheckpoints(outDir: string): string[] {
+  const root = path.resolve(outDir, CHECKPOINTS_DIR);
+  let names: string[];
+  try {
+    names = fs.readdirSync(root);
+  } catch {
+    return [];
+  }
+  const done: string[] = [];
+  for (const name of names) {
+    const m = SAVE_TEMP.exec(name);
+    if (!m || processAlive(Number(m[3]))) continue;
+    const [dir, target] = [path.join(root, name), path.join(root, m[1])];
+    if (m[2] === "old" && !tryState(target) && tryState(dir)) {
+      fs.rmSync(target, { recursive: true, force: true });
+      fs.renameSync(dir, target);
+      done.push(`restored ${target} from an interrupted replacement`);
+    } else {
+      fs.rmSync(dir, { recursive: true, force: true });
+      done.push(`removed ${dir}, left by an interrupted save or deletion`);
+    }
+  }
+  return done;
 }
 
 /**

@@ -56,6 +56,7 @@ export {
   listCheckpoints,
   latestCheckpoint,
   pruneCheckpoints,
+  recoverCheckpoints,
   readState,
   resolveCheckpoint,
   checkpointDir,

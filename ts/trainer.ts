@@ -23,6 +23,7 @@ import {
   latestCheckpoint,
   listCheckpoints,
   pruneCheckpoints,
+  recoverCheckpoints,
   resolveCheckpoint,
   runDirOf,
   type CheckpointExtra,
@@ -153,10 +154,14 @@ function planResume(resume: string, input: SadmConfigInput): ResumePlan {
   let dir: string;
   if (resume === "latest" || resume === "") {
     const outDir = input.outDir ?? resolveConfig(input).outDir;
+    recoverCheckpoints(outDir);
     const latest = latestCheckpoint(outDir);
     if (!latest) throw new CheckpointError(`nothing to resume: ${outDir} has no complete checkpoint`);
     dir = latest.dir;
-  } else dir = resolveCheckpoint(resume);
+  } else {
+    if (fs.existsSync(path.join(resume, CHECKPOINTS_DIR))) recoverCheckpoints(resume);
+    dir = resolveCheckpoint(resume);
+  }
   return { dir, state: assertComplete(dir) };
 }
 
@@ -216,6 +221,7 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
   const finetune = opts.from !== undefined ? resolveFinetuneConfig(opts.from, input) : undefined;
   const cfg = resumePlan ? resolveResumedConfig(resumePlan, input) : finetune ? finetune.cfg : resolveConfig(input);
   const outDir = path.resolve(cfg.outDir);
+  recoverCheckpoints(outDir);
 
   // Refuse early (before the slow parts) to clobber an existing run.
   if (!resumePlan && !opts.force && holdsRun(outDir))
