@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import yargs from "yargs";
 import type { Argv } from "yargs";
-import { ConfigError, SadmError, errorMessage } from "./errors.js";
+import { ConfigError, SadmError, errorMessage, fsError, isFsError } from "./errors.js";
 import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, setPath, type SadmConfigInput } from "./config.js";
 import { train } from "./trainer.js";
 import { sampleGrid } from "./sampler.js";
@@ -335,6 +335,9 @@ function reportError(err: unknown): void {
   if (err instanceof SadmError) {
     process.stderr.write(`error: ${err.message}\n`);
     if (process.env.SADM_DEBUG && err.stack) process.stderr.write(err.stack + "\n");
+  } else if (isFsError(err)) {
+    // A file-system error that no caller put in context still reads as one line, not a stack.
+    process.stderr.write(`error: ${fsError(err, "file-system error").message}\n`);
   } else {
     process.stderr.write(`error: ${errorMessage(err)}\n`);
     if (err instanceof Error && err.stack) process.stderr.write(err.stack + "\n");

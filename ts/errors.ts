@@ -57,6 +57,31 @@ export class NativeError extends SadmError {
   }
 }
 
+/** A file-system error (it has a `code` such as ENOTDIR and names the path). */
+export function isFsError(err: unknown): err is NodeJS.ErrnoException {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === "string" && "syscall" in err;
+}
+
+const FS_REASONS: Record<string, string> = {
+  ENOTDIR: "part of the path is a file, not a directory",
+  EEXIST: "a file is in the way of a directory",
+  EISDIR: "it is a directory",
+  EACCES: "permission denied",
+  EPERM: "permission denied",
+  EROFS: "the file system is read-only",
+  ENOSPC: "the disk is full",
+  ENOENT: "it does not exist",
+};
+
+/**
+ * A {@link SadmError} for a file-system error, saying what sadm was doing (`doing`, e.g. "cannot create the run
+ * directory x"), why in words, and the path the system named.
+ */
+export function fsError(err: NodeJS.ErrnoException, doing: string): SadmError {
+  const reason = FS_REASONS[err.code ?? ""] ?? err.message;
+  return new SadmError(`${doing}: ${reason}${err.path ? ` (${err.path})` : ""}`, { cause: err });
+}
+
 /** Returns the message of anything thrown. */
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);

@@ -17,6 +17,8 @@ import { gridLabels } from "./sampler.js";
 
 /** The architecture of the extractor shipped with sadm. */
 export const BUILTIN_ARCH = "lenet-mnist";
+/** The feature-extractor architectures the core knows. */
+export const EXTRACTOR_ARCHS = [BUILTIN_ARCH, "inception-v3-fid"] as const;
 
 /** Where the shipped LeNet weights live (inside the installed package). */
 export function builtinExtractorWeights(): string {
@@ -60,6 +62,8 @@ const realFeatures = new Map<string, { features: Float32Array; predictions: Int3
  * @throws ConfigError when the weights are missing, NativeError when they do not fit the architecture.
  */
 export function openExtractor(spec: ExtractorConfig, device = "cpu"): NativeExtractor {
+  if (!(EXTRACTOR_ARCHS as readonly string[]).includes(spec.arch))
+    throw new ConfigError("config.eval.extractor.arch", `unknown architecture "${spec.arch}" (known: ${EXTRACTOR_ARCHS.join(", ")})`);
   const weights = spec.weights ?? (spec.arch === BUILTIN_ARCH ? builtinExtractorWeights() : undefined);
   if (weights === undefined)
     throw new ConfigError("config.eval.extractor.weights", `is required for architecture "${spec.arch}"`);

@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { PNG } from "pngjs";
-import { DataError } from "./errors.js";
+import { DataError, fsError, isFsError } from "./errors.js";
 
 /** Padding between grid cells, in pixels. */
 export const GRID_PADDING = 2;
@@ -88,13 +88,17 @@ export function saveGrid(
 
 /** Writes a file via a temp file in the same directory and a rename. */
 export function writeFileAtomic(file: string, data: string | Buffer): void {
-  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
   const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
   try {
+    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
     fs.writeFileSync(tmp, data);
     fs.renameSync(tmp, file);
   } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
+    try {
+      fs.rmSync(tmp, { force: true });
+    } catch {
+      // The path itself is unusable (the error below says why): there is nothing to clean up.
+    }
+    throw isFsError(e) ? fsError(e, `cannot write ${file}`) : e;
   }
 }

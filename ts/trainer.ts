@@ -4,7 +4,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CheckpointError, ConfigError, NativeError, NumericalError, SadmError } from "./errors.js";
+import { CheckpointError, ConfigError, NativeError, NumericalError, SadmError, fsError, isFsError } from "./errors.js";
 import {
   deepMerge,
   parseConfigInput,
@@ -283,7 +283,11 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
     for (const name of [METRICS_FILE, CHECKPOINTS_DIR, SAMPLES_DIR, CONFIG_FILE])
       fs.rmSync(path.join(outDir, name), { recursive: true, force: true });
   }
-  fs.mkdirSync(outDir, { recursive: true });
+  try {
+    fs.mkdirSync(outDir, { recursive: true });
+  } catch (e) {
+    throw isFsError(e) ? fsError(e, `cannot create the run directory ${cfg.outDir}`) : e;
+  }
   writeFileAtomic(path.join(outDir, CONFIG_FILE), JSON.stringify(cfg, null, 2) + "\n");
 
   // Logs.

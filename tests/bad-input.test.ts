@@ -1,0 +1,123 @@
+/**
+ * Bad input, table-driven: every row goes through the CLI (and so the public API and the native core) or through
+ * the API directly, and must end in a clear `error: …` naming the problem, with exit status 1: no stack trace, no
+ * panic, no hang (each CLI call runs under a timeout), and nothing of an existing run touched.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { runCliAsync, tmpDir } from "./helpers";
+import { loadNative, resolveConfig, toCoreConfig, type SadmConfigInput } from "../ts/index";
+
+const TINY: SadmConfigInput = {
+  model: { hiddenSize: 32, depth: 1, numHeads: 2 },
+  discriminator: { width: 32, depth: 1, numHeads: 2, projDim: 16 },
+  data: { name: "mnist", limit: 64 },
+  batchSize: 8,
+  steps: 2,
+  sampleEvery: 0,
+  sampleSteps: 2,
+  samplesPerClass: 1,
+  eval: { every: 0 },
+};
+
+let dir = "";
+let run = "";
+let ck = "";
+let cfgFile = "";
+
+/** A copy of the good checkpoint with `f` applied to it. */
+function brokenCheckpoint(name: string, f: (d: string) => void): string {
+  const d = path.join(dir, name);
+  fs.cpSync(ck, d, { recursive: true });
+  f(d);
+  return d;
+}
+
+beforeAll(async () => {
+  dir = tmpDir();
+  run = path.join(dir, "run");
+  cfgFile = path.join(dir, "tiny.json");
+  fs.writeFileSync(cfgFile, JSON.stringify(TINY));
+  const r = await runCliAsync(["train", "--config", cfgFile, "--out", run], { timeoutMs: 300_000 });
+  expect(r.status, r.stderr).toBe(0);
+  ck = path.join(run, "checkpoints", "step-00000002");
+}, 300_000);
+
+type Case = [name: string, args: () => string[], expected: RegExp];
+
+const CASES: Case[] = [
+  ["negative lambda", () => ["train", "--out", fresh(), "--lambda", "-1"], /config\.lambda: must be a number between 0 and 10/],
+  ["zero steps", () => ["train", "--out", fresh(), "--steps", "0"], /config\.steps: /],
+  ["fractional batch size", () => ["train", "--out", fresh(), "--batch-size", "1.5"], /config\.batchSize: .*integer/],
+  ["unknown config key", () => ["train", "--out", fresh(), "--set", "model.hiddenSiz=3"], /config\.model\.hiddenSiz: unknown key/],
+  ["non-numeric value", () => ["train", "--out", fresh(), "--set", "model.hiddenSize=wide"], /config\.model\.hiddenSize: /],
+  ["unknown preset", () => ["train", "--out", fresh(), "--preset", "DiT-Q/3"], /config\.preset: unknown preset "DiT-Q\/3" \(known: mnist-tiny/],
+  ["unknown device", () => ["train", "--out", fresh(), "--device", "gpu"], /config\.device: must be "cpu", "cuda" or "cuda:N"/],
+  ["cuda without the CUDA build", () => ["train", "--out", fresh(), "--device", "cuda:0", "--steps", "1"], /cuda device needs sadm's CUDA build/],
+  ["bf16 on the CPU", () => ["train", "--out", fresh(), "--precision", "bf16"], /config\.precision: bf16 is for cuda devices/],
+  ["missing config file", () => ["train", "--out", fresh(), "--config", path.join(dir, "none.json")], /--config: .*(no such file|cannot read|does not exist)/i],
+  ["config file that is not JSON", () => ["train", "--out", fresh(), "--config", write("bad.json", "{ nope")], /--config: .*not valid JSON/],
+  ["config file holding an array", () => ["train", "--out", fresh(), "--config", write("arr.json", "[1, 2]")], /config.* object/i],
+  ["duplicate class", () => ["train", "--out", fresh(), "--classes", "1,1"], /duplicate class 1/],
+  ["class out of range", () => ["train", "--out", fresh(), "--classes", "3,12"], /config\.data\.classes\[1\]: must be a mnist class between 0 and 9 \(got 12\)/],
+  ["dataset smaller than a batch", () => ["train", "--limit", "4", "--batch-size", "8", "--out", fresh()], /4 image\(s\), fewer than one batch of 8: lower the batch size or add data/],
+  ["run directory already holding a run", () => ["train", "--config", cfgFile, "--out", run], /already holds a run \(metrics\.jsonl or checkpoints\): resume it with --resume/],
+  ["nothing to resume", () => ["train", "--resume", "--out", fresh()], /nothing to resume: .* has no complete checkpoint/],
+  ["resume with another architecture", () => ["train", "--resume", ck, "--set", "model.depth=3", "--out", run], /config\.model\.depth: differs from the checkpoint/],
+  ["output under a file", () => ["train", "--config", cfgFile, "--out", path.join(write("plain-file", "x"), "run")], /cannot create the run directory .*: part of the path is a file, not a directory/],
+  ["missing checkpoint", () => ["sample", "--checkpoint", path.join(dir, "none"), "--out", fresh() + ".png"], /checkpoint .* does not exist/],
+  ["checkpoint without state.json", () => ["sample", "--checkpoint", brokenCheckpoint("nostate", (d) => fs.rmSync(path.join(d, "state.json"))), "--out", fresh() + ".png"], /state\.json/],
+  ["corrupt state.json", () => ["sample", "--checkpoint", brokenCheckpoint("badstate", (d) => fs.writeFileSync(path.join(d, "state.json"), "{\"step\": ")), "--out", fresh() + ".png"], /state\.json/],
+  ["truncated weights", () => ["sample", "--checkpoint", brokenCheckpoint("trunc", (d) => truncate(path.join(d, "ema.safetensors"))), "--out", fresh() + ".png"], /ema\.safetensors: cannot read safetensors/],
+  ["weights of another architecture", () => ["sample", "--checkpoint", brokenCheckpoint("arch", (d) => fs.copyFileSync(path.join(process.cwd(), "assets", "lenet-mnist.safetensors"), path.join(d, "ema.safetensors"))), "--out", fresh() + ".png"], /ema\.safetensors: tensor 'blocks\.0\.adaLN_modulation\.1\.bias' is missing/],
+  ["sample class out of range", () => ["sample", "--checkpoint", ck, "--classes", "11", "--out", fresh() + ".png"], /classes\[0\]: must be a class between 0 and 9 \(got 11\)/],
+  ["zero sampling steps", () => ["sample", "--checkpoint", ck, "--steps", "0", "--out", fresh() + ".png"], /steps: must be an integer ≥ 1 \(got 0\)/],
+  ["unwritable sample output", () => ["sample", "--checkpoint", ck, "--out", path.join(write("file2", "x"), "g.png")], /cannot write .*g\.png: a file is in the way of a directory/],
+  ["zero evaluation samples", () => ["eval", "--checkpoint", ck, "--samples", "0"], /config\.eval\.samples: must be an integer between 10/],
+  ["unknown extractor", () => ["eval", "--checkpoint", ck, "--extractor", "resnet-9000"], /config\.eval\.extractor\.arch: unknown architecture "resnet-9000" \(known: lenet-mnist, inception-v3-fid\)/],
+  ["Inception without its weights", () => ["eval", "--checkpoint", ck, "--extractor", "inception-v3-fid"], /config\.eval\.extractor\.weights: is required/],
+  ["fine-tune from nothing", () => ["finetune", "--from", path.join(dir, "none"), "--out", fresh()], /checkpoint .*none does not exist/],
+  ["fine-tune from weights with other names", () => ["finetune", "--from", path.join(process.cwd(), "assets", "lenet-mnist.safetensors"), "--config", cfgFile, "--out", fresh()], /tensor 'blocks\.0\.adaLN_modulation\.1\.bias' is missing/],
+  ["classifier training for zero epochs", () => ["train-classifier", "--epochs", "0", "--out", fresh() + ".safetensors"], /epochs must be an integer ≥ 1/],
+];
+
+function write(name: string, text: string): string {
+  const f = path.join(dir, name);
+  fs.writeFileSync(f, text);
+  return f;
+}
+
+let n = 0;
+function fresh(): string {
+  return path.join(dir, `fresh-${n++}`);
+}
+
+function truncate(f: string): void {
+  fs.truncateSync(f, Math.floor(fs.statSync(f).size / 2));
+}
+
+describe("bad input (the CLI, the API and the native core)", () => {
+  it("has at least 30 cases", () => expect(CASES.length).toBeGreaterThanOrEqual(30));
+
+  it.each(CASES)("%s", async (_name, args, expected) => {
+    const before = fs.readFileSync(path.join(ck, "model.safetensors"));
+    const r = await runCliAsync(args(), { timeoutMs: 120_000, env: { SADM_CUDA_BINARY: path.join(dir, "no-cuda.node") } });
+    expect(r.status, `stdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(1);
+    expect(r.stderr).toMatch(/^error: /);
+    expect(r.stderr).toMatch(expected);
+    expect(r.stderr).not.toMatch(/\n\s+at |panicked|RUST_BACKTRACE/);
+    // The existing run is untouched.
+    expect(fs.readFileSync(path.join(ck, "model.safetensors")).equals(before)).toBe(true);
+  }, 120_000);
+
+  it("the native step rejects wrong typed-array lengths and labels out of range", async () => {
+    const native = loadNative();
+    const t = native.NativeTrainer.create(JSON.stringify(toCoreConfig(resolveConfig(TINY))), "cpu");
+    const opts = { lambda: 0, lr: 1e-3, discLr: 1e-4, emaDecay: 0.9, updateDisc: false };
+    await expect(t.step(new Float32Array(10), new Int32Array(2), opts)).rejects.toThrow(/batch has 10 values but 2 labels/);
+    await expect(t.step(new Float32Array(2 * 784), Int32Array.from([0, 10]), opts)).rejects.toThrow(/label 10 at index 1 is outside \[0, 10\)/);
+    await expect(t.step(new Float32Array(2 * 784).fill(Number.NaN), Int32Array.from([0, 1]), opts)).rejects.toThrow(/not finite/);
+    await expect(t.sample(Int32Array.from([0]), { sampler: "ddim", steps: 0, cfgScale: 1, eta: 0, seed: 0, clipDenoised: true })).rejects.toThrow(/steps/);
+  });
+});
