@@ -6,14 +6,11 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { runCliAsync, tmpDir } from "./helpers";
+import { TINY_NETS, runCliAsync, tmpDir } from "./helpers";
 import { loadNative, resolveConfig, toCoreConfig, type SadmConfigInput } from "../ts/index";
 
 const TINY: SadmConfigInput = {
-  model: { hiddenSize: 32, depth: 1, numHeads: 2 },
-  discriminator: { width: 32, depth: 1, numHeads: 2, projDim: 16 },
-  data: { name: "mnist", limit: 64 },
-  batchSize: 8,
+  ...TINY_NETS,
   steps: 2,
   sampleEvery: 0,
   sampleSteps: 2,

@@ -3,6 +3,15 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { spawn, spawnSync } from "node:child_process";
+import type { SadmConfigInput } from "../ts/index";
+
+/** The smallest networks and data the real core trains in a blink: the e2e tests' base config. */
+export const TINY_NETS: SadmConfigInput = {
+  model: { hiddenSize: 32, depth: 1, numHeads: 2 },
+  discriminator: { width: 32, depth: 1, numHeads: 2, projDim: 16 },
+  data: { name: "mnist", limit: 64 },
+  batchSize: 8,
+};
 
 /** Repository root. */
 export const ROOT = path.resolve(__dirname, "..");

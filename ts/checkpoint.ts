@@ -126,15 +126,19 @@ function tryState(dir: string): CheckpointState | undefined {
   }
 }
 
+/** The checkpoints folder of a run and the names in it (none when it does not exist). */
+function checkpointEntries(outDir: string): { root: string; names: string[] } {
+  const root = path.resolve(outDir, CHECKPOINTS_DIR);
+  try {
+    return { root, names: fs.readdirSync(root) };
+  } catch {
+    return { root, names: [] };
+  }
+}
+
 /** The complete checkpoints of a run (state.json parses and every weight file is there), oldest first. */
 export function listCheckpoints(outDir: string): CheckpointInfo[] {
-  const root = path.resolve(outDir, CHECKPOINTS_DIR);
-  let names: string[];
-  try {
-    names = fs.readdirSync(root);
-  } catch {
-    return [];
-  }
+  const { root, names } = checkpointEntries(outDir);
   const out: CheckpointInfo[] = [];
   for (const name of names) {
     const m = STEP_DIR.exec(name);
@@ -195,13 +199,7 @@ function processAlive(pid: number): boolean {
  * @returns what was done, one line per directory.
  */
 export function recoverCheckpoints(outDir: string): string[] {
-  const root = path.resolve(outDir, CHECKPOINTS_DIR);
-  let names: string[];
-  try {
-    names = fs.readdirSync(root);
-  } catch {
-    return [];
-  }
+  const { root, names } = checkpointEntries(outDir);
   const done: string[] = [];
   for (const name of names) {
     const m = SAVE_TEMP.exec(name);
