@@ -426,26 +426,27 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
         last = { ...stats, lambda, lr, emaDecay, seconds: (Date.now() - ts) / 1000 };
         window.add(numericFields(last));
       }
-      const means = window.means();
-      // A window of nothing but skipped steps has no means to log; their own records are already there.
-      if ((step % cfg.logEvery === 0 || step === cfg.steps) && Object.keys(means).length > 0) {
-        const record: Record<string, number> = {
-          ...means,
-          step,
-          itPerSec: means.seconds > 0 ? 1 / means.seconds : 0,
-          time: (Date.now() - t0) / 1000,
-        };
-        metrics.append(record);
-        history.push(record);
-        if (history.length > HISTORY_CAP) history.splice(0, history.length - HISTORY_CAP);
-        window.reset();
+      if (step % cfg.logEvery === 0 || step === cfg.steps) {
+        const means = window.means();
+        // A window of nothing but skipped steps has no means to log; their own records are already there.
+        if (Object.keys(means).length > 0) {
+          const record: Record<string, number> = {
+            ...means,
+            step,
+            itPerSec: means.seconds > 0 ? 1 / means.seconds : 0,
+            time: (Date.now() - t0) / 1000,
+          };
+          metrics.append(record);
+          history.push(record);
+          if (history.length > HISTORY_CAP) history.splice(0, history.length - HISTORY_CAP);
+          window.reset();
+        }
       }
-      if (last && !stats.skipped) {
-        progress.update(step, last);
-        opts.onStep?.(last);
-      }
-      // Nothing periodic during a run of skipped steps: its checkpoints would rotate out the good ones before it.
-      if (badInRow > 0) continue;
+      // Nothing else during a run of skipped steps: its checkpoints would rotate out the good ones before it.
+      // (`last` is this step's info whenever badInRow is 0.)
+      if (badInRow > 0 || !last) continue;
+      progress.update(step, last);
+      opts.onStep?.(last);
       if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) await writeSamples();
       if (cfg.eval.every > 0 && step % cfg.eval.every === 0) await runEval();
       if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) await saveCheckpoint();

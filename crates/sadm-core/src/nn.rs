@@ -38,7 +38,7 @@ impl Module for LayerNorm {
     }
 }
 
-pub use crate::ops::{ada_layer_norm, gated_residual, modulate};
+pub use crate::ops::{ada_layer_norm, gated_residual};
 
 /// `x·Wᵀ + b` over the last dimension, with the fused bias of [`crate::ops::bias_add`]. With a compute dtype
 /// other than the weight's (bf16 mixed precision), the product runs in it on casts of `x` and `W`, and is cast
@@ -67,15 +67,13 @@ impl Module for Linear {
         let k = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, k))?;
-        let y = match &self.bias {
-            Some(b) if self.compute == x.dtype() => crate::ops::linear(&x2, &self.weight, b)?,
-            _ => {
-                let y = if self.compute == x.dtype() {
-                    x2.matmul(&self.weight.t()?)?
-                } else {
-                    x2.to_dtype(self.compute)?.matmul(&self.weight.to_dtype(self.compute)?.t()?)?.to_dtype(x.dtype())?
-                };
-                match &self.bias {
+        let y = match (&self.bias, self.compute == x.dtype()) {
+            (Some(b), true) => crate::ops::linear(&x2, &self.weight, b)?,
+            (None, true) => x2.matmul(&self.weight.t()?)?,
+            (bias, false) => {
+                let w = self.weight.to_dtype(self.compute)?;
+                let y = x2.to_dtype(self.compute)?.matmul(&w.t()?)?.to_dtype(x.dtype())?;
+                match bias {
                     Some(b) => crate::ops::bias_add(&y, b)?,
                     None => y,
                 }

@@ -144,8 +144,8 @@ fn ln_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// Σ g·(x − mean), vectorised as [`sum8`]. Centred before the product: Σ g·x − mean·Σ g cancels catastrophically
-/// when |mean| ≫ std.
+/// Σ g·(x − mean), vectorised as [`sum8`] (mean 0: the plain dot product). Centred before the product:
+/// Σ g·x − mean·Σ g cancels catastrophically when |mean| ≫ std.
 #[inline(always)]
 fn centered_dot8(g: &[f32], x: &[f32], mean: f32) -> f32 {
     let mut acc = [0f32; 8];
@@ -200,14 +200,16 @@ impl CustomOp2 for LayerNormGrad {
     }
 }
 
-/// Σ over rows of a [rows, d] slice → [d], rows split across threads.
-fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
+/// Σ over the rows of a [rows, d] layout of what `add_row(i, acc)` adds for row i → [d], rows split across
+/// threads.
+fn column_reduce(rows: usize, d: usize, add_row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let per = (MIN_PAR / d).max(1);
-    g.par_chunks(per * d)
-        .map(|chunk| {
+    (0..rows.div_ceil(per))
+        .into_par_iter()
+        .map(|c| {
             let mut acc = vec![0f32; d];
-            for r in chunk.chunks(d) {
-                acc.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+            for i in c * per..rows.min((c + 1) * per) {
+                add_row(i, &mut acc);
             }
             acc
         })
@@ -215,6 +217,11 @@ fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
             a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
             a
         })
+}
+
+/// Σ over rows of a [rows, d] slice → [d].
+fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
+    column_reduce(g.len() / d, d, |i, acc| acc.iter_mut().zip(&g[i * d..(i + 1) * d]).for_each(|(a, v)| *a += v))
 }
 
 /// y + b with b broadcast over every row: a linear layer's bias. Its backward sums rows in one pass; candle's
@@ -333,28 +340,16 @@ impl CustomOp2 for ColumnDot {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, x) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
         let d = l1.dims()[l1.dims().len() - 1];
-        let per = (MIN_PAR / d).max(1) * d;
-        let out = g
-            .par_chunks(per)
-            .zip(x.par_chunks(per))
-            .map(|(g, x)| {
-                let mut acc = vec![0f32; d];
-                for (gr, xr) in g.chunks(d).zip(x.chunks(d)) {
-                    acc.iter_mut().zip(gr.iter().zip(xr)).for_each(|(a, (g, x))| *a += g * x);
-                }
-                acc
-            })
-            .reduce(|| vec![0f32; d], |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            });
+        let out = column_reduce(g.len() / d, d, |i, acc| {
+            let (gr, xr) = (&g[i * d..(i + 1) * d], &x[i * d..(i + 1) * d]);
+            acc.iter_mut().zip(gr.iter().zip(xr)).for_each(|(a, (g, x))| *a += g * x);
+        });
         Ok((CpuStorage::F32(out), Shape::from(d)))
     }
 }
 
-/// Per-sample (dim 0) vectors [B, d] applied to every token of [B, N, d]: `x·(1+scale) + shift` (adaLN modulate)
-/// or `x + gate·h` (gated residual). Backward sums over tokens per sample.
-struct Modulate;
+/// `x + gate·h` with a per-sample (dim 0) gate [B, d] applied to every token of [B, N, d]. Backward sums over
+/// tokens per sample.
 struct GatedResidual;
 
 fn per_sample_rows(l: &Layout) -> (usize, usize, usize) {
@@ -374,32 +369,6 @@ fn token_sum(b: usize, n: usize, d: usize, f: impl Fn(usize) -> f32 + Sync) -> V
         }
     });
     out
-}
-
-impl CustomOp3 for Modulate {
-    fn name(&self) -> &'static str {
-        "sadm-modulate"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, shift, scale) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
-        let (_, n, d) = per_sample_rows(l1);
-        let mut y = vec![0f32; x.len()];
-        map_rows(d, &mut y, #[inline(always)] |row, yr| {
-            let p = (row / n) * d;
-            let xr = &x[row * d..(row + 1) * d];
-            for k in 0..d {
-                yr[k] = xr[k] * (1.0 + scale[p + k]) + shift[p + k];
-            }
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-    fn bwd(&self, x: &Tensor, _shift: &Tensor, scale: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let dx = g.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?;
-        let dshift = g.apply_op1_no_bwd(&TokenSum)?;
-        let dscale = g.apply_op2_no_bwd(&x.contiguous()?, &TokenDot)?;
-        Ok((Some(dx), Some(dshift), Some(dscale)))
-    }
 }
 
 /// adaLN: `LayerNorm(x)·(1+scale) + shift` in one op, [B, N, d] with per-sample [B, d] shift and scale. The
@@ -562,21 +531,12 @@ pub fn column_scale(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if fused(x) { x.contiguous()?.apply_op2(&w.contiguous()?, ColumnScale) } else { x.broadcast_mul(w) }
 }
 
-/// adaLN `modulate`: `x·(1+scale) + shift`, with [B, d] shift/scale applied to every token of x [B, N, d].
-pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    if fused(x) {
-        x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, Modulate)
-    } else {
-        x.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
-    }
-}
-
-/// adaLN: `modulate(LayerNorm(x), shift, scale)` with [B, d] shift/scale, x [B, N, d].
+/// adaLN: `LayerNorm(x)·(1+scale) + shift` with [B, d] shift/scale, x [B, N, d] (DiT's `modulate(norm(x))`).
 pub fn ada_layer_norm(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
     if fused(x) {
         x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, AdaLayerNorm(eps as f32))
     } else {
-        modulate(&crate::nn::layer_norm_ref(x, eps)?, shift, scale)
+        crate::nn::layer_norm_ref(x, eps)?.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
     }
 }
 
@@ -664,17 +624,6 @@ fn sum8(a: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
-/// Σ a·b, as [`sum8`].
-#[inline(always)]
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        acc.iter_mut().zip(x.iter().zip(y)).for_each(|(s, (x, y))| *s += x * y);
-    }
-    acc.iter().sum::<f32>() + ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum::<f32>()
-}
-
 /// Row-wise softmax of an n×n block, in place.
 fn softmax_rows(p: &mut [f32], n: usize) {
     simd(#[inline(always)] || softmax_rows_here(p, n))
@@ -760,7 +709,7 @@ impl CustomOp2 for AttentionGrad {
                     matmul_into((n, n, d), dp.as_mut_ptr(), n, go, (c, 1), v, (1, 3 * c), 1.0);
                     simd(#[inline(always)] || {
                         for (pr, dr) in p.chunks(n).zip(dp.chunks_mut(n)) {
-                            let dot = dot8(pr, dr);
+                            let dot = centered_dot8(dr, pr, 0.0);
                             dr.iter_mut().zip(pr).for_each(|(d, &p)| *d = p * (*d - dot));
                         }
                     });
@@ -979,10 +928,6 @@ mod tests {
             }
         };
         let (xt, at, bt, ht) = (x.as_tensor(), a.as_tensor(), b.as_tensor(), h.as_tensor());
-        check(
-            modulate(xt, at, bt).unwrap(),
-            xt.broadcast_mul(&(bt.unsqueeze(1).unwrap() + 1.0).unwrap()).unwrap().broadcast_add(&at.unsqueeze(1).unwrap()).unwrap(),
-        );
         check(gated_residual(xt, ht, at).unwrap(), (xt + ht.broadcast_mul(&at.unsqueeze(1).unwrap()).unwrap()).unwrap());
         let normed = crate::nn::layer_norm_ref(xt, 1e-6).unwrap();
         check(

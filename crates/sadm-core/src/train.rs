@@ -422,6 +422,16 @@ mod tests {
         StepParams { lambda, lr: 1e-3, disc_lr: 1e-3, ema_decay: 0.9, update_disc: true }
     }
 
+    /// A tiny-MNIST trainer after `k` SADM steps (λ = 0.1) on a fixed batch of `b` images, and that batch.
+    fn stepped(b: usize, k: usize) -> Result<(Trainer, Vec<f32>, Vec<i32>)> {
+        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
+        let (x, y) = batch(b, 1);
+        for _ in 0..k {
+            tr.step(&x, &y, &params(0.1))?;
+        }
+        Ok((tr, x, y))
+    }
+
     fn weights(vars: &[(String, Var)]) -> Vec<Vec<f32>> {
         vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect()
     }
@@ -430,11 +440,7 @@ mod tests {
     fn every_trainable_variable_gets_a_gradient() -> Result<()> {
         // After one step every weight of both networks must have a non-zero gradient. adaLN-Zero makes most DiT
         // gradients zero at init, so take a few steps first to move the zero-initialised layers.
-        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
-        let (x, y) = batch(8, 1);
-        for _ in 0..3 {
-            tr.step(&x, &y, &params(0.1))?;
-        }
+        let (tr, x, _) = stepped(8, 3)?;
         let x0 = Tensor::from_slice(&x, (8, 1, 28, 28), &Device::Cpu)?;
         let t = vec![10usize, 100, 200, 300, 400, 500, 600, 50];
         let noise = Rng::new(9).randn(&[8, 1, 28, 28], &Device::Cpu)?;
@@ -460,11 +466,7 @@ mod tests {
     #[test]
     fn batched_and_frozen_structure_passes_match_two_plain_passes() -> Result<()> {
         let dev = Device::Cpu;
-        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &dev)?;
-        let (x, y) = batch(8, 1);
-        for _ in 0..2 {
-            tr.step(&x, &y, &params(0.1))?; // move the encoder off its initialisation
-        }
+        let (tr, x, _) = stepped(8, 2)?; // the encoder moved off its initialisation
         let x0 = Tensor::from_slice(&x, (8, 1, 28, 28), &dev)?;
         let x0_hat = Var::from_tensor(&(Rng::new(3).randn(&[8, 1, 28, 28], &dev)? * 0.5)?)?;
         let t = vec![10usize, 100, 200, 300, 400, 500, 600, 50];
@@ -513,11 +515,7 @@ mod tests {
 
     #[test]
     fn a_non_finite_step_is_skipped_and_changes_nothing() -> Result<()> {
-        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
-        let (x, y) = batch(8, 1);
-        for _ in 0..2 {
-            tr.step(&x, &y, &params(0.1))?;
-        }
+        let (mut tr, x, y) = stepped(8, 2)?;
         // A NaN weight in the DiT: the denoising loss is NaN, caught before any update.
         let bias = tr.dit_vars.iter().find(|(n, _)| n == "final_layer.linear.bias").unwrap().1.clone();
         let good = bias.as_tensor().copy()?;
@@ -568,11 +566,7 @@ mod tests {
     #[test]
     fn state_kept_across_steps_holds_no_graph() -> Result<()> {
         // A tensor that records its op keeps the whole previous step alive: memory would grow every step.
-        let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
-        let (x, y) = batch(4, 1);
-        for _ in 0..2 {
-            tr.step(&x, &y, &params(0.1))?;
-        }
+        let (tr, _, _) = stepped(4, 2)?;
         assert!(tr.ema.iter().all(|t| !t.track_op()), "EMA tensors record a graph");
         let mut opt = HashMap::new();
         tr.opt_dit.state_tensors("dit", &mut opt)?;
