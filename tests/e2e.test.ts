@@ -1,5 +1,5 @@
 /**
- * End-to-end tests against the real native addon (native/index.js + the .node binary, built by `npm run build`).
+ * End-to-end tests against the real native addon (the .node binary built by `npm run build`).
  * They fail (never skip) when the addon has not been built: run `npm run build` first.
  */
 import * as fs from "node:fs";
@@ -54,7 +54,7 @@ function pngSize(file: string): [number, number] {
 
 describe("end to end (native addon)", () => {
   it("has the native addon built", () => {
-    expect(nativeBuilt(), "native/index.js is missing: run `npm run build`").toBe(true);
+    expect(nativeBuilt(), "the native binary is missing: run `npm run build`").toBe(true);
   });
 
   it("the addon loads and reports its build", async () => {

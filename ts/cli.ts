@@ -12,7 +12,7 @@ import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, setPath, type SadmConfigInp
 import { train } from "./trainer.js";
 import { sampleGrid } from "./sampler.js";
 import { evaluate, formatMetrics, trainClassifier } from "./evaluate.js";
-import { cudaBinaryCandidates, loadNative, nativeLoaderPath } from "./native.js";
+import { cpuBinary, cudaBinaryCandidates, loadNative } from "./native.js";
 import { version } from "./version.js";
 
 type PlainObject = { [key: string]: unknown };
@@ -267,19 +267,6 @@ async function runTrainClassifier(a: { out: string; epochs?: number; seed?: numb
   return 0;
 }
 
-function nodeBinaries(): string[] {
-  const found: string[] = [];
-  const envPath = process.env.NAPI_RS_NATIVE_LIBRARY_PATH;
-  if (envPath) found.push(`${envPath} (NAPI_RS_NATIVE_LIBRARY_PATH)`);
-  try {
-    const dir = path.dirname(nativeLoaderPath());
-    for (const f of fs.readdirSync(dir)) if (f.endsWith(".node")) found.push(path.join(dir, f));
-  } catch {
-    // no native dir
-  }
-  return found;
-}
-
 /** What `sadm info` says of one native build: where it is and what it sees, or why it cannot load. */
 interface BackendReport {
   binary?: string;
@@ -288,36 +275,40 @@ interface BackendReport {
   error?: string;
 }
 
-function reportCuda(): BackendReport {
-  const binary = cudaBinaryCandidates().find((f) => fs.existsSync(f));
+/** Loads one backend's binary and reports it, or says why it cannot load. */
+function report(device: string, binary: string | undefined): BackendReport & { version?: string } {
   try {
-    const info = loadNative("cuda:0").buildInfo();
-    return { binary, features: info.features, devices: info.devices };
+    const info = loadNative(device).buildInfo();
+    return { binary, version: info.version, features: info.features, devices: info.devices };
   } catch (e) {
     return { binary, error: errorMessage(e) };
   }
 }
 
+/** `sadm info`: the version, each binary (where it is, its features and devices, or why it cannot load). */
 async function runInfo(a: { json?: boolean }): Promise<number> {
-  const info = loadNative().buildInfo();
-  const cpu: BackendReport = { binary: nodeBinaries().join(", ") || undefined, features: info.features, devices: info.devices };
-  const cuda = reportCuda();
-  const devices = [...new Set([...info.devices, ...(cuda.devices ?? [])])];
+  const found = cpuBinary();
+  const { version: nativeVersion, ...cpu } = report("cpu", found ? `${found.file} (${found.source})` : undefined);
+  const { version: _, ...cuda } = report("cuda:0", cudaBinaryCandidates().find((f) => fs.existsSync(f)));
+  const devices = [...new Set([...(cpu.devices ?? []), ...(cuda.devices ?? [])])];
+  // Without its CPU binary sadm can do nothing but this report, so it is a failure.
+  const status = cpu.error ? 1 : 0;
   if (a.json) {
-    process.stdout.write(JSON.stringify({ version: version(), nativeVersion: info.version, cpu, cuda, devices }, null, 2) + "\n");
-    return 0;
+    process.stdout.write(JSON.stringify({ version: version(), nativeVersion, cpu, cuda, devices }, null, 2) + "\n");
+    return status;
   }
-  const cudaLine = cuda.error
-    ? `not available: ${cuda.error.replace(/\n\s*/g, "\n          ")}`
-    : `${cuda.binary ?? "(loaded)"} (features: ${(cuda.features ?? []).join(", ")})`;
+  const line = (r: BackendReport): string =>
+    r.error
+      ? `not available: ${r.error.replace(/\n\s*/g, "\n          ")}`
+      : `${r.binary ?? "(loaded)"} (features: ${(r.features ?? []).join(", ")})`;
   process.stdout.write(
-    `sadm ${version()} (native core ${info.version})\n` +
-      `cpu:      ${cpu.binary ?? "(unknown)"} (features: ${info.features.join(", ")})\n` +
-      `cuda:     ${cudaLine}\n` +
-      `devices:  ${devices.join(", ")}\n` +
+    `sadm ${version()}${nativeVersion ? ` (native core ${nativeVersion})` : ""}\n` +
+      `cpu:      ${line(cpu)}\n` +
+      `cuda:     ${line(cuda)}\n` +
+      `devices:  ${devices.join(", ") || "none"}\n` +
       `node:     ${process.version} ${process.platform}-${process.arch}\n`,
   );
-  return 0;
+  return status;
 }
 
 function runPresets(): number {
