@@ -13,7 +13,6 @@ async function main() {
   const steps = Number(process.argv[2] ?? 3000);
   if (!Number.isInteger(steps) || steps < 1000) throw new Error(`STEPS must be an integer ≥ 1000 (got ${process.argv[2]})`);
   const out = fs.mkdtempSync(path.join(os.tmpdir(), "sadm-soak-"));
-  const mib = () => process.memoryUsage().rss / 2 ** 20;
   const samples = [];
   const t0 = Date.now();
   await train(
@@ -35,7 +34,13 @@ async function main() {
     {
       quiet: true,
       onStep: (s) => {
-        if (s.step % 250 === 0) samples.push({ step: s.step, rssMiB: mib(), heapMiB: process.memoryUsage().heapUsed / 2 ** 20 });
+        if (s.step % 250 !== 0) return;
+        // RSS splits into V8's heap, memory V8 tracks outside it (Buffers: checkpoint and PNG bytes), and the rest:
+        // the native core's allocations (mimalloc), code and stacks.
+        const m = process.memoryUsage();
+        const heapMiB = m.heapUsed / 2 ** 20;
+        const externalMiB = m.external / 2 ** 20;
+        samples.push({ step: s.step, rssMiB: m.rss / 2 ** 20, heapMiB, externalMiB, nativeMiB: (m.rss - m.heapTotal - m.external) / 2 ** 20 });
       },
     },
   );
@@ -44,8 +49,11 @@ async function main() {
   const warm = samples.find((s) => s.step >= steps / 4);
   const end = samples[samples.length - 1];
   const growth = end.rssMiB - warm.rssMiB;
-  console.error("| step | RSS MiB | JS heap MiB |\n|---|---|---|");
-  for (const s of samples) console.error(`| ${s.step} | ${s.rssMiB.toFixed(1)} | ${s.heapMiB.toFixed(1)} |`);
+  console.error("| step | RSS MiB | JS heap MiB | external MiB | rest (native) MiB |\n|---|---|---|---|---|");
+  for (const s of samples)
+    console.error(
+      `| ${s.step} | ${s.rssMiB.toFixed(1)} | ${s.heapMiB.toFixed(1)} | ${s.externalMiB.toFixed(1)} | ${s.nativeMiB.toFixed(1)} |`,
+    );
   console.error(
     `\nRSS ${warm.rssMiB.toFixed(1)} MiB at step ${warm.step} → ${end.rssMiB.toFixed(1)} MiB at step ${end.step} ` +
       `(${growth >= 0 ? "+" : ""}${growth.toFixed(1)} MiB, ${((1e3 * growth) / (end.step - warm.step)).toFixed(2)} KiB/step); ` +

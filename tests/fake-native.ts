@@ -220,7 +220,6 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
     buildInfo,
     featureMetrics,
     trainClassifier,
-    __napiBindingTarget: "native" as const,
   } satisfies NativeModule;
   return { native, log };
 }

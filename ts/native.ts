@@ -48,15 +48,22 @@ export const PREBUILT_PLATFORMS: readonly string[] = ["linux-x64-gnu"];
 /** The platforms sadm publishes a CUDA binary for. */
 export const CUDA_PLATFORMS: readonly string[] = ["linux-x64-gnu"];
 
+type Libc = { kind: "gnu"; version?: string } | { kind: "musl" };
+let libc: Libc | undefined;
+
 /** The C library a Linux process runs on: glibc's version from the process report, else musl if it is loaded. */
-function linuxLibc(): { kind: "gnu"; version?: string } | { kind: "musl" } {
+function linuxLibc(): Libc {
+  if (libc) return libc;
+  // The report would otherwise look up the host's network interfaces.
+  if (process.report) (process.report as { excludeNetwork?: boolean }).excludeNetwork = true;
   const report = process.report?.getReport() as
     | { header?: { glibcVersionRuntime?: string }; sharedObjects?: string[] }
     | undefined;
   const glibc = report?.header?.glibcVersionRuntime;
-  if (glibc) return { kind: "gnu", version: glibc };
-  if (report?.sharedObjects?.some((f) => f.includes("musl"))) return { kind: "musl" };
-  return { kind: "gnu" };
+  if (glibc) libc = { kind: "gnu", version: glibc };
+  else if (report?.sharedObjects?.some((f) => f.includes("musl"))) libc = { kind: "musl" };
+  else libc = { kind: "gnu" };
+  return libc;
 }
 
 /** napi-rs's name for this process's platform: `linux-x64-gnu`, `linux-x64-musl`, `darwin-arm64`, `win32-x64-msvc`. */
@@ -144,11 +151,12 @@ export function explainMissingCpuBinary(platform: string, sadmVersion: string): 
 export function explainLoadFailure(file: string, message: string, what = "native binary"): string {
   const first = message.split("\n")[0] ?? message;
   const glibc = /version [`'"]GLIBC_([\d.]+)[`'"] not found/.exec(first)?.[1];
-  const libc = process.platform === "linux" ? linuxLibc() : undefined;
+  const sys = process.platform === "linux" ? linuxLibc() : undefined;
   const advice = glibc
     ? `it needs glibc ${glibc} or newer, and this system has ` +
-      `${libc?.kind === "gnu" && libc.version ? `glibc ${libc.version}` : "an older one"}: run sadm on a newer ` +
-      "Linux (Debian 12, Ubuntu 22.04, RHEL 9 or later), or build it from source on this one"
+      `${sys?.kind === "gnu" && sys.version ? `glibc ${sys.version}` : "an older one"}: it was built on a newer ` +
+      "system; sadm's prebuilt binaries need only glibc 2.17 (reinstall the platform package), or rebuild it here " +
+      "with `npm run build`"
     : "it is not a sadm binary for this machine: reinstall sadm (or rebuild it with `npm run build`)";
   return `the sadm ${what} ${file} cannot load: ${first}\n  ${advice}`;
 }
