@@ -71,6 +71,8 @@ export { train, holdsRun, type TrainOptions, type TrainResult, type TrainStepInf
 export { sample, sampleGrid, gridLabels, type SampleRequest, type SampleResult } from "./sampler.js";
 export {
   loadNative,
+  cpuBinary,
+  cudaBinaryCandidates,
   setNativeModule,
   type NativeModule,
   type StepOptions,
