@@ -6,7 +6,7 @@ use crate::discriminator::{self, Encoder};
 use crate::dit::{self, DiT};
 use crate::error::{Error, Result};
 use crate::nn::sorted_vars;
-use crate::optim::AdamW;
+use crate::optim::{AdamW, Snapshot};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -296,7 +296,7 @@ impl Trainer {
 
         if !stats.mse.is_finite() || !stats.vb.is_finite() {
             let what = format!("denoising loss (mse {}, vb {})", stats.mse, stats.vb);
-            return Ok(self.skip(stats, what));
+            return self.skip(stats, what, None);
         }
 
         // 2. Discriminator: maximise D with x̂0 detached. Its state is kept until the denoiser's update has proved
@@ -310,10 +310,7 @@ impl Trainer {
                 let norm = self.opt_disc.grad_norm(&grads)?;
                 let d_val = scalar(&d)?;
                 if !d_val.is_finite() || !norm.is_finite() {
-                    if let Some(s) = disc_before.take() {
-                        self.opt_disc.restore(s)?;
-                    }
-                    return Ok(self.skip(stats, format!("discriminator loss {d_val} / gradient norm {norm}")));
+                    return self.skip(stats, format!("discriminator loss {d_val} / gradient norm {norm}"), disc_before);
                 }
                 if k == 0 {
                     disc_before = Some(self.opt_disc.snapshot()?);
@@ -336,11 +333,8 @@ impl Trainer {
         let grads = total.backward()?;
         let norm = self.opt_dit.grad_norm(&grads)?;
         if !stats.loss.is_finite() || !norm.is_finite() {
-            if let Some(s) = disc_before {
-                self.opt_disc.restore(s)?;
-            }
             let what = format!("denoiser loss {} / gradient norm {norm}", stats.loss);
-            return Ok(self.skip(stats, what));
+            return self.skip(stats, what, disc_before);
         }
         self.opt_dit.step(&grads, p.lr, self.opt_dit.clip_factor(norm))?;
         stats.grad_norm_dit = norm;
@@ -358,12 +352,16 @@ impl Trainer {
         Ok(stats)
     }
 
-    /// Counts a step that changed nothing, and says why.
-    fn skip(&mut self, mut stats: StepStats, what: String) -> StepStats {
+    /// Counts a step that changes nothing, and says why: the discriminator's update made earlier in the step, if
+    /// any, is undone from `disc_before`.
+    fn skip(&mut self, mut stats: StepStats, what: String, disc_before: Option<Snapshot>) -> Result<StepStats> {
+        if let Some(s) = disc_before {
+            self.opt_disc.restore(s)?;
+        }
         self.step += 1;
         stats.step = self.step;
         stats.skipped = Some(format!("{what} is not finite"));
-        stats
+        Ok(stats)
     }
 
     /// Samples from the EMA weights (or the raw weights with `use_ema = false`).
