@@ -31,8 +31,22 @@ export interface CheckpointMetrics {
   history?: Array<Record<string, number>>;
 }
 
+/** What a run's data was: stored with every checkpoint so that resume and fine-tuning can check it. */
+export interface DatasetInfo {
+  /** What the data is, e.g. `mnist`, `folder /abs/path/to/images`, `emoji`. */
+  source: string;
+  /** Class names by label index (`classNames[k]` is label k) when the data has named classes. */
+  classNames?: string[];
+  /** Digest of the file list, sizes, mtimes and preprocessing (a changed folder gets another). */
+  fingerprint: string;
+  /** Images in the dataset. */
+  images: number;
+}
+
 /** What the TS side stores in state.json's `extra`. */
 export interface CheckpointExtra {
+  /** The run's data. */
+  dataset?: DatasetInfo;
   /** The resolved user config of the run. */
   config?: SadmConfig;
   /** The data-order position to continue from. */
