@@ -1,20 +1,33 @@
 /**
- * Sampling from a checkpoint (EMA weights by default) with DDPM or DDIM and classifier-free guidance.
+ * Sampling from a checkpoint (EMA weights by default) with DDPM or DDIM and classifier-free guidance. The native
+ * sampler is called in chunks of at most {@link SAMPLE_CHUNK} images, so memory stays bounded however many samples
+ * are asked for: a grid is filled chunk by chunk and refused up front when it is larger than a PNG sadm writes, and
+ * any number of samples can go to a directory, one PNG each, as the chunks come back ({@link sampleToDir}).
+ * Classes can be given by name when the checkpoint's data had named classes (state.json `extra.dataset.classNames`).
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
-import { ConfigError, NativeError } from "./errors.js";
+import { CheckpointError, ConfigError, NativeError, fsError, isFsError } from "./errors.js";
 import { loadNative } from "./native.js";
 import type { SampleOptions } from "./native.js";
-import { resolveCheckpoint } from "./checkpoint.js";
-import { saveGrid } from "./image.js";
+import { readState, resolveCheckpoint, type CheckpointState } from "./checkpoint.js";
+import { GridCanvas, assertGridFits, encodeImage, gridGeometry, writeFileAtomic } from "./image.js";
 import { normalizeDevice } from "./config.js";
 
-/** Options of {@link sample}. */
+/** Images per native sampling call: what bounds a sampling's memory (activations, the CFG-doubled batch). */
+export const SAMPLE_CHUNK = 256;
+/** The most values {@link sample} returns in memory (2^28 floats = 1 GiB); more go to files with {@link sampleToDir}. */
+export const MAX_IN_MEMORY_VALUES = 2 ** 28;
+
+/** Options of {@link sample}, {@link sampleGrid} and {@link sampleToDir}. */
 export interface SampleRequest {
   /** A checkpoint directory, or a run directory (its latest checkpoint). */
   checkpoint: string;
-  /** Class labels, one grid column each (default: all classes; ignored for unconditional models). */
-  classes?: number[];
+  /**
+   * Classes, one grid column each (default: all classes; ignored for unconditional models): label numbers, or
+   * class names of the checkpoint's data (a string that is no name but a whole number is a label), mixed freely.
+   */
+  classes?: ReadonlyArray<number | string>;
   /** Samples per class (grid rows). Default 8. */
   perClass?: number;
   /** Total samples for an unconditional model (default 64). */
@@ -27,7 +40,10 @@ export interface SampleRequest {
   sampler?: "ddim" | "ddpm";
   /** DDIM η (default 0). */
   eta?: number;
-  /** Noise seed (default 0). */
+  /**
+   * Noise seed (default 0). The chunk of images from index i on is sampled with seed `seed + i`, so results depend
+   * on the seed and the chunk size only.
+   */
   seed?: number;
   /** Device, "cpu" (default) or "cuda:N". */
   device?: string;
@@ -35,6 +51,10 @@ export interface SampleRequest {
   useEma?: boolean;
   /** Clip x̂0 to [-1, 1] at each step (default true). */
   clipDenoised?: boolean;
+  /** Images per native call (default {@link SAMPLE_CHUNK}); larger is faster on a GPU and needs more memory. */
+  chunkSize?: number;
+  /** Called once the model is loaded with (0, total), then after each chunk with the images done so far. */
+  onProgress?: (done: number, total: number) => void;
 }
 
 /** Samples with their layout: NCHW floats, one label per image, `cols` = grid columns. */
@@ -43,13 +63,40 @@ export interface SampleResult {
   labels: Int32Array;
   shape: [number, number, number, number];
   cols: number;
+  /** The text under each column: the class's name, or its label number; undefined for an unconditional model. */
+  columnLabels: string[] | undefined;
 }
 
-/** Model facts read from a checkpoint's core config JSON. */
+/** What {@link sampleGrid} wrote: the layout of the samples (not the samples: they went into the PNG chunk by chunk). */
+export type SampleGridResult = Omit<SampleResult, "images"> & {
+  /** The PNG written, and its size in pixels. */
+  path: string;
+  width: number;
+  height: number;
+};
+
+/** What {@link sampleToDir} wrote. */
+export interface SampleDirResult {
+  /** The directory, and the number of PNGs written into it (named by {@link sampleFileName}). */
+  dir: string;
+  count: number;
+  labels: Int32Array;
+  shape: [number, number, number, number];
+}
+
+/** Model facts read from a core config (the addon's configJson(), or state.json's `config`). */
 interface ModelFacts {
   inputSize: number;
   inChannels: number;
   numClasses: number;
+}
+
+function factsOf(config: unknown): ModelFacts | undefined {
+  const model = typeof config === "object" && config !== null ? (config as { model?: unknown }).model : undefined;
+  const m = typeof model === "object" && model !== null ? (model as Record<string, unknown>) : {};
+  const { inputSize, inChannels, numClasses } = m;
+  if (typeof inputSize !== "number" || typeof inChannels !== "number" || typeof numClasses !== "number") return undefined;
+  return { inputSize, inChannels, numClasses };
 }
 
 function modelFacts(configJson: string): ModelFacts {
@@ -59,12 +106,70 @@ function modelFacts(configJson: string): ModelFacts {
   } catch (e) {
     throw new NativeError(`native configJson() returned invalid JSON`, { cause: e });
   }
-  const model = typeof v === "object" && v !== null ? (v as { model?: unknown }).model : undefined;
-  const m = typeof model === "object" && model !== null ? (model as Record<string, unknown>) : {};
-  const { inputSize, inChannels, numClasses } = m;
-  if (typeof inputSize !== "number" || typeof inChannels !== "number" || typeof numClasses !== "number")
-    throw new NativeError(`native configJson() has no model.inputSize/inChannels/numClasses`);
-  return { inputSize, inChannels, numClasses };
+  const facts = factsOf(v);
+  if (!facts) throw new NativeError(`native configJson() has no model.inputSize/inChannels/numClasses`);
+  return facts;
+}
+
+/**
+ * The class names a checkpoint's data had (`extra.dataset.classNames`; `names[k]` is label k), or undefined for
+ * data without names and for checkpoints older than named classes.
+ * @throws CheckpointError when the field is there but not a list of strings.
+ */
+export function classNamesOf(state: CheckpointState, dir = "checkpoint"): string[] | undefined {
+  const names: unknown = state.extra.dataset?.classNames;
+  if (names === undefined) return undefined;
+  if (!Array.isArray(names) || !names.every((s): s is string => typeof s === "string"))
+    throw new CheckpointError(`${dir}: state.json extra.dataset.classNames is not a list of strings`);
+  return names;
+}
+
+/** "a, b, c" of up to `max` names, then how many more. */
+function listNames(names: ReadonlyArray<string>, max = 20): string {
+  const shown = names.slice(0, max).map((s) => JSON.stringify(s)).join(", ");
+  return names.length > max ? `${shown} … (${names.length - max} more)` : shown;
+}
+
+/**
+ * Maps classes given by label or name to labels. A number is a label; a string is the class of that name, else
+ * (when it is a whole number) a label.
+ * @param classNames names by label (`classNames[k]` is label k), or undefined when the classes have none.
+ * @throws ConfigError (field `classes[i]`) for a label out of range or a name that is no class, listing the names.
+ */
+export function resolveClasses(
+  classes: ReadonlyArray<number | string>,
+  numClasses: number,
+  classNames?: ReadonlyArray<string>,
+): number[] {
+  const byName = new Map<string, number>();
+  classNames?.forEach((name, k) => {
+    if (k < numClasses && !byName.has(name)) byName.set(name, k);
+  });
+  return classes.map((c, i) => {
+    let k: number;
+    if (typeof c === "number") k = c;
+    else {
+      const s = c.trim();
+      const named = byName.get(s);
+      if (named !== undefined) return named;
+      if (!/^\d+$/.test(s))
+        throw new ConfigError(
+          `classes[${i}]`,
+          byName.size > 0
+            ? `"${s}" is not a class of this checkpoint (its classes: ${listNames([...byName.keys()])})`
+            : `"${s}" is not a class label: this checkpoint's classes have no names, use labels 0 to ${numClasses - 1}`,
+        );
+      k = Number(s);
+    }
+    if (!Number.isInteger(k) || k < 0 || k >= numClasses)
+      throw new ConfigError(`classes[${i}]`, `must be a class between 0 and ${numClasses - 1} (got ${k})`);
+    return k;
+  });
+}
+
+/** The text under a column of class `label`: its name, or the label number when it has none. */
+export function classLabel(label: number, classNames?: ReadonlyArray<string>): string {
+  return classNames?.[label] ?? String(label);
 }
 
 /**
@@ -83,79 +188,263 @@ export interface Sampleable {
   configJson(): string;
 }
 
-/** Plans the labels and layout for a model; checks the classes against it. */
+/** The labels and layout of a sampling ({@link planSamples}). */
+export interface SamplePlan {
+  /** One label per image, grid order. */
+  labels: Int32Array;
+  /** Grid columns. */
+  cols: number;
+  conditional: boolean;
+  /** The class of each column (conditional models). */
+  classes: number[];
+  /** The text under each column ({@link classLabel}); undefined for an unconditional model. */
+  columnLabels: string[] | undefined;
+}
+
+/**
+ * Plans the labels and layout for a model; checks the classes against it.
+ * @param facts the model's class count, and its class names when its data had them.
+ * @param classes labels or names ({@link resolveClasses}); default: every class.
+ */
 export function planSamples(
-  facts: { numClasses: number },
-  classes: ReadonlyArray<number> | undefined,
+  facts: { numClasses: number; classNames?: ReadonlyArray<string> },
+  classes: ReadonlyArray<number | string> | undefined,
   perClass: number,
   n: number,
-): { labels: Int32Array; cols: number; conditional: boolean } {
+): SamplePlan {
   if (!Number.isInteger(perClass) || perClass < 1) throw new ConfigError("perClass", `must be an integer ≥ 1 (got ${perClass})`);
   if (facts.numClasses === 0) {
     if (!Number.isInteger(n) || n < 1) throw new ConfigError("n", `must be an integer ≥ 1 (got ${n})`);
-    return { labels: new Int32Array(n), cols: Math.min(n, 8), conditional: false };
+    return { labels: new Int32Array(n), cols: Math.min(n, 8), conditional: false, classes: [], columnLabels: undefined };
   }
-  const cls = classes && classes.length > 0 ? [...classes] : Array.from({ length: facts.numClasses }, (_, i) => i);
-  cls.forEach((k, i) => {
-    if (!Number.isInteger(k) || k < 0 || k >= facts.numClasses)
-      throw new ConfigError(`classes[${i}]`, `must be a class between 0 and ${facts.numClasses - 1} (got ${k})`);
-  });
-  return { labels: gridLabels(cls, perClass), cols: cls.length, conditional: true };
+  const cls =
+    classes && classes.length > 0
+      ? resolveClasses(classes, facts.numClasses, facts.classNames)
+      : Array.from({ length: facts.numClasses }, (_, i) => i);
+  return {
+    labels: gridLabels(cls, perClass),
+    cols: cls.length,
+    conditional: true,
+    classes: cls,
+    columnLabels: cls.map((k) => classLabel(k, facts.classNames)),
+  };
 }
 
-/** Runs a sampler on anything sampleable; checks the output size. */
+function checkChunkSize(chunkSize: number): void {
+  if (!Number.isInteger(chunkSize) || chunkSize < 1)
+    throw new ConfigError("chunkSize", `must be an integer ≥ 1 (got ${chunkSize})`);
+}
+
+/**
+ * Runs a sampler on anything sampleable in chunks of at most `chunkSize` images, yielding each chunk's first index
+ * and images (NCHW) as it comes back. The chunk from index i on uses seed `opts.seed + i`.
+ * @throws NativeError when the sampler fails or returns the wrong number of values.
+ */
+export async function* sampleInChunks(
+  model: Sampleable,
+  labels: Int32Array,
+  opts: SampleOptions,
+  chunkSize = SAMPLE_CHUNK,
+): AsyncGenerator<{ first: number; images: Float32Array }> {
+  checkChunkSize(chunkSize);
+  const facts = modelFacts(model.configJson());
+  const per = facts.inChannels * facts.inputSize * facts.inputSize;
+  for (let first = 0; first < labels.length; first += chunkSize) {
+    const part = labels.slice(first, Math.min(labels.length, first + chunkSize));
+    let images: Float32Array;
+    try {
+      images = await model.sample(part, { ...opts, seed: opts.seed + first });
+    } catch (e) {
+      throw NativeError.wrap(e, "sampling failed");
+    }
+    if (images.length !== part.length * per)
+      throw new NativeError(
+        `sampling returned ${images.length} values, expected ${part.length}×${facts.inChannels}×${facts.inputSize}×` +
+          `${facts.inputSize} = ${part.length * per}`,
+      );
+    yield { first, images };
+  }
+}
+
+/** Runs a sampler on anything sampleable (in chunks, see {@link sampleInChunks}); returns all the images. */
 export async function sampleFrom(
   model: Sampleable,
   labels: Int32Array,
   opts: SampleOptions,
+  chunkSize = SAMPLE_CHUNK,
 ): Promise<{ images: Float32Array; shape: [number, number, number, number] }> {
   const facts = modelFacts(model.configJson());
-  let images: Float32Array;
-  try {
-    images = await model.sample(labels, opts);
-  } catch (e) {
-    throw NativeError.wrap(e, "sampling failed");
-  }
   const shape: [number, number, number, number] = [labels.length, facts.inChannels, facts.inputSize, facts.inputSize];
-  const expected = shape[0] * shape[1] * shape[2] * shape[3];
-  if (images.length !== expected)
-    throw new NativeError(`sampling returned ${images.length} values, expected ${shape.join("×")} = ${expected}`);
+  const per = shape[1] * shape[2] * shape[3];
+  const images = new Float32Array(labels.length * per);
+  for await (const chunk of sampleInChunks(model, labels, opts, chunkSize)) images.set(chunk.images, chunk.first * per);
   return { images, shape };
 }
 
-/** Samples images from a checkpoint with the NativeModel (EMA weights unless `useEma: false`). */
-export async function sample(req: SampleRequest): Promise<SampleResult> {
-  const dir = resolveCheckpoint(req.checkpoint);
-  const device = normalizeDevice(req.device ?? "cpu");
-  const native = loadNative(device);
-  let model: Sampleable;
-  try {
-    model = native.NativeModel.load(dir, device, req.useEma ?? true);
-  } catch (e) {
-    throw NativeError.wrap(e, `cannot load ${dir}`);
-  }
-  const facts = modelFacts(model.configJson());
-  const plan = planSamples(facts, req.classes, req.perClass ?? 8, req.n ?? 64);
-  const steps = req.steps ?? 50;
-  if (!Number.isInteger(steps) || steps < 1) throw new ConfigError("steps", `must be an integer ≥ 1 (got ${steps})`);
-  const { images, shape } = await sampleFrom(model, plan.labels, {
-    sampler: req.sampler ?? "ddim",
-    steps,
-    cfgScale: plan.conditional ? (req.cfgScale ?? 3) : 1,
-    eta: req.eta ?? 0,
-    seed: req.seed ?? 0,
-    clipDenoised: req.clipDenoised ?? true,
-  });
-  return { images, labels: plan.labels, shape, cols: plan.cols };
+/** A request checked against its checkpoint, before the model is loaded. */
+interface Prepared {
+  dir: string;
+  plan: SamplePlan;
+  shape: [number, number, number, number];
+  opts: SampleOptions;
+  chunkSize: number;
+  device: string;
 }
 
-/** Samples (see {@link sample}) and writes a PNG grid, one column per class. @returns the result and the path. */
-export async function sampleGrid(req: SampleRequest, out: string): Promise<SampleResult & { path: string }> {
-  const r = await sample(req);
-  const [n, c, h, w] = r.shape;
+/** Checks a request against the checkpoint's state.json (no weights are loaded, nothing is sampled). */
+function prepare(req: SampleRequest): Prepared {
+  const dir = resolveCheckpoint(req.checkpoint);
+  const state = readState(dir);
+  const facts = factsOf(state.config);
+  if (!facts) throw new CheckpointError(`checkpoint ${dir}: state.json config has no model.inputSize/inChannels/numClasses`);
+  const device = normalizeDevice(req.device ?? "cpu");
+  const plan = planSamples({ ...facts, classNames: classNamesOf(state, dir) }, req.classes, req.perClass ?? 8, req.n ?? 64);
+  const steps = req.steps ?? 50;
+  if (!Number.isInteger(steps) || steps < 1) throw new ConfigError("steps", `must be an integer ≥ 1 (got ${steps})`);
+  const seed = req.seed ?? 0;
+  if (!Number.isInteger(seed) || seed < 0 || seed + plan.labels.length > Number.MAX_SAFE_INTEGER)
+    throw new ConfigError("seed", `must be an integer from 0 to ${Number.MAX_SAFE_INTEGER - plan.labels.length} (got ${seed})`);
+  const chunkSize = req.chunkSize ?? SAMPLE_CHUNK;
+  checkChunkSize(chunkSize);
+  return {
+    dir,
+    plan,
+    shape: [plan.labels.length, facts.inChannels, facts.inputSize, facts.inputSize],
+    opts: {
+      sampler: req.sampler ?? "ddim",
+      steps,
+      cfgScale: plan.conditional ? (req.cfgScale ?? 3) : 1,
+      eta: req.eta ?? 0,
+      seed,
+      clipDenoised: req.clipDenoised ?? true,
+    },
+    chunkSize,
+    device,
+  };
+}
+
+/** Loads the model of a prepared request and samples it chunk by chunk, reporting progress. */
+async function* run(p: Prepared, req: SampleRequest): AsyncGenerator<{ first: number; images: Float32Array }> {
+  const native = loadNative(p.device);
+  let model: Sampleable;
+  try {
+    model = native.NativeModel.load(p.dir, p.device, req.useEma ?? true);
+  } catch (e) {
+    throw NativeError.wrap(e, `cannot load ${p.dir}`);
+  }
+  const [total, c, h, w] = p.shape;
+  req.onProgress?.(0, total);
+  for await (const chunk of sampleInChunks(model, p.plan.labels, p.opts, p.chunkSize)) {
+    yield chunk;
+    // After the consumer's work on the chunk (its files are written when this says they are done).
+    req.onProgress?.(chunk.first + chunk.images.length / (c * h * w), total);
+  }
+}
+
+/**
+ * Samples images from a checkpoint with the NativeModel (EMA weights unless `useEma: false`), into memory.
+ * @throws ConfigError when the samples would take more than {@link MAX_IN_MEMORY_VALUES} values (use
+ * {@link sampleToDir}); CheckpointError, NativeError.
+ */
+export async function sample(req: SampleRequest): Promise<SampleResult> {
+  const p = prepare(req);
+  const [n, c, h, w] = p.shape;
+  if (n * c * h * w > MAX_IN_MEMORY_VALUES)
+    throw new ConfigError(
+      "n",
+      `${n} samples of ${c}×${h}×${w} are ${((n * c * h * w * 4) / 2 ** 30).toFixed(1)} GiB, over the ` +
+        `${(MAX_IN_MEMORY_VALUES * 4) / 2 ** 30} GiB that sample() returns in memory: write them to files with ` +
+        `sampleToDir (sadm sample --out-dir DIR)`,
+    );
+  const images = new Float32Array(n * c * h * w);
+  for await (const chunk of run(p, req)) images.set(chunk.images, chunk.first * c * h * w);
+  return { images, labels: p.plan.labels, shape: p.shape, cols: p.plan.cols, columnLabels: p.plan.columnLabels };
+}
+
+function assertPngChannels(c: number, field: string): void {
   if (c !== 1 && c !== 3)
-    throw new ConfigError("out", `cannot write ${c}-channel samples as PNG (latent models need a decoder)`);
+    throw new ConfigError(field, `cannot write ${c}-channel samples as PNG (latent models need a decoder)`);
+}
+
+/** Creates a directory before the sampling, so that an unusable path fails in a moment, not after it. */
+function makeDir(dir: string, doing: string): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    throw isFsError(e) ? fsError(e, doing) : e;
+  }
+}
+
+/**
+ * Samples (see {@link sample}) and writes a PNG grid, one column per class, with the class names (or labels)
+ * under the columns. The grid is filled chunk by chunk (memory: the PNG and one chunk).
+ * @throws ConfigError when the grid would be over the PNG limit ({@link assertGridFits}), before anything is
+ * sampled or loaded; CheckpointError, NativeError, SadmError (an unwritable path).
+ */
+export async function sampleGrid(req: SampleRequest, out: string): Promise<SampleGridResult> {
+  const p = prepare(req);
+  const [n, c, h, w] = p.shape;
+  assertPngChannels(c, "out");
+  const labelled = p.plan.columnLabels !== undefined;
+  assertGridFits(gridGeometry(n, h, w, p.plan.cols, labelled), "grid");
   const file = path.resolve(out);
-  saveGrid(file, r.images, n, c, h, w, r.cols);
-  return { ...r, path: file };
+  makeDir(path.dirname(file), `cannot write ${file}`);
+  const canvas = new GridCanvas(n, c, h, w, p.plan.cols, { labelled });
+  for await (const chunk of run(p, req)) canvas.put(chunk.first, chunk.images);
+  if (p.plan.columnLabels) await canvas.drawColumnLabels(p.plan.columnLabels);
+  writeFileAtomic(file, canvas.encode());
+  const { labels, cols, columnLabels } = p.plan;
+  return { labels, shape: p.shape, cols, columnLabels, path: file, width: canvas.geometry.width, height: canvas.geometry.height };
+}
+
+/** A class name made safe for a file name: letters, digits, `.`, `_` and `-`, other runs as one `-`, ≤ 64 chars. */
+function fileTag(text: string): string {
+  return text
+    .normalize("NFC")
+    .replace(/[^\p{L}\p{N}._-]+/gu, "-")
+    .replace(/^[-.]+|-+$/g, "")
+    .slice(0, 64);
+}
+
+/**
+ * The file name of sample `index` of `total` in {@link sampleToDir}: the index zero-padded to 8 digits (or more
+ * for more samples), so names sort in sampling order, then the class's name or label: `00000123-cat.png`
+ * (unconditional: `00000123.png`).
+ */
+export function sampleFileName(index: number, total: number, classText?: string): string {
+  const digits = Math.max(8, String(Math.max(0, total - 1)).length);
+  const tag = classText === undefined ? "" : fileTag(classText);
+  return `${String(index).padStart(digits, "0")}${tag ? `-${tag}` : ""}.png`;
+}
+
+const SAMPLE_FILE = /^\d{8,}(-.*)?\.png$/;
+
+/**
+ * Samples (see {@link sample}) into `dir`, each image its own PNG named by {@link sampleFileName}, written
+ * atomically as each chunk comes back: memory stays at one chunk whatever the number of samples.
+ * @throws ConfigError when `dir` already holds samples (nothing of the user's is overwritten); CheckpointError,
+ * NativeError, SadmError (an unwritable directory).
+ */
+export async function sampleToDir(req: SampleRequest, dir: string): Promise<SampleDirResult> {
+  const p = prepare(req);
+  const [n, c, h, w] = p.shape;
+  assertPngChannels(c, "outDir");
+  const abs = path.resolve(dir);
+  makeDir(abs, `cannot create the sample directory ${abs}`);
+  const existing = fs.readdirSync(abs).find((f) => SAMPLE_FILE.test(f));
+  if (existing !== undefined)
+    throw new ConfigError("outDir", `${abs} already holds samples (${existing}): choose another directory or remove them`);
+  const { labels, columnLabels, cols } = p.plan;
+  // Image k is in column k mod cols, whose class it has.
+  const text = (k: number): string | undefined => columnLabels?.[k % cols];
+  let count = 0;
+  for await (const chunk of run(p, req)) {
+    const m = chunk.images.length / (c * h * w);
+    for (let j = 0; j < m; j++) {
+      const k = chunk.first + j;
+      writeFileAtomic(path.join(abs, sampleFileName(k, n, text(k))), encodeImage(chunk.images, j, c, h, w));
+      count++;
+    }
+  }
+  return { dir: abs, count, labels, shape: p.shape };
 }
