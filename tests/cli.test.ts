@@ -72,7 +72,8 @@ describe("CLI (no native addon needed)", () => {
 describe("CLI argument mapping", () => {
   it("parses class lists and --set", () => {
     expect(parseClassList("0, 1,7", "--classes")).toEqual([0, 1, 7]);
-    expect(() => parseClassList("a,b", "--classes")).toThrow(ConfigError);
+    expect(parseClassList("cat, 3,Food & Drink", "--classes")).toEqual(["cat", 3, "Food & Drink"]);
+    expect(() => parseClassList(" , ", "--classes")).toThrow(ConfigError);
     expect(parseSet("model.depth=2")).toEqual(["model.depth", 2]);
     expect(parseSet("discriminator.kernel=gaussian")).toEqual(["discriminator.kernel", "gaussian"]);
     expect(parseSet("data.classes=[1,2]")).toEqual(["data.classes", [1, 2]]);

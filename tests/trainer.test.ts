@@ -247,8 +247,9 @@ describe("train (with a fake native core)", () => {
     const lines: string[] = [];
     await train(tiny(path.join(tmpDir(), "run"), { printEvery: 5 }), { tty: false, log: (l) => lines.push(l) });
     expect(lines[0]).toMatch(/^sadm: training mnist-tiny/);
+    expect(lines[1]).toBe("sadm: data: 64 MNIST digits (28×28 grey)");
     expect(lines.filter((l) => l.startsWith("step "))).toHaveLength(2);
-    expect(lines[1]).toMatch(/^step 5\/10 .*it\/s .*loss .*mse .*D /);
+    expect(lines[2]).toMatch(/^step 5\/10 .*it\/s .*loss .*mse .*D /);
   });
 
   it("samples only the filtered classes", async () => {

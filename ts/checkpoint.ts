@@ -6,8 +6,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CheckpointError, errorMessage } from "./errors.js";
+import { processAlive } from "./process.js";
 import type { CoreConfig, SadmConfig } from "./config.js";
-import type { DataPosition } from "./data.js";
+import type { DataPosition } from "./data/loader.js";
 
 /** Name of the folder holding a run's checkpoints. */
 export const CHECKPOINTS_DIR = "checkpoints";
@@ -194,16 +195,6 @@ export function pruneCheckpoints(outDir: string, keep: number): string[] {
  * deletion (`.step-N.del-PID-T`, {@link pruneCheckpoints}).
  */
 const SAVE_TEMP = /^\.(step-\d+)\.(tmp|old|del)-(\d+)-\d+$/;
-
-function processAlive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /**
  * Cleans up after saves and deletions that a killed process left half-done: a `.tmp` directory is an incomplete

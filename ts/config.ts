@@ -6,7 +6,11 @@
  * discriminator patch = the DiT patch, …) and cross-field checks.
  */
 import { z } from "zod";
+import * as path from "node:path";
 import { ConfigError } from "./errors.js";
+import { IMAGE_DEFAULTS, dataFacts, isImageFiles, type DataConfig, type DataFacts } from "./data/spec.js";
+
+export type { DataConfig, DataFacts } from "./data/spec.js";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Types
@@ -94,18 +98,6 @@ export interface OptimConfig {
   weightDecay: number;
   /** Global gradient-norm clip; 0 = off. */
   gradClip: number;
-}
-
-/** Which data to train on. */
-export interface DataConfig {
-  /** Built-in dataset name. */
-  name: "mnist";
-  /** Keep only these class labels (labels keep their original values). */
-  classes?: number[];
-  /** Use at most this many images (after the class filter). */
-  limit?: number;
-  /** `all` (default), or the `train` (90 %) / `test` (10 %) part of every class. */
-  split?: "all" | "train" | "test";
 }
 
 /** A feature extractor for the metrics: a named architecture and its weights (safetensors). */
@@ -298,6 +290,42 @@ export const RUN_PRESETS: Readonly<Record<string, RunPreset>> = {
       eval: { every: 500, samples: 500, steps: 25 },
     },
   },
+  // RGB image folders and the emoji set. Their metrics need an extractor for RGB images (Inception-v3, weights the
+  // user brings), so they do not evaluate themselves by default.
+  "rgb-32": {
+    description: "Small DiT on 32×32 RGB images (your folder, or --data emoji): under an hour on 2 CPU cores",
+    config: {
+      model: { patchSize: 2, hiddenSize: 192, depth: 6, numHeads: 6, mlpRatio: 4, learnSigma: false },
+      diffusion: { prediction: "v" },
+      discriminator: { patchSize: 4, width: 64, depth: 2, numHeads: 4, projDim: 64 },
+      ditOptim: { gradClip: 1 },
+      batchSize: 64,
+      steps: 3000,
+      lr: 1e-3,
+      lrWarmupSteps: 200,
+      lambda: 0.01,
+      sampleEvery: 500,
+      checkpointEvery: 500,
+      eval: { every: 0 },
+    },
+  },
+  "rgb-64": {
+    description: "Small DiT on 64×64 RGB images (your folder, or --data emoji --resolution 64): a few hours on 2 CPU cores",
+    config: {
+      model: { patchSize: 4, hiddenSize: 256, depth: 8, numHeads: 8, mlpRatio: 4, learnSigma: false },
+      diffusion: { prediction: "v" },
+      discriminator: { patchSize: 8, width: 64, depth: 2, numHeads: 4, projDim: 64 },
+      ditOptim: { gradClip: 1 },
+      batchSize: 64,
+      steps: 6000,
+      lr: 5e-4,
+      lrWarmupSteps: 300,
+      lambda: 0.01,
+      sampleEvery: 1000,
+      checkpointEvery: 1000,
+      eval: { every: 0 },
+    },
+  },
 };
 
 const DIT_SIZES: Readonly<Record<string, { depth: number; hiddenSize: number; numHeads: number }>> = {
@@ -314,8 +342,14 @@ export const MODEL_PRESETS: Readonly<Record<string, ModelPreset>> = Object.fromE
   ),
 );
 
-/** The default preset. */
+/** The default preset (of the built-in digits). */
 export const DEFAULT_PRESET = "mnist-tiny";
+
+/** The preset a run gets when it names none: `mnist-tiny` for the digits, `rgb-32`/`rgb-64` for images by resolution. */
+export function defaultPreset(data: { name?: DataConfig["name"]; resolution?: number } | undefined): string {
+  if (!data?.name || data.name === "mnist") return DEFAULT_PRESET;
+  return (data.resolution ?? IMAGE_DEFAULTS.resolution) > 32 ? "rgb-64" : "rgb-32";
+}
 
 /** Defaults under every preset (a DiT model preset gets these training settings). */
 export const BASE_DEFAULTS: SadmConfigInput = {
@@ -368,11 +402,6 @@ export const BASE_DEFAULTS: SadmConfigInput = {
  * modulation that scales and shifts every norm, and the timestep and class embeddings.
  */
 export const EFFICIENT_PATTERNS: readonly string[] = ["*.bias", "*adaLN_modulation*", "t_embedder.*", "y_embedder.*"];
-
-/** Shape facts of the built-in datasets (used to default and check the model input). */
-export const DATASET_SHAPES: Readonly<Record<DataConfig["name"], { size: number; channels: number; numClasses: number }>> = {
-  mnist: { size: 28, channels: 1, numClasses: 10 },
-};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Schema
@@ -458,10 +487,23 @@ const optimSchema = z.strictObject({
 });
 
 const dataSchema = z.strictObject({
-  name: oneOf(["mnist"] as const).optional(),
+  name: oneOf(["mnist", "folder", "emoji"] as const).optional(),
+  path: z.string({ error: "must be the path of an image folder" }).min(1, { error: "must not be empty" }).optional(),
+  resolution: num(2, 4096, true).optional(),
+  channels: z.union([z.literal(1), z.literal(3)], { error: "must be 1 (grey) or 3 (RGB)" }).optional(),
+  resize: oneOf(["crop", "pad", "stretch"] as const).optional(),
+  flip: bool().optional(),
+  background: z
+    .string({ error: "must be a colour: #rrggbb, #rgb, white or black" })
+    .regex(/^(#[0-9a-fA-F]{3}|#[0-9a-fA-F]{6}|white|black)$/, { error: "must be a colour: #rrggbb, #rgb, white or black" })
+    .optional(),
+  labels: oneOf(["auto", "folders", "metadata", "none"] as const).optional(),
+  onBadImage: oneOf(["skip", "error"] as const).optional(),
   split: oneOf(["all", "train", "test"] as const).optional(),
   classes: z
-    .array(num(0, 1_000_000, true), { error: "must be an array of class labels" })
+    .array(z.union([num(0, 1_000_000, true), z.string().min(1)]), {
+      error: "must be an array of class labels or class names",
+    })
     .min(1, { error: "must list at least one class" })
     .optional(),
   limit: num(1, 1e9, true).optional(),
@@ -646,19 +688,85 @@ function requireField<T>(v: T | undefined, field: string): T {
   return v;
 }
 
+/** The data options that only image files (folder, emoji) have, and those only a folder has. */
+const IMAGE_ONLY = ["resolution", "channels", "resize", "background", "onBadImage"] as const;
+const FOLDER_ONLY = ["path", "labels"] as const;
+
+/**
+ * The data section with every default filled: the image options of folders and emoji, the folder's path made
+ * absolute (a resumed run may start elsewhere), no labels for an unconditional model unless asked for.
+ */
+function resolveData(d: DeepPartial<DataConfig>, userModel: DeepPartial<ModelConfig> | undefined): DataConfig {
+  const name = d.name ?? "mnist";
+  const misplaced = [
+    ...(isImageFiles({ name }) ? [] : IMAGE_ONLY),
+    ...(name === "folder" ? [] : FOLDER_ONLY),
+  ].find((k) => d[k] !== undefined);
+  if (misplaced)
+    throw new ConfigError(
+      `config.data.${misplaced}`,
+      `applies to ${FOLDER_ONLY.includes(misplaced as (typeof FOLDER_ONLY)[number]) ? "folder" : "folder and emoji"} data, not ${name}`,
+    );
+  if (name === "folder" && d.path === undefined)
+    throw new ConfigError("config.data.path", "is required for folder data: the folder holding the images (--data DIR)");
+  const out: DataConfig = { name };
+  if (name === "folder") {
+    out.path = path.resolve(d.path ?? "");
+    out.labels = d.labels ?? (userModel?.numClasses === 0 ? "none" : IMAGE_DEFAULTS.labels);
+  }
+  if (isImageFiles({ name })) {
+    out.resolution = d.resolution ?? userModel?.inputSize ?? IMAGE_DEFAULTS.resolution;
+    out.channels = d.channels ?? (userModel?.inChannels === 1 ? 1 : IMAGE_DEFAULTS.channels);
+    out.resize = d.resize ?? IMAGE_DEFAULTS.resize;
+    out.background = d.background ?? IMAGE_DEFAULTS.background;
+    out.onBadImage = d.onBadImage ?? IMAGE_DEFAULTS.onBadImage;
+  }
+  if (d.flip !== undefined || isImageFiles({ name })) out.flip = d.flip ?? true;
+  if (d.classes) out.classes = [...d.classes];
+  if (d.limit !== undefined) out.limit = d.limit;
+  if (d.split !== undefined) out.split = d.split;
+  return out;
+}
+
+/** `data.classes` as labels: numbers are checked against the class table, names looked up in it. */
+function resolveClasses(classes: Array<number | string>, facts: DataFacts, source: string): number[] {
+  const names = facts.classNames ?? [];
+  const known = (): string => (names.length > 0 ? ` (classes: ${names.slice(0, 20).join(", ")}${names.length > 20 ? ", …" : ""})` : "");
+  if (facts.numClasses === 0)
+    throw new ConfigError("config.data.classes", `the ${source} data has no labels to filter by`);
+  const seen = new Set<number>();
+  return classes.map((k, i) => {
+    const field = `config.data.classes[${i}]`;
+    const label = typeof k === "number" ? k : names.indexOf(k);
+    if (typeof k === "string" && label < 0) throw new ConfigError(field, `"${k}" is not a class of the ${source} data${known()}`);
+    if (label >= facts.numClasses)
+      throw new ConfigError(field, `must be a ${source} class between 0 and ${facts.numClasses - 1} (got ${k})`);
+    if (seen.has(label)) throw new ConfigError(field, `duplicate class ${k}`);
+    seen.add(label);
+    return label;
+  });
+}
+
 /**
  * Validates a user config and fills every default (preset, derived values), then checks cross-field constraints.
+ * The data's shape and class table size the model: for an image folder that means reading its top level (and its
+ * metadata file), not its images.
  * @param input a plain object (e.g. parsed JSON); `undefined` means all defaults.
- * @throws ConfigError whose message names the field, e.g. `config.lambda: must be a number between 0 and 10 (got -1)`.
+ * @throws ConfigError whose message names the field, e.g. `config.lambda: must be a number between 0 and 10 (got -1)`;
+ * DataError when the data is not there.
  */
 export function resolveConfig(input: unknown): SadmConfig {
   const user = parseConfigInput(input);
-  const preset = user.preset ?? DEFAULT_PRESET;
+  const preset = user.preset ?? defaultPreset(user.data);
   const fromPreset = presetConfig(preset);
-  const dataName = user.data?.name ?? fromPreset.data?.name ?? "mnist";
-  const shape = DATASET_SHAPES[dataName];
+  const data = resolveData(
+    deepMerge<PlainObject>(BASE_DEFAULTS.data as PlainObject, fromPreset.data as PlainObject, user.data as PlainObject),
+    deepMerge<PlainObject>(fromPreset.model as PlainObject, user.model as PlainObject),
+  );
+  const facts = dataFacts(data);
+  if (data.classes) data.classes = resolveClasses(data.classes, facts, data.name);
   const dataDefaults: SadmConfigInput = {
-    model: { inputSize: shape.size, inChannels: shape.channels, numClasses: shape.numClasses },
+    model: { inputSize: facts.size, inChannels: facts.channels, numClasses: facts.numClasses },
   };
   const merged = deepMerge<PlainObject>(
     BASE_DEFAULTS as PlainObject,
@@ -693,12 +801,7 @@ export function resolveConfig(input: unknown): SadmConfig {
       lossWeighting: requireField(m.diffusion?.lossWeighting, "config.diffusion.lossWeighting"),
       minSnrGamma: requireField(m.diffusion?.minSnrGamma, "config.diffusion.minSnrGamma"),
     },
-    data: {
-      name: dataName,
-      ...(m.data?.classes ? { classes: [...m.data.classes] } : {}),
-      ...(m.data?.limit !== undefined ? { limit: m.data.limit } : {}),
-      ...(m.data?.split !== undefined ? { split: m.data.split } : {}),
-    },
+    data,
     discriminator: {
       patchSize: disc.patchSize ?? requireField(model.patchSize, "config.model.patchSize"),
       width: requireField(disc.width, "config.discriminator.width"),
@@ -755,7 +858,7 @@ export function resolveConfig(input: unknown): SadmConfig {
       },
     },
   };
-  checkCrossFields(cfg);
+  checkCrossFields(cfg, facts);
   return cfg;
 }
 
@@ -774,25 +877,40 @@ export function normalizeDevice(device: string): string {
   return device === "cuda" ? "cuda:0" : device;
 }
 
-function checkCrossFields(c: SadmConfig): void {
+function checkCrossFields(c: SadmConfig, facts: DataFacts): void {
   if (c.precision === "bf16" && c.device === "cpu")
     throw new ConfigError(
       "config.precision",
       'bf16 is for cuda devices: candle has no CPU bf16 matrix product, so on the CPU it is slower than fp32; use "fp32"',
     );
   const m = c.model;
-  const shape = DATASET_SHAPES[c.data.name];
-  if (m.inputSize !== shape.size)
-    throw new ConfigError("config.model.inputSize", `must match the ${c.data.name} images (${shape.size}) (got ${m.inputSize})`);
-  if (m.inChannels !== shape.channels)
+  const what = c.data.name === "folder" ? "folder" : c.data.name;
+  if (m.inputSize !== facts.size)
+    throw new ConfigError(
+      "config.model.inputSize",
+      `must match the ${what} images (${facts.size}${isImageFiles(c.data) ? ": set data.resolution, --resolution" : ""}) (got ${m.inputSize})`,
+    );
+  if (m.inChannels !== facts.channels)
     throw new ConfigError(
       "config.model.inChannels",
-      `must match the ${c.data.name} images (${shape.channels}) (got ${m.inChannels})`,
+      `must match the ${what} images (${facts.channels}${isImageFiles(c.data) ? ": set data.channels" : ""}) (got ${m.inChannels})`,
     );
-  if (m.numClasses !== 0 && m.numClasses < shape.numClasses)
+  if (m.numClasses !== 0 && m.numClasses < facts.numClasses)
     throw new ConfigError(
       "config.model.numClasses",
-      `must be 0 (unconditional) or at least ${shape.numClasses} for ${c.data.name} (got ${m.numClasses})`,
+      `must be 0 (unconditional) or at least ${facts.numClasses} for ${what} (got ${m.numClasses})`,
+    );
+  if (m.numClasses !== 0 && facts.numClasses === 0)
+    throw new ConfigError(
+      "config.model.numClasses",
+      `the ${what} data has no labels, so the model can only be unconditional (0) (got ${m.numClasses})`,
+    );
+  const e = c.eval;
+  if (e.every > 0 && e.extractor.arch === "lenet-mnist" && (facts.size !== 28 || facts.channels !== 1))
+    throw new ConfigError(
+      "config.eval.extractor.arch",
+      `lenet-mnist reads 28×28 grey digits, not these ${facts.size}×${facts.size} ${facts.channels === 3 ? "RGB" : "grey"} images: ` +
+        "evaluate with inception-v3-fid and its weights (--extractor inception-v3-fid --extractor-weights FILE), or turn evaluation off (eval.every: 0)",
     );
   if (m.inputSize % m.patchSize !== 0)
     throw new ConfigError(
@@ -836,18 +954,6 @@ function checkCrossFields(c: SadmConfig): void {
     );
   if (c.lambda > 0 && c.batchSize < 2)
     throw new ConfigError("config.batchSize", `must be at least 2 when lambda > 0 (pairs of samples) (got ${c.batchSize})`);
-  if (c.data.classes) {
-    const seen = new Set<number>();
-    c.data.classes.forEach((k, i) => {
-      if (k >= shape.numClasses)
-        throw new ConfigError(
-          `config.data.classes[${i}]`,
-          `must be a ${c.data.name} class between 0 and ${shape.numClasses - 1} (got ${k})`,
-        );
-      if (seen.has(k)) throw new ConfigError(`config.data.classes[${i}]`, `duplicate class ${k}`);
-      seen.add(k);
-    });
-  }
 }
 
 /** The part of the config the native core needs (`NativeTrainer.create(JSON.stringify(core), device)`). */

@@ -4,11 +4,22 @@
  * class-conditional samples when it is a classifier. Extractors: the built-in MNIST LeNet (`lenet-mnist`), or the
  * FID Inception-v3 (`inception-v3-fid`) from weights the user has. Also trains the built-in MNIST extractor.
  */
+import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CheckpointError, ConfigError, NativeError, SadmError, errorMessage } from "./errors.js";
 import { deepMerge, resolveConfig, type EvalConfig, type ExtractorConfig, type SadmConfig } from "./config.js";
-import { MnistDataset, openDataset, readImages } from "./data.js";
+import {
+  MnistDataset,
+  cacheRoot,
+  classLabels,
+  findData,
+  isImageFiles,
+  readImages,
+  type DataConfig,
+  type DataSource,
+  type Dataset,
+} from "./data/index.js";
 import { loadNative, type FeatureMetrics, type NativeExtractor, type SampleOptions } from "./native.js";
 import { readState, resolveCheckpoint, runDirOf } from "./checkpoint.js";
 import { METRICS_FILE, MetricsLog } from "./logging.js";
@@ -55,7 +66,14 @@ export interface Sampleable {
 }
 
 const extractors = new Map<string, NativeExtractor>();
-const realFeatures = new Map<string, { features: Float32Array; predictions: Int32Array; labels: Int32Array }>();
+
+/** The extractor's view of the real images: features, predicted and true labels. */
+interface RealFeatures {
+  features: Float32Array;
+  predictions: Int32Array;
+  labels: Int32Array;
+}
+const realFeatureMemo = new Map<string, RealFeatures>();
 
 /**
  * Opens (and caches) a feature extractor.
@@ -94,38 +112,114 @@ function accuracyOf(pred: Int32Array, labels: Int32Array): number {
 
 /** The classes a run's samples should cover: its class filter, else every class of the model. */
 export function runClasses(cfg: SadmConfig): number[] {
-  if (cfg.data.classes) return [...cfg.data.classes].sort((a, b) => a - b);
+  const classes = classLabels(cfg.data);
+  if (classes) return [...classes].sort((a, b) => a - b);
   return Array.from({ length: cfg.model.numClasses }, (_, k) => k);
+}
+
+/** The weights file an extractor spec loads. */
+function extractorWeights(spec: ExtractorConfig): string {
+  return path.resolve(spec.weights ?? builtinExtractorWeights());
+}
+
+/** Where the real images' features of one data set, extractor and count are kept on disk (as pytorch-fid's --save-stats). */
+function statsFile(real: DataSource, spec: ExtractorConfig, n: number, shape: number[]): string {
+  const weights = extractorWeights(spec);
+  const st = fs.statSync(weights);
+  const key = crypto
+    .createHash("sha256")
+    .update(JSON.stringify({ v: 1, data: real.fingerprint, arch: spec.arch, weights, size: st.size, mtime: st.mtimeMs, n, shape }))
+    .digest("hex");
+  return path.join(cacheRoot(), "stats", `${spec.arch}-${key.slice(0, 24)}.sadm-stats`);
+}
+
+function readStats(file: string): RealFeatures | undefined {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch {
+    return undefined;
+  }
+  try {
+    const len = buf.readUInt32LE(0);
+    const { n, dim } = JSON.parse(buf.subarray(4, 4 + len).toString("utf8")) as { n: number; dim: number };
+    const body = buf.subarray(4 + len);
+    if (body.length !== 4 * (n * dim + 2 * n)) return undefined;
+    const floats = new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.length));
+    const ints = new Int32Array(floats.buffer);
+    return { features: floats.slice(0, n * dim), predictions: ints.slice(n * dim, n * dim + n), labels: ints.slice(n * dim + n) };
+  } catch {
+    return undefined;
+  }
+}
+
+function writeStats(file: string, r: RealFeatures, dim: number): void {
+  const header = Buffer.from(JSON.stringify({ n: r.labels.length, dim }), "utf8");
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(header.length, 0);
+  const body = [r.features, r.predictions, r.labels].map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength));
+  writeFileAtomic(file, Buffer.concat([len, header, ...body]));
+}
+
+/** The real side of an evaluation: a data source, and the dataset when it is already open (a training run's). */
+export interface RealImages {
+  source: DataSource;
+  dataset?: Dataset;
+  /** Whether its labels are the run's classes (default true): only then is the extractor's accuracy on them a ceiling. */
+  sameClasses?: boolean;
+}
+
+/**
+ * The extractor's features of the first `n` real images (class-interleaved, so balanced): from memory, from the
+ * stats cache on disk, or computed (decoding the data only then) and cached.
+ */
+async function realFeatures(ex: NativeExtractor, spec: ExtractorConfig, real: RealImages, n: number, shape: number[]): Promise<RealFeatures> {
+  const file = statsFile(real.source, spec, n, shape);
+  const hit = realFeatureMemo.get(file) ?? readStats(file);
+  if (hit) {
+    realFeatureMemo.set(file, hit);
+    return hit;
+  }
+  const dataset = real.dataset ?? (await real.source.open({ quiet: true })).dataset;
+  const batch = readImages(dataset, n);
+  const out = await ex.run(batch.x, shape);
+  const r = { features: out.features, predictions: out.predictions, labels: batch.labels };
+  writeStats(file, r, ex.featureDim);
+  realFeatureMemo.set(file, r);
+  return r;
 }
 
 /**
  * Evaluates a model of run config `cfg` with `cfg.eval`: `eval.samples` class-balanced samples (over the run's
- * classes) against as many real images of the run's data.
- * @throws ConfigError, NativeError
+ * classes) against as many real images: the run's data, or `real`.
+ * @throws ConfigError, DataError, NativeError
  */
-export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device = cfg.device): Promise<EvalMetrics> {
+export async function evaluateModel(
+  model: Sampleable,
+  cfg: SadmConfig,
+  device = cfg.device,
+  real: RealImages = { source: findData(cfg.data) },
+): Promise<EvalMetrics> {
   const t0 = Date.now();
   const e: EvalConfig = cfg.eval;
   const native = loadNative(device);
   const ex = openExtractor(e.extractor, device);
   const shape = [cfg.model.inChannels, cfg.model.inputSize, cfg.model.inputSize];
+  if (e.extractor.arch === BUILTIN_ARCH && (shape[0] !== 1 || shape[1] !== 28))
+    throw new ConfigError(
+      "config.eval.extractor.arch",
+      `lenet-mnist reads 28×28 grey digits, not ${shape[1]}×${shape[2]} ${shape[0] === 3 ? "RGB" : `${shape[0]}-channel`} images: ` +
+        "evaluate with inception-v3-fid and its weights (--extractor inception-v3-fid --extractor-weights FILE)",
+    );
   try {
     ex.checkInput(shape);
   } catch (err) {
     throw new ConfigError("config.eval.extractor", errorMessage(err), { cause: err });
   }
   const [c, h, w] = shape;
-
-  const realKey = `${e.extractor.arch}|${e.extractor.weights ?? ""}|${JSON.stringify(cfg.data)}|${e.samples}`;
-  let real = realFeatures.get(realKey);
-  if (!real) {
-    const batch = readImages(openDataset(cfg.data), e.samples);
-    const out = await ex.run(batch.x, shape);
-    real = { features: out.features, predictions: out.predictions, labels: batch.labels };
-    realFeatures.set(realKey, real);
-  }
-  if (real.labels.length < 10)
-    throw new ConfigError("config.eval.samples", `the data has only ${real.labels.length} images to compare with`);
+  const realSet = await realFeatures(ex, e.extractor, real, e.samples, shape);
+  if (realSet.labels.length < 10)
+    throw new ConfigError("config.eval.samples", `the data has only ${realSet.labels.length} images to compare with`);
 
   const conditional = cfg.model.numClasses > 0;
   const classifies = ex.numClasses > 0;
@@ -158,7 +252,7 @@ export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device =
   const gen = await ex.run(images, shape);
   let m: FeatureMetrics;
   try {
-    m = await native.featureMetrics(Float64Array.from(real.features), Float64Array.from(gen.features), ex.featureDim);
+    m = await native.featureMetrics(Float64Array.from(realSet.features), Float64Array.from(gen.features), ex.featureDim);
   } catch (err) {
     throw NativeError.wrap(err, "computing the metrics failed");
   }
@@ -169,9 +263,9 @@ export async function evaluateModel(model: Sampleable, cfg: SadmConfig, device =
     precision: m.precision,
     recall: m.recall,
     accuracy: conditional && classifies ? accuracyOf(gen.predictions, labels) : null,
-    realAccuracy: classifies ? accuracyOf(real.predictions, real.labels) : null,
+    realAccuracy: classifies && real.sameClasses !== false ? accuracyOf(realSet.predictions, realSet.labels) : null,
     samples: e.samples,
-    realImages: real.labels.length,
+    realImages: realSet.labels.length,
     seconds: (Date.now() - t0) / 1000,
   };
 }
@@ -215,6 +309,11 @@ export interface EvalRequest {
   device?: string;
   /** Append the result to the run's metrics.jsonl (default true when the checkpoint is inside a run directory). */
   append?: boolean;
+  /**
+   * Compare with the images of this folder instead of the run's data (preprocessed as the run's data is: its
+   * resolution, channels, resize and background).
+   */
+  real?: string;
 }
 
 /** What {@link evaluate} resolves with. */
@@ -244,7 +343,8 @@ export async function evaluate(req: EvalRequest): Promise<EvalResult> {
   } catch (e) {
     throw NativeError.wrap(e, `cannot load checkpoint ${dir}`);
   }
-  const m = await evaluateModel(model, cfg);
+  const real = req.real !== undefined ? realFolder(req.real, cfg, state.extra.dataset?.classNames) : undefined;
+  const m = await evaluateModel(model, cfg, cfg.device, real);
   const runDir = runDirOf(dir);
   let metricsFile: string | undefined;
   if (req.append !== false && runDir !== undefined) {
@@ -252,6 +352,27 @@ export async function evaluate(req: EvalRequest): Promise<EvalResult> {
     new MetricsLog(metricsFile).append(evalRecord(state.step, m));
   }
   return { ...m, checkpoint: dir, step: state.step, metricsFile };
+}
+
+/** Another folder as the real images of an evaluation, preprocessed as the run's own images are. */
+function realFolder(folder: string, cfg: SadmConfig, runClassNames: string[] | undefined): RealImages {
+  const image = isImageFiles(cfg.data);
+  const data: DataConfig = {
+    name: "folder",
+    path: path.resolve(folder),
+    resolution: cfg.model.inputSize,
+    channels: cfg.model.inChannels === 1 ? 1 : 3,
+    resize: image ? (cfg.data.resize ?? "crop") : "crop",
+    background: image ? (cfg.data.background ?? "white") : "white",
+    labels: "auto",
+    onBadImage: "skip",
+    flip: false,
+  };
+  if (cfg.model.inChannels !== 1 && cfg.model.inChannels !== 3)
+    throw new ConfigError("real", `a model of ${cfg.model.inChannels} channels is not compared with image files`);
+  const source = findData(data);
+  const sameClasses = (source.classNames ?? []).join("\u0000") === (runClassNames ?? []).join("\u0000");
+  return { source, sameClasses };
 }
 
 /** Options of {@link trainClassifier}. */

@@ -20,6 +20,7 @@ export {
   MODEL_PRESETS,
   BASE_DEFAULTS,
   DEFAULT_PRESET,
+  defaultPreset,
   configInputSchema,
   trainablePatterns,
   EFFICIENT_PATTERNS,
@@ -33,6 +34,7 @@ export {
   type DiscriminatorConfig,
   type OptimConfig,
   type DataConfig,
+  type DataFacts,
   type ModelPreset,
   type RunPreset,
   type DeepPartial,
@@ -41,15 +43,42 @@ export { Rng, permutation, hashSeed } from "./rng.js";
 export {
   MnistDataset,
   BatchLoader,
+  ByteDataset,
+  MemoryBytes,
   openDataset,
+  findData,
+  scanFolder,
+  scanEmoji,
+  discoverClasses,
+  comparePy,
+  decodeImage,
+  openCache,
+  cacheRoot,
+  dataFacts,
   readImages,
+  interleaveByClass,
   TEST_FRACTION,
+  IMAGE_EXTENSIONS,
+  IMAGE_DEFAULTS,
+  MNIST_CLASS_NAMES,
+  EMOJI_PACKAGE,
   type DataSplit,
   type Dataset,
+  type DataSource,
+  type OpenedData,
   type MnistOptions,
   type Batch,
   type DataPosition,
-} from "./data.js";
+  type PositionedBatch,
+  type LoaderOptions,
+  type ScanResult,
+  type ImageFile,
+  type LabelMode,
+  type ResizeMode,
+  type Preprocess,
+  type BadImage,
+} from "./data/index.js";
+export { planRun, type RunPlan, type RunKind, type PlanOptions } from "./plan.js";
 export { lambdaAt, lrAt, emaDecayAt } from "./schedule.js";
 export { saveGrid, encodeGrid } from "./image.js";
 export {
@@ -65,6 +94,7 @@ export {
   type CheckpointExtra,
   type CheckpointInfo,
   type CheckpointMetrics,
+  type DatasetInfo,
 } from "./checkpoint.js";
 export { MetricsLog, Progress, readMetrics, METRICS_FILE } from "./logging.js";
 export { train, holdsRun, type TrainOptions, type TrainResult, type TrainStepInfo } from "./trainer.js";
@@ -96,6 +126,7 @@ export {
   type EvalMetrics,
   type EvalRequest,
   type EvalResult,
+  type RealImages,
   type Sampleable,
   type ClassifierOptions,
   type ClassifierReport,

@@ -199,3 +199,64 @@ export class Progress {
     this.barStarted = false;
   }
 }
+
+/** Options of {@link TaskProgress}. */
+export interface TaskProgressOptions {
+  /** What is counted, e.g. "files". */
+  unit: string;
+  /** Items to do. */
+  total: number;
+  /** Print nothing. */
+  quiet?: boolean;
+  /** Force (true) or forbid (false) the bar; default: stdout is a TTY. */
+  tty?: boolean;
+  /** Where plain lines go (default: stdout). */
+  write?: (line: string) => void;
+  /** Without a TTY, a line every this many seconds (default 10). */
+  everySeconds?: number;
+}
+
+/** Progress of a batch of work items (decoding files, writing samples): items/s and ETA, as a bar or plain lines. */
+export class TaskProgress {
+  private readonly bar: SingleBar | undefined;
+  private readonly start = Date.now();
+  private readonly write: (line: string) => void;
+  private lastLine = Date.now();
+  private done = 0;
+
+  constructor(private readonly opts: TaskProgressOptions) {
+    this.write = opts.write ?? ((line) => process.stdout.write(line + "\n"));
+    if (!opts.quiet && (opts.tty ?? Boolean(process.stdout.isTTY))) {
+      this.bar = new SingleBar(
+        { format: ` {bar} {value}/{total} ${opts.unit} | {speed} ${opts.unit}/s | ETA {etaText}`, hideCursor: true },
+        Presets.shades_classic,
+      );
+      this.bar.start(opts.total, 0, { speed: "0", etaText: "?" });
+    }
+  }
+
+  /** Items per second so far. */
+  rate(): number {
+    const dt = (Date.now() - this.start) / 1000;
+    return dt > 0 ? this.done / dt : 0;
+  }
+
+  /** Counts `n` more items done. */
+  tick(n = 1): void {
+    this.done += n;
+    if (this.opts.quiet) return;
+    const rate = this.rate();
+    const eta = fmtDuration(rate > 0 ? (this.opts.total - this.done) / rate : Number.NaN);
+    if (this.bar) this.bar.update(this.done, { speed: rate.toFixed(1), etaText: eta });
+    else if (Date.now() - this.lastLine >= 1000 * (this.opts.everySeconds ?? 10) && this.done < this.opts.total) {
+      this.lastLine = Date.now();
+      this.write(`  ${this.done}/${this.opts.total} ${this.opts.unit}  ${rate.toFixed(1)} ${this.opts.unit}/s  eta ${eta}`);
+    }
+  }
+
+  /** Stops the bar. @returns the seconds since the start. */
+  stop(): number {
+    this.bar?.stop();
+    return (Date.now() - this.start) / 1000;
+  }
+}

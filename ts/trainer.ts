@@ -1,45 +1,28 @@
 /**
- * The training loop: config → data → native SADM steps (one native call per step) → logs, sample grids and
- * checkpoints; resumable, abortable.
+ * The training loop: a planned run ({@link planRun}) → its data → native SADM steps (one native call per step, the
+ * next batch assembled while the step runs) → logs, sample grids and checkpoints; resumable, abortable.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CheckpointError, ConfigError, NativeError, NumericalError, SadmError, fsError, isFsError } from "./errors.js";
-import {
-  deepMerge,
-  parseConfigInput,
-  resolveConfig,
-  toCoreConfig,
-  type CoreConfig,
-  type SadmConfig,
-  type SadmConfigInput,
-} from "./config.js";
-import { BatchLoader, openDataset, type DataPosition, type Dataset } from "./data.js";
+import { ConfigError, NativeError, NumericalError, fsError, isFsError } from "./errors.js";
+import { toCoreConfig, type SadmConfig, type SadmConfigInput } from "./config.js";
+import { BatchLoader, classLabels, type DataPosition, type OpenedData, type PositionedBatch } from "./data/index.js";
 import { emaDecayAt, lambdaAt, lrAt } from "./schedule.js";
-import {
-  CHECKPOINTS_DIR,
-  assertComplete,
-  checkpointDir,
-  latestCheckpoint,
-  listCheckpoints,
-  pruneCheckpoints,
-  recoverCheckpoints,
-  resolveCheckpoint,
-  runDirOf,
-  type CheckpointExtra,
-  type CheckpointState,
-} from "./checkpoint.js";
+import { CHECKPOINTS_DIR, checkpointDir, listCheckpoints, pruneCheckpoints, type CheckpointExtra } from "./checkpoint.js";
 import { METRICS_FILE, MetricsLog, Progress, RunningMean } from "./logging.js";
 import { loadNative, type NativeTrainer, type ParamCounts, type StepStats } from "./native.js";
 import { saveGrid, writeFileAtomic } from "./image.js";
 import { planSamples, sampleFrom } from "./sampler.js";
 import { version } from "./version.js";
 import { evalRecord, evaluateModel, formatMetrics, type EvalMetrics } from "./evaluate.js";
+import { coreDifferences, planRun, type PlanOptions, type RunPlan } from "./plan.js";
 
 /** File name of the resolved config saved in the run directory. */
 export const CONFIG_FILE = "config.json";
 /** Folder of the sample grids written during training. */
 export const SAMPLES_DIR = "samples";
+/** The list of files the run's data skipped because they did not decode (path, then the decoder's message). */
+export const BAD_IMAGES_FILE = "bad-images.txt";
 const HISTORY_CAP = 2000;
 
 /** Per-step information passed to `onStep`: the native statistics plus the schedule values used. */
@@ -52,10 +35,12 @@ export interface TrainStepInfo extends StepStats {
   emaDecay: number;
   /** Wall-clock seconds of the native step. */
   seconds: number;
+  /** Seconds spent assembling the next batch, while this step ran (a step waits on data only when this exceeds it). */
+  dataSeconds: number;
 }
 
 /** Options of {@link train}. */
-export interface TrainOptions {
+export interface TrainOptions extends PlanOptions {
   /** Called after every step. */
   onStep?: (info: TrainStepInfo) => void;
   /** Called after a sample grid is written. */
@@ -64,19 +49,6 @@ export interface TrainOptions {
   onCheckpoint?: (dir: string, step: number) => void;
   /** Aborting stops after the current step, saves a checkpoint and resolves with `aborted: true`. */
   signal?: AbortSignal;
-  /**
-   * Continue a run: `"latest"` (the newest checkpoint in the config's outDir), a checkpoint directory, or a run
-   * directory. Values in `config` override the checkpoint's config (e.g. more `steps`); the architecture cannot change.
-   */
-  resume?: string;
-  /** Start afresh in an outDir that already holds a run (its metrics, checkpoints and samples are deleted). */
-  force?: boolean;
-  /**
-   * Fine-tune: start the DiT from pretrained weights (a checkpoint or run directory, whose EMA weights are taken,
-   * or a safetensors file in the reference DiT names) with a fresh discriminator, optimizers and EMA. Unless the
-   * config names a preset, the architecture and diffusion settings come from the source run (under the config's).
-   */
-  from?: string;
   /** Called after each evaluation (`config.eval.every`). */
   onEval?: (metrics: EvalMetrics, step: number) => void;
   /** No progress output. */
@@ -115,256 +87,326 @@ export interface TrainResult {
   skippedSteps: number;
 }
 
-/** True when a directory already holds a run (metrics or checkpoints). */
-export function holdsRun(outDir: string): boolean {
-  if (fs.existsSync(path.join(outDir, METRICS_FILE))) return true;
-  const ck = path.join(outDir, CHECKPOINTS_DIR);
-  try {
-    return fs.readdirSync(ck).length > 0;
-  } catch {
-    return false;
-  }
-}
-
-function approxEqual(a: unknown, b: unknown): boolean {
-  if (typeof a === "number" && typeof b === "number")
-    return a === b || Math.abs(a - b) <= 1e-6 * Math.max(Math.abs(a), Math.abs(b));
-  return a === b;
-}
-
-/** Fields of `ours` (recursively) whose values differ from `theirs` (fields absent from `theirs` are ignored). */
-function coreDifferences(ours: unknown, theirs: unknown, prefix: string): string[] {
-  if (typeof ours !== "object" || ours === null) return approxEqual(ours, theirs) ? [] : [prefix];
-  if (typeof theirs !== "object" || theirs === null) return [];
-  const out: string[] = [];
-  for (const [k, v] of Object.entries(ours)) {
-    const t: unknown = (theirs as Record<string, unknown>)[k];
-    if (t === undefined) continue;
-    out.push(...coreDifferences(v, t, prefix ? `${prefix}.${k}` : k));
-  }
-  return out;
-}
-
-interface ResumePlan {
-  dir: string;
-  state: CheckpointState;
-}
-
-function planResume(resume: string, input: SadmConfigInput): ResumePlan {
-  let dir: string;
-  if (resume === "latest" || resume === "") {
-    const outDir = input.outDir ?? resolveConfig(input).outDir;
-    recoverCheckpoints(outDir);
-    const latest = latestCheckpoint(outDir);
-    if (!latest) throw new CheckpointError(`nothing to resume: ${outDir} has no complete checkpoint`);
-    dir = latest.dir;
-  } else {
-    if (fs.existsSync(path.join(resume, CHECKPOINTS_DIR))) recoverCheckpoints(resume);
-    dir = resolveCheckpoint(resume);
-  }
-  return { dir, state: assertComplete(dir) };
-}
-
-function resolveResumedConfig(plan: ResumePlan, input: SadmConfigInput): SadmConfig {
-  const saved = plan.state.extra.config;
-  const base: Record<string, unknown> = saved ? { ...saved } : {};
-  const runDir = runDirOf(plan.dir);
-  if (input.outDir === undefined && runDir !== undefined) base.outDir = runDir;
-  const cfg = resolveConfig(deepMerge(base, input as Record<string, unknown>));
-  const diffs = coreDifferences(toCoreConfig(cfg), plan.state.config, "").filter((d) => !STRUCTURE_LOSS_FIELDS.has(d));
-  if (diffs.length > 0)
-    throw new ConfigError(
-      `config.${diffs[0]}`,
-      `differs from the checkpoint being resumed (${plan.dir}); the model, diffusion, discriminator architecture, ` +
-        "optimizer settings and seed cannot change on resume",
-    );
-  return cfg;
-}
-
-/**
- * Discriminator settings that shape the structure loss but not the networks: a resumed run may change them (e.g. a
- * second stage with another kernel), like λ and the learning rates.
- */
-const STRUCTURE_LOSS_FIELDS = new Set(
-  ["kernel", "tau", "distance", "huberDelta", "pairs", "weighting", "tMax", "steps"].map((k) => `discriminator.${k}`),
-);
-
-/**
- * The config of a fine-tuning run: the source run's architecture and diffusion settings (when the source is a
- * sadm checkpoint and the input names no preset) under the user's input.
- */
-function resolveFinetuneConfig(from: string, input: SadmConfigInput): { cfg: SadmConfig; source: string } {
-  if (fs.existsSync(from) && fs.statSync(from).isFile()) return { cfg: resolveConfig(input), source: path.resolve(from) };
-  const dir = resolveCheckpoint(from);
-  const saved = assertComplete(dir).extra.config;
-  if (!saved || input.preset !== undefined) return { cfg: resolveConfig(input), source: dir };
-  const base: Record<string, unknown> = { preset: saved.preset, model: saved.model, diffusion: saved.diffusion };
-  return { cfg: resolveConfig(deepMerge(base, input as Record<string, unknown>)), source: dir };
-}
-
-function sampleClasses(cfg: SadmConfig): number[] | undefined {
-  if (cfg.model.numClasses === 0) return undefined;
-  return cfg.data.classes ? [...cfg.data.classes].sort((a, b) => a - b) : undefined;
-}
-
 /**
  * Trains a DiT with SADM. Resolves when `config.steps` steps are done (or the signal aborts).
  * @param config a (partial) user config; see {@link SadmConfig}. Defaults to the built-in MNIST run.
- * @throws ConfigError, DataError, CheckpointError, NativeError
+ * @throws ConfigError, DataError, CheckpointError, NativeError, NumericalError
  */
 export async function train(config: SadmConfigInput | unknown = {}, opts: TrainOptions = {}): Promise<TrainResult> {
   const t0 = Date.now();
-  const input = parseConfigInput(config);
-  if (opts.resume !== undefined && opts.from !== undefined)
-    throw new ConfigError("from", "give either resume (continue a run) or from (fine-tune a new run), not both");
-  const resumePlan = opts.resume !== undefined ? planResume(opts.resume, input) : undefined;
-  const finetune = opts.from !== undefined ? resolveFinetuneConfig(opts.from, input) : undefined;
-  const cfg = resumePlan ? resolveResumedConfig(resumePlan, input) : finetune ? finetune.cfg : resolveConfig(input);
-  const outDir = path.resolve(cfg.outDir);
-  recoverCheckpoints(outDir);
+  const plan = planRun(config, opts);
+  const say = (line: string): void => {
+    if (!opts.quiet) (opts.log ?? ((l: string) => process.stdout.write(l + "\n")))(line);
+  };
+  const data = await plan.data.open({ quiet: opts.quiet, tty: opts.tty, log: opts.log });
+  const trainer = createTrainer(plan);
+  prepareRunDir(plan, data);
+  const run = new Run(plan, trainer, data, opts, t0);
+  run.announce(say);
+  return run.execute();
+}
 
-  // Refuse early (before the slow parts) to clobber an existing run.
-  if (!resumePlan && !opts.force && holdsRun(outDir))
-    throw new CheckpointError(
-      `${cfg.outDir} already holds a run (metrics.jsonl or checkpoints): resume it with --resume, ` +
-        "choose another --out, or overwrite it with --force",
-    );
-
-  // Data.
-  const dataset: Dataset = openDataset(cfg.data);
-  if (cfg.model.numClasses !== 0 && dataset.numClasses > cfg.model.numClasses)
-    throw new ConfigError(
-      "config.model.numClasses",
-      `the dataset has ${dataset.numClasses} classes (got ${cfg.model.numClasses})`,
-    );
-  const savedPos: DataPosition | undefined = resumePlan?.state.extra.data;
-  const loader = new BatchLoader(dataset, cfg.batchSize, cfg.seed, savedPos);
-  if (resumePlan && !savedPos) {
-    // Older checkpoints without a position: the order is a pure function of the step for a fixed batch size.
-    const s = resumePlan.state.step;
-    loader.restore({
-      epoch: Math.floor(s / loader.batchesPerEpoch),
-      index: (s % loader.batchesPerEpoch) * cfg.batchSize,
-    });
-  }
-
-  // Native trainer.
+/** The native trainer a plan starts from: fresh, a checkpoint, or pretrained weights. @throws NativeError */
+function createTrainer(plan: RunPlan): NativeTrainer {
+  const { cfg } = plan;
   const native = loadNative(cfg.device);
-  const core: CoreConfig = toCoreConfig(cfg);
+  const core = JSON.stringify(toCoreConfig(cfg));
   let trainer: NativeTrainer;
   try {
-    trainer = resumePlan
-      ? native.NativeTrainer.load(resumePlan.dir, cfg.device)
-      : finetune
-        ? native.NativeTrainer.fromPretrained(JSON.stringify(core), finetune.source, cfg.device)
-        : native.NativeTrainer.create(JSON.stringify(core), cfg.device);
+    trainer = plan.resume
+      ? native.NativeTrainer.load(plan.resume.dir, cfg.device)
+      : plan.finetune
+        ? native.NativeTrainer.fromPretrained(core, plan.finetune.source, cfg.device)
+        : native.NativeTrainer.create(core, cfg.device);
   } catch (e) {
     throw NativeError.wrap(
       e,
-      resumePlan
-        ? `cannot load checkpoint ${resumePlan.dir}`
-        : finetune
-          ? `cannot start from ${finetune.source}`
+      plan.resume
+        ? `cannot load checkpoint ${plan.resume.dir}`
+        : plan.finetune
+          ? `cannot start from ${plan.finetune.source}`
           : "cannot create the trainer",
     );
   }
-  const finetuneNotes: string[] = finetune ? parseNotes(trainer.extraJson()) : [];
-  if (resumePlan && coreDifferences(core.discriminator, resumePlan.state.config.discriminator, "").length > 0) {
+  const disc = toCoreConfig(cfg).discriminator;
+  if (plan.resume && coreDifferences(disc, plan.resume.state.config.discriminator, "").length > 0) {
     try {
-      trainer.setStructureLoss(JSON.stringify(core.discriminator));
+      trainer.setStructureLoss(JSON.stringify(disc));
     } catch (e) {
       throw NativeError.wrap(e, "cannot change the structure loss on resume");
     }
   }
-  const paramCounts = trainer.paramCounts();
+  return trainer;
+}
 
-  // Run directory (--force: clear the previous run's files, nothing else).
-  if (!resumePlan && opts.force) {
-    for (const name of [METRICS_FILE, CHECKPOINTS_DIR, SAMPLES_DIR, CONFIG_FILE])
+/** Creates the run directory (clearing a previous run's files under --force) and writes the config and bad-file list. */
+function prepareRunDir(plan: RunPlan, data: OpenedData): void {
+  const { outDir, cfg } = plan;
+  if (plan.force)
+    for (const name of [METRICS_FILE, CHECKPOINTS_DIR, SAMPLES_DIR, CONFIG_FILE, BAD_IMAGES_FILE])
       fs.rmSync(path.join(outDir, name), { recursive: true, force: true });
-  }
   try {
     fs.mkdirSync(outDir, { recursive: true });
   } catch (e) {
     throw isFsError(e) ? fsError(e, `cannot create the run directory ${cfg.outDir}`) : e;
   }
   writeFileAtomic(path.join(outDir, CONFIG_FILE), JSON.stringify(cfg, null, 2) + "\n");
+  const bad = path.join(outDir, BAD_IMAGES_FILE);
+  if (data.bad.length > 0) writeFileAtomic(bad, data.bad.map((b) => `${b.rel}: ${b.reason}\n`).join(""));
+  else fs.rmSync(bad, { force: true });
+}
 
-  // Logs.
-  const metrics = new MetricsLog(path.join(outDir, METRICS_FILE));
-  const startStep = trainer.stepCount;
-  if (resumePlan) metrics.truncateAfter(startStep);
-  const history: Array<Record<string, number>> = [...(resumePlan?.state.extra.metrics?.history ?? [])].filter(
-    (h) => (h.step ?? 0) <= startStep,
-  );
-  const progress = new Progress({
-    total: cfg.steps,
-    start: startStep,
-    printEvery: cfg.printEvery,
-    quiet: opts.quiet,
-    tty: opts.tty,
-    write: opts.log,
-  });
-  if (!resumePlan) {
-    progress.log(
-      `sadm: ${finetune ? `fine-tuning ${finetune.source} as` : "training"} ${cfg.preset} ` +
-        `(${(paramCounts.dit / 1e6).toFixed(2)}M DiT params, ` +
-        `${(paramCounts.discriminator / 1e6).toFixed(2)}M discriminator) for ${cfg.steps} steps on ${cfg.device} → ${cfg.outDir}`,
-    );
-    if (cfg.trainable !== "all")
-      progress.log(`sadm: training ${trainer.trainableNames().length} DiT parameter tensors (trainable: ${JSON.stringify(cfg.trainable)})`);
-    for (const note of finetuneNotes) progress.log(`sadm: note: ${note}`);
-  } else progress.log(`sadm: resuming ${resumePlan.dir} at step ${startStep} of ${cfg.steps}`);
+function sampleClasses(cfg: SadmConfig): number[] | undefined {
+  if (cfg.model.numClasses === 0) return undefined;
+  const classes = classLabels(cfg.data);
+  return classes ? [...classes].sort((a, b) => a - b) : undefined;
+}
 
-  const window = new RunningMean();
-  const samples: string[] = [];
-  let last: TrainStepInfo | undefined;
-  let lastCheckpoint: string | undefined = resumePlan?.dir;
-  let lastSavedStep = resumePlan ? startStep : -1;
-  let lastSampleStep = -1;
-  let step = startStep;
-  let aborted = false;
-  let badInRow = 0;
-  let skippedSteps = 0;
+/** A run in progress: the loop and what it writes (logs, grids, evaluations, checkpoints). */
+class Run {
+  private readonly cfg: SadmConfig;
+  private readonly loader: BatchLoader;
+  private readonly metrics: MetricsLog;
+  private readonly history: Array<Record<string, number>>;
+  private readonly progress: Progress;
+  private readonly window = new RunningMean();
+  private readonly startStep: number;
+  private readonly samples: string[] = [];
+  private readonly evals: Array<EvalMetrics & { step: number }> = [];
+  private last: TrainStepInfo | undefined;
+  /** The data position after the last batch a step consumed: where a checkpoint continues (the loader is a batch ahead). */
+  private consumed: DataPosition;
+  private lastCheckpoint: string | undefined;
+  private lastSavedStep: number;
+  private lastSampleStep = -1;
+  private lastEvalStep = -1;
+  private step: number;
+  private badInRow = 0;
+  private skippedSteps = 0;
 
-  const extra = (): CheckpointExtra => ({
-    config: cfg,
-    data: loader.position,
-    metrics: { last: last ? numericFields(last) : undefined, history },
-    sadmVersion: version(),
-    ...(finetune ? { finetunedFrom: finetune.source } : resumePlan?.state.extra.finetunedFrom ? { finetunedFrom: resumePlan.state.extra.finetunedFrom } : {}),
-  });
+  constructor(
+    private readonly plan: RunPlan,
+    private readonly trainer: NativeTrainer,
+    private readonly data: OpenedData,
+    private readonly opts: TrainOptions,
+    private readonly t0: number,
+  ) {
+    const { cfg, resume } = plan;
+    this.cfg = cfg;
+    this.loader = this.makeLoader();
+    this.consumed = this.loader.position;
+    this.metrics = new MetricsLog(path.join(plan.outDir, METRICS_FILE));
+    this.startStep = trainer.stepCount;
+    this.step = this.startStep;
+    if (resume) this.metrics.truncateAfter(this.startStep);
+    this.history = [...(resume?.state.extra.metrics?.history ?? [])].filter((h) => (h.step ?? 0) <= this.startStep);
+    this.lastCheckpoint = resume?.dir;
+    this.lastSavedStep = resume ? this.startStep : -1;
+    this.progress = new Progress({
+      total: cfg.steps,
+      start: this.startStep,
+      printEvery: cfg.printEvery,
+      quiet: opts.quiet,
+      tty: opts.tty,
+      write: opts.log,
+    });
+  }
 
-  const evals: Array<EvalMetrics & { step: number }> = [];
-  let lastEvalStep = -1;
-  const runEval = async (): Promise<void> => {
-    const m = await evaluateModel(trainer, cfg);
-    const record = evalRecord(step, m);
-    metrics.append(record);
-    history.push(record);
-    evals.push({ ...m, step });
-    lastEvalStep = step;
-    progress.log(`sadm: eval at step ${step}: ${formatMetrics(m)} (${m.seconds.toFixed(1)}s)`);
-    opts.onEval?.(m, step);
-  };
+  private makeLoader(): BatchLoader {
+    const { cfg, resume } = this.plan;
+    const { dataset } = this.data;
+    if (cfg.model.numClasses !== 0 && dataset.numClasses > cfg.model.numClasses)
+      throw new ConfigError("config.model.numClasses", `the dataset has ${dataset.numClasses} classes (got ${cfg.model.numClasses})`);
+    const saved = resume?.state.extra.data;
+    const loader = new BatchLoader(dataset, cfg.batchSize, cfg.seed, saved, { flip: cfg.data.flip ?? false });
+    if (resume && !saved) {
+      // Older checkpoints without a position: the order is a pure function of the step for a fixed batch size.
+      const s = resume.state.step;
+      loader.restore({ epoch: Math.floor(s / loader.batchesPerEpoch), index: (s % loader.batchesPerEpoch) * cfg.batchSize });
+    }
+    return loader;
+  }
 
-  const saveCheckpoint = async (): Promise<void> => {
-    // The native save replaces an existing directory of the same name only once the new one is complete.
-    const dir = checkpointDir(outDir, step);
+  /** The run's opening lines. */
+  announce(say: (line: string) => void): void {
+    const { cfg, kind, finetune, resume } = this.plan;
+    const p = this.trainer.paramCounts();
+    if (kind === "resume") say(`sadm: resuming ${resume?.dir} at step ${this.startStep} of ${cfg.steps}`);
+    else {
+      say(
+        `sadm: ${finetune ? `fine-tuning ${finetune.source} as` : "training"} ${cfg.preset} ` +
+          `(${(p.dit / 1e6).toFixed(2)}M DiT params, ${(p.discriminator / 1e6).toFixed(2)}M discriminator) ` +
+          `for ${cfg.steps} steps on ${cfg.device} → ${cfg.outDir}`,
+      );
+      if (cfg.trainable !== "all")
+        say(`sadm: training ${this.trainer.trainableNames().length} DiT parameter tensors (trainable: ${JSON.stringify(cfg.trainable)})`);
+      if (finetune) for (const note of parseNotes(this.trainer.extraJson())) say(`sadm: note: ${note}`);
+    }
+    say(`sadm: data: ${this.data.summary}`);
+    for (const note of this.plan.data.notes) say(`sadm: data: ${note}`);
+    if (this.data.bad.length > 0)
+      say(
+        `sadm: data: skipped ${this.data.bad.length} file(s) that did not decode (e.g. ${this.data.bad[0].rel}: ` +
+          `${this.data.bad[0].reason}); all are listed in ${path.join(this.plan.outDir, BAD_IMAGES_FILE)}`,
+      );
+    for (const note of this.plan.notes) say(`sadm: note: ${note}`);
+  }
+
+  /** Runs the loop to `cfg.steps` or an abort, with the final grid, evaluation and checkpoint. */
+  async execute(): Promise<TrainResult> {
+    const { cfg } = this;
+    let aborted = false;
     try {
-      await trainer.save(dir, JSON.stringify(extra()));
+      let next: PositionedBatch | undefined = this.step < cfg.steps ? this.loader.next() : undefined;
+      while (next) {
+        if (this.opts.signal?.aborted) {
+          aborted = true;
+          break;
+        }
+        next = await this.trainStep(next);
+        if (this.badInRow > 0 || !this.last) continue;
+        // Nothing else during a run of skipped steps: its checkpoints would rotate out the good ones before it.
+        this.progress.update(this.step, this.last);
+        this.opts.onStep?.(this.last);
+        if (cfg.sampleEvery > 0 && this.step % cfg.sampleEvery === 0) await this.writeSamples();
+        if (cfg.eval.every > 0 && this.step % cfg.eval.every === 0) await this.runEval();
+        if (cfg.checkpointEvery > 0 && this.step % cfg.checkpointEvery === 0) await this.saveCheckpoint();
+      }
+      if (this.opts.signal?.aborted) aborted = true;
+      const ran = this.step > this.startStep;
+      if (!aborted && ran && this.lastSampleStep !== this.step) await this.writeSamples();
+      if (!aborted && ran && cfg.eval.every > 0 && this.lastEvalStep !== this.step) await this.runEval();
+      if (this.lastSavedStep !== this.step) await this.saveCheckpoint();
+    } finally {
+      this.progress.stop();
+    }
+    if (aborted) this.progress.log(`sadm: stopped at step ${this.step}; checkpoint ${this.lastCheckpoint ?? "-"}`);
+    return {
+      outDir: this.plan.outDir,
+      config: cfg,
+      step: this.step,
+      stepsRun: this.step - this.startStep,
+      checkpoint: this.lastCheckpoint,
+      samples: this.samples,
+      aborted,
+      last: this.last,
+      seconds: (Date.now() - this.t0) / 1000,
+      paramCounts: this.trainer.paramCounts(),
+      evals: this.evals,
+      skippedSteps: this.skippedSteps,
+    };
+  }
+
+
+  /**
+   * One native step on `batch`; while it runs, the next batch is assembled (so the step does not wait on data).
+   * @returns the next batch, or undefined after the last step.
+   */
+  private async trainStep(batch: PositionedBatch): Promise<PositionedBatch | undefined> {
+    const { cfg, trainer } = this;
+    const t = trainer.stepCount;
+    const lambda = lambdaAt(t, cfg.lambda, cfg.advWarmupSteps, cfg.advRampSteps);
+    const lr = lrAt(t, cfg.lr, cfg.lrWarmupSteps);
+    const emaDecay = emaDecayAt(t, cfg.emaDecay, cfg.emaWarmup);
+    const labels = cfg.model.numClasses === 0 ? new Int32Array(batch.labels.length) : batch.labels;
+    const ts = Date.now();
+    const pending = trainer.step(batch.x, labels, {
+      lambda,
+      lr,
+      discLr: cfg.discLr,
+      emaDecay,
+      // The discriminator trains only while λ > 0: during the warm-up its output would not reach the DiT.
+      updateDisc: lambda > 0,
+    });
+    const td = Date.now();
+    const next = t + 1 < cfg.steps ? this.loader.next() : undefined;
+    const dataSeconds = (Date.now() - td) / 1000;
+    let stats: StepStats;
+    try {
+      stats = await pending;
+    } catch (e) {
+      throw NativeError.wrap(e, `training step ${t + 1} failed`);
+    }
+    this.consumed = batch.after;
+    this.step = stats.step;
+    if (stats.skipped) this.recordSkip(stats.skipped);
+    else {
+      this.badInRow = 0;
+      this.last = { ...stats, lambda, lr, emaDecay, seconds: (Date.now() - ts) / 1000, dataSeconds };
+      this.window.add(numericFields(this.last));
+    }
+    this.logWindow();
+    return this.step < cfg.steps ? next : undefined;
+  }
+
+  /** Counts a skipped step; too many in a row stop the run. @throws NumericalError */
+  private recordSkip(why: string): void {
+    const { step } = this;
+    this.badInRow++;
+    this.skippedSteps++;
+    this.metrics.append({ step, skipped: why, time: (Date.now() - this.t0) / 1000 });
+    this.progress.log(`sadm: step ${step} skipped (nothing updated): ${why} [${this.badInRow} in a row]`);
+    if (this.badInRow < this.cfg.maxBadSteps) return;
+    const ck = this.lastCheckpoint;
+    throw new NumericalError(
+      `training stopped at step ${step}: ${this.badInRow} steps in a row were skipped, the last because its ${why}. ` +
+        (ck ? `The last good checkpoint is ${ck}: resume from it (sadm train --resume ${ck})` : "No checkpoint was written yet: start again") +
+        " with a lower lr or lambda, or with gradient clipping (--set ditOptim.gradClip=1).",
+      step,
+      ck,
+    );
+  }
+
+  /** Appends the window's means to metrics.jsonl every `logEvery` steps. */
+  private logWindow(): void {
+    const { step, cfg } = this;
+    if (step % cfg.logEvery !== 0 && step !== cfg.steps) return;
+    const means = this.window.means();
+    // A window of nothing but skipped steps has no means to log; their own records are already there.
+    if (Object.keys(means).length === 0) return;
+    const record: Record<string, number> = {
+      ...means,
+      step,
+      itPerSec: means.seconds > 0 ? 1 / means.seconds : 0,
+      time: (Date.now() - this.t0) / 1000,
+    };
+    this.metrics.append(record);
+    this.history.push(record);
+    if (this.history.length > HISTORY_CAP) this.history.splice(0, this.history.length - HISTORY_CAP);
+    this.window.reset();
+  }
+
+  private extra(): CheckpointExtra {
+    const { plan } = this;
+    const finetunedFrom = plan.finetune?.source ?? plan.resume?.state.extra.finetunedFrom;
+    return {
+      config: this.cfg,
+      data: this.consumed,
+      dataset: this.data.info,
+      metrics: { last: this.last ? numericFields(this.last) : undefined, history: this.history },
+      sadmVersion: version(),
+      ...(finetunedFrom ? { finetunedFrom } : {}),
+    };
+  }
+
+  private async saveCheckpoint(): Promise<void> {
+    // The native save replaces an existing directory of the same name only once the new one is complete.
+    const dir = checkpointDir(this.plan.outDir, this.step);
+    try {
+      await this.trainer.save(dir, JSON.stringify(this.extra()));
     } catch (e) {
       throw NativeError.wrap(e, `saving checkpoint ${dir} failed`);
     }
-    lastSavedStep = step;
-    lastCheckpoint = dir;
-    pruneCheckpoints(outDir, cfg.keepCheckpoints);
-    opts.onCheckpoint?.(dir, step);
-  };
+    this.lastSavedStep = this.step;
+    this.lastCheckpoint = dir;
+    pruneCheckpoints(this.plan.outDir, this.cfg.keepCheckpoints);
+    this.opts.onCheckpoint?.(dir, this.step);
+  }
 
-  const writeSamples = async (): Promise<void> => {
+  private async writeSamples(): Promise<void> {
+    const { cfg } = this;
     const plan = planSamples(cfg.model, sampleClasses(cfg), cfg.samplesPerClass, 8 * cfg.samplesPerClass);
-    const { images, shape } = await sampleFrom(trainer, plan.labels, {
+    const { images, shape } = await sampleFrom(this.trainer, plan.labels, {
       sampler: cfg.sampler,
       steps: cfg.sampleSteps,
       cfgScale: plan.conditional ? cfg.cfgScale : 1,
@@ -372,108 +414,23 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
       seed: cfg.seed,
       clipDenoised: true,
     });
-    const file = path.join(outDir, SAMPLES_DIR, `step-${String(step).padStart(8, "0")}.png`);
+    const file = path.join(this.plan.outDir, SAMPLES_DIR, `step-${String(this.step).padStart(8, "0")}.png`);
     saveGrid(file, images, shape[0], shape[1], shape[2], shape[3], plan.cols);
-    lastSampleStep = step;
-    samples.push(file);
-    opts.onSample?.(file, step);
-  };
-
-  try {
-    while (step < cfg.steps) {
-      if (opts.signal?.aborted) {
-        aborted = true;
-        break;
-      }
-      const t = trainer.stepCount;
-      const lambda = lambdaAt(t, cfg.lambda, cfg.advWarmupSteps, cfg.advRampSteps);
-      const lr = lrAt(t, cfg.lr, cfg.lrWarmupSteps);
-      const emaDecay = emaDecayAt(t, cfg.emaDecay, cfg.emaWarmup);
-      const batch = loader.next();
-      const labels = cfg.model.numClasses === 0 ? new Int32Array(batch.labels.length) : batch.labels;
-      const ts = Date.now();
-      let stats: StepStats;
-      try {
-        stats = await trainer.step(batch.x, labels, {
-          lambda,
-          lr,
-          discLr: cfg.discLr,
-          emaDecay,
-          // The discriminator trains only while λ > 0: during the warm-up its output would not reach the DiT.
-          updateDisc: lambda > 0,
-        });
-      } catch (e) {
-        throw NativeError.wrap(e, `training step ${t + 1} failed`);
-      }
-      step = stats.step;
-      if (stats.skipped) {
-        badInRow++;
-        skippedSteps++;
-        metrics.append({ step, skipped: stats.skipped, time: (Date.now() - t0) / 1000 });
-        progress.log(`sadm: step ${step} skipped (nothing updated): ${stats.skipped} [${badInRow} in a row]`);
-        if (badInRow >= cfg.maxBadSteps)
-          throw new NumericalError(
-            `training stopped at step ${step}: ${badInRow} steps in a row were skipped, the last because its ${stats.skipped}. ` +
-              (lastCheckpoint
-                ? `The last good checkpoint is ${lastCheckpoint}: resume from it (sadm train --resume ${lastCheckpoint})`
-                : "No checkpoint was written yet: start again") +
-              " with a lower lr or lambda, or with gradient clipping (--set ditOptim.gradClip=1).",
-            step,
-            lastCheckpoint,
-          );
-      } else {
-        badInRow = 0;
-        last = { ...stats, lambda, lr, emaDecay, seconds: (Date.now() - ts) / 1000 };
-        window.add(numericFields(last));
-      }
-      if (step % cfg.logEvery === 0 || step === cfg.steps) {
-        const means = window.means();
-        // A window of nothing but skipped steps has no means to log; their own records are already there.
-        if (Object.keys(means).length > 0) {
-          const record: Record<string, number> = {
-            ...means,
-            step,
-            itPerSec: means.seconds > 0 ? 1 / means.seconds : 0,
-            time: (Date.now() - t0) / 1000,
-          };
-          metrics.append(record);
-          history.push(record);
-          if (history.length > HISTORY_CAP) history.splice(0, history.length - HISTORY_CAP);
-          window.reset();
-        }
-      }
-      // Nothing else during a run of skipped steps: its checkpoints would rotate out the good ones before it.
-      // (`last` is this step's info whenever badInRow is 0.)
-      if (badInRow > 0 || !last) continue;
-      progress.update(step, last);
-      opts.onStep?.(last);
-      if (cfg.sampleEvery > 0 && step % cfg.sampleEvery === 0) await writeSamples();
-      if (cfg.eval.every > 0 && step % cfg.eval.every === 0) await runEval();
-      if (cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) await saveCheckpoint();
-    }
-    if (opts.signal?.aborted) aborted = true;
-    if (!aborted && lastSampleStep !== step && step > startStep) await writeSamples();
-    if (!aborted && cfg.eval.every > 0 && lastEvalStep !== step && step > startStep) await runEval();
-    if (lastSavedStep !== step) await saveCheckpoint();
-  } finally {
-    progress.stop();
+    this.lastSampleStep = this.step;
+    this.samples.push(file);
+    this.opts.onSample?.(file, this.step);
   }
-  if (aborted) progress.log(`sadm: stopped at step ${step}; checkpoint ${lastCheckpoint ?? "-"}`);
 
-  return {
-    outDir,
-    config: cfg,
-    step,
-    stepsRun: step - startStep,
-    checkpoint: lastCheckpoint,
-    samples,
-    aborted,
-    last,
-    seconds: (Date.now() - t0) / 1000,
-    paramCounts,
-    evals,
-    skippedSteps,
-  };
+  private async runEval(): Promise<void> {
+    const m = await evaluateModel(this.trainer, this.cfg, this.cfg.device, { source: this.plan.data, dataset: this.data.dataset });
+    const record = evalRecord(this.step, m);
+    this.metrics.append(record);
+    this.history.push(record);
+    this.evals.push({ ...m, step: this.step });
+    this.lastEvalStep = this.step;
+    this.progress.log(`sadm: eval at step ${this.step}: ${formatMetrics(m)} (${m.seconds.toFixed(1)}s)`);
+    this.opts.onEval?.(m, this.step);
+  }
 }
 
 function parseNotes(extraJson: string): string[] {
@@ -494,3 +451,4 @@ function numericFields(o: object): Record<string, number> {
 
 /** The complete checkpoints of a run directory (re-exported for convenience). */
 export { listCheckpoints };
+export { holdsRun } from "./plan.js";

@@ -1,0 +1,132 @@
+/**
+ * What a config says about its data ({@link DataConfig}), and the facts about that data the config needs before
+ * anything is decoded: the image shape and the class table ({@link dataFacts}).
+ */
+import { DataError } from "../errors.js";
+import type { DataSplit } from "./dataset.js";
+import { MNIST_CLASS_NAMES } from "./mnist.js";
+import { discoverClasses, type LabelMode } from "./scan.js";
+import { emojiClassNames } from "./emoji.js";
+
+/** How an image is brought to the model's square: ADM's centre crop, letterboxing, or a plain resize. */
+export type ResizeMode = "crop" | "pad" | "stretch";
+
+/** Which data to train on. */
+export interface DataConfig {
+  /**
+   * `mnist`: the built-in digits; `folder`: your images (`path`); `emoji`: Google's Noto emoji by category (the
+   * optional package `emoji-datasource-google`).
+   */
+  name: "mnist" | "folder" | "emoji";
+  /** folder: the folder holding the images (one sub-folder per class, a metadata file, or just images). */
+  path?: string;
+  /** folder, emoji: side of the square images the model sees, in pixels. */
+  resolution?: number;
+  /** folder, emoji: 3 (RGB) or 1 (grey, ITU-R 601 luma as Pillow's `convert("L")`). */
+  channels?: 1 | 3;
+  /**
+   * folder, emoji: `crop` (default) is ADM's `center_crop_arr` as DiT trains: halve with a box filter while the short
+   * side is ≥ 2× the target, bicubic to the target short side, centre crop; `pad` fits the long side and fills the
+   * rest with `background`; `stretch` resizes to the square ignoring the aspect ratio.
+   */
+  resize?: ResizeMode;
+  /** Random horizontal flips (DiT's augmentation; default on for folder and emoji data, off for digits). */
+  flip?: boolean;
+  /** folder, emoji: colour that transparent pixels are composited onto (and `pad` fills with): `#rrggbb`, `white`, `black`. */
+  background?: string;
+  /**
+   * folder: where labels come from: `auto` (default: a metadata.jsonl/metadata.csv if there is one, else sub-folders
+   * if there are any, else none), `folders`, `metadata`, or `none` (unlabelled).
+   */
+  labels?: LabelMode;
+  /** folder, emoji: a file that cannot be decoded is skipped and listed (`skip`, default) or stops the run (`error`). */
+  onBadImage?: "skip" | "error";
+  /** Keep only these classes (labels keep their values): label numbers, or class names for named classes. */
+  classes?: Array<number | string>;
+  /** Use at most this many images (after the class filter; class-interleaved, so the classes stay balanced). */
+  limit?: number;
+  /** `all` (default), or the `train` (first 90 %) / `test` (last 10 %) part of every class. */
+  split?: DataSplit;
+}
+
+/** The data sources that are images decoded from files. */
+export function isImageFiles(cfg: Pick<DataConfig, "name">): boolean {
+  return cfg.name === "folder" || cfg.name === "emoji";
+}
+
+/** Defaults of the image-file options. */
+export const IMAGE_DEFAULTS = {
+  resolution: 32,
+  channels: 3,
+  resize: "crop",
+  flip: true,
+  background: "white",
+  labels: "auto",
+  onBadImage: "skip",
+} as const satisfies Partial<DataConfig>;
+
+/** What a config needs to know of its data before decoding it. */
+export interface DataFacts {
+  /** Side of the square images. */
+  size: number;
+  channels: number;
+  /** Classes (0 = unlabelled). */
+  numClasses: number;
+  /** Class names by label, if the classes are named. */
+  classNames: string[] | undefined;
+}
+
+/**
+ * The shape and class table of the data a config names. Cheap: it reads no image, only folder names or the
+ * metadata file (folder) or the category list (emoji).
+ * @throws DataError when the folder or package is missing.
+ */
+export function dataFacts(cfg: DataConfig): DataFacts {
+  switch (cfg.name) {
+    case "mnist":
+      return { size: 28, channels: 1, numClasses: 10, classNames: [...MNIST_CLASS_NAMES] };
+    case "folder": {
+      if (cfg.path === undefined) throw new DataError('folder data needs a path (--data DIR, data.path)');
+      const { classNames } = discoverClasses(cfg.path, cfg.labels ?? IMAGE_DEFAULTS.labels);
+      return imageFacts(cfg, classNames);
+    }
+    case "emoji":
+      return imageFacts(cfg, emojiClassNames());
+    default: {
+      const name: never = cfg.name;
+      throw new DataError(`unknown dataset "${String(name)}"`);
+    }
+  }
+}
+
+function imageFacts(cfg: DataConfig, classNames: string[] | undefined): DataFacts {
+  return {
+    size: cfg.resolution ?? IMAGE_DEFAULTS.resolution,
+    channels: cfg.channels ?? IMAGE_DEFAULTS.channels,
+    numClasses: classNames?.length ?? 0,
+    classNames,
+  };
+}
+
+/** `#rrggbb`, `#rgb`, `white` or `black` → [r, g, b]. @throws DataError for anything else. */
+export function parseColour(text: string): [number, number, number] {
+  const named: Record<string, [number, number, number]> = { white: [255, 255, 255], black: [0, 0, 0] };
+  const hit = named[text.toLowerCase()];
+  if (hit) return hit;
+  const m = /^#([0-9a-f]{3}|[0-9a-f]{6})$/i.exec(text);
+  if (!m) throw new DataError(`"${text}" is not a colour: use #rrggbb, #rgb, white or black`);
+  const hex = m[1].length === 3 ? [...m[1]].map((c) => c + c).join("") : m[1];
+  return [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16)) as [number, number, number];
+}
+
+/**
+ * The class filter of a resolved config as labels (resolving a config turns class names into their labels).
+ * @throws DataError for a name left unresolved.
+ */
+export function classLabels(cfg: Pick<DataConfig, "classes">): number[] | undefined {
+  if (!cfg.classes) return undefined;
+  return cfg.classes.map((k) => {
+    if (typeof k !== "number") throw new DataError(`class "${k}" was not resolved to a label (resolve the config first)`);
+    return k;
+  });
+}
