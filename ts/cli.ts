@@ -10,9 +10,11 @@ import type { Argv } from "yargs";
 import { ConfigError, SadmError, errorMessage, fsError, isFsError } from "./errors.js";
 import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, setPath, type SadmConfigInput } from "./config.js";
 import { train } from "./trainer.js";
-import { sampleGrid } from "./sampler.js";
+import { SAMPLE_CHUNK, classNamesOf, sampleGrid, sampleToDir, type SampleRequest } from "./sampler.js";
 import { evaluate, formatMetrics, trainClassifier } from "./evaluate.js";
 import { cpuBinary, cudaBinaryCandidates, loadNative } from "./native.js";
+import { readState, resolveCheckpoint } from "./checkpoint.js";
+import { TaskProgress } from "./logging.js";
 import { version } from "./version.js";
 
 type PlainObject = { [key: string]: unknown };
@@ -188,29 +190,65 @@ interface SampleArgs {
   seed?: number;
   device?: string;
   ema?: boolean;
-  out: string;
+  out?: string;
+  outDir?: string;
+  chunkSize?: number;
+  quiet?: boolean;
+}
+
+/**
+ * Splits "cat, dog,3" into the classes of `sadm sample` (names or label numbers, resolved against the checkpoint).
+ * Names are split on commas and trimmed; a name cannot hold a comma.
+ * @throws ConfigError on an empty list.
+ */
+export function parseClassSpec(text: string, field: string): string[] {
+  const parts = text
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+  if (parts.length === 0) throw new ConfigError(field, `must be a comma-separated list of class names or labels (got "${text}")`);
+  return parts;
 }
 
 async function runSample(a: SampleArgs): Promise<number> {
   if (a.sampler !== undefined && a.sampler !== "ddim" && a.sampler !== "ddpm")
     throw new ConfigError("--sampler", `must be "ddim" or "ddpm" (got "${a.sampler}")`);
-  const r = await sampleGrid(
-    {
-      checkpoint: a.checkpoint,
-      classes: a.classes !== undefined ? parseClassList(a.classes, "--classes") : undefined,
-      perClass: a.perClass,
-      n: a.n,
-      cfgScale: a.cfg,
-      steps: a.steps,
-      sampler: a.sampler,
-      eta: a.eta,
-      seed: a.seed,
-      device: a.device,
-      useEma: a.ema,
+  if (a.out !== undefined && a.outDir !== undefined)
+    throw new ConfigError("--out-dir", "cannot be combined with --out: write one grid (--out FILE) or one PNG per image (--out-dir DIR)");
+  let progress: TaskProgress | undefined;
+  let done = 0;
+  const req: SampleRequest = {
+    checkpoint: a.checkpoint,
+    classes: a.classes !== undefined ? parseClassSpec(a.classes, "--classes") : undefined,
+    perClass: a.perClass,
+    n: a.n,
+    cfgScale: a.cfg,
+    steps: a.steps,
+    sampler: a.sampler,
+    eta: a.eta,
+    seed: a.seed,
+    device: a.device,
+    useEma: a.ema,
+    chunkSize: a.chunkSize,
+    onProgress: (now, total) => {
+      // A single native call needs no progress display.
+      if (total <= (a.chunkSize ?? SAMPLE_CHUNK)) return;
+      progress ??= new TaskProgress({ unit: "images", total, quiet: a.quiet });
+      progress.tick(now - done);
+      done = now;
     },
-    a.out,
-  );
-  process.stdout.write(`sadm: wrote ${r.shape[0]} samples to ${r.path}\n`);
+  };
+  try {
+    if (a.outDir !== undefined) {
+      const r = await sampleToDir(req, a.outDir);
+      process.stdout.write(`sadm: wrote ${r.count} samples to ${r.dir}\n`);
+    } else {
+      const r = await sampleGrid(req, a.out ?? "samples.png");
+      process.stdout.write(`sadm: wrote ${r.shape[0]} samples to ${r.path}\n`);
+    }
+  } finally {
+    progress?.stop();
+  }
   return 0;
 }
 
@@ -286,7 +324,7 @@ function report(device: string, binary: string | undefined): BackendReport & { v
 }
 
 /** `sadm info`: the version, each binary (where it is, its features and devices, or why it cannot load). */
-async function runInfo(a: { json?: boolean }): Promise<number> {
+function runBuildInfo(a: { json?: boolean }): number {
   const found = cpuBinary();
   const { version: nativeVersion, ...cpu } = report("cpu", found ? `${found.file} (${found.source})` : undefined);
   const { version: _, ...cuda } = report("cuda:0", cudaBinaryCandidates().find((f) => fs.existsSync(f)));
@@ -309,6 +347,114 @@ async function runInfo(a: { json?: boolean }): Promise<number> {
       `node:     ${process.version} ${process.platform}-${process.arch}\n`,
   );
   return status;
+}
+
+/** What `sadm info --checkpoint` reports of a checkpoint. */
+interface CheckpointReport {
+  checkpoint: string;
+  step: number;
+  preset: string | undefined;
+  /** The core config's model and diffusion settings, and its numeric precision. */
+  model: Record<string, unknown>;
+  diffusion: Record<string, unknown>;
+  precision: string | undefined;
+  /** Total steps, batch size and λ of the run (its saved config). */
+  run: { steps?: number; batchSize?: number; lambda?: number } | undefined;
+  data: { source: string | undefined; images: number | undefined; fingerprint: string | undefined };
+  /** Class names by label; null when the data had none (the labels are the names). */
+  classNames: string[] | null;
+  sadmVersion: string | undefined;
+  finetunedFrom: string | undefined;
+  files: Array<{ name: string; bytes: number }>;
+}
+
+/** Reads a checkpoint (or a run's latest) for `sadm info --checkpoint`. @throws CheckpointError */
+function checkpointReport(target: string): CheckpointReport {
+  const dir = resolveCheckpoint(target);
+  const state = readState(dir);
+  const { config: core, extra } = state;
+  const cfg = extra.config;
+  const ds = extra.dataset;
+  const filter = cfg?.data.classes ? ` classes ${cfg.data.classes.join(",")}` : "";
+  const limit = cfg?.data.limit !== undefined ? ` limit ${cfg.data.limit}` : "";
+  return {
+    checkpoint: dir,
+    step: state.step,
+    preset: cfg?.preset,
+    model: { ...core.model },
+    diffusion: { ...core.diffusion },
+    precision: core.precision,
+    run: cfg ? { steps: cfg.steps, batchSize: cfg.batchSize, lambda: cfg.lambda } : undefined,
+    data: {
+      source: ds?.source ?? (cfg ? `${cfg.data.name}${filter}${limit}` : undefined),
+      images: ds?.images,
+      fingerprint: ds?.fingerprint,
+    },
+    classNames: classNamesOf(state, dir) ?? null,
+    sadmVersion: extra.sadmVersion,
+    finetunedFrom: extra.finetunedFrom,
+    files: fs
+      .readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isFile())
+      .map((e) => ({ name: e.name, bytes: fs.statSync(path.join(dir, e.name)).size }))
+      .sort((x, y) => x.name.localeCompare(y.name)),
+  };
+}
+
+/** 1234567 → "1.2 MB". */
+function fmtBytes(n: number): string {
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let v = n;
+  let u = 0;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+/** `sadm info --checkpoint`: what a checkpoint holds, as text or JSON. */
+function runCheckpointInfo(a: { checkpoint: string; json?: boolean }): number {
+  const r = checkpointReport(a.checkpoint);
+  if (a.json) {
+    process.stdout.write(JSON.stringify(r, null, 2) + "\n");
+    return 0;
+  }
+  const m = r.model as Partial<Record<string, number | boolean>>;
+  const d = r.diffusion as Partial<Record<string, string | number>>;
+  const size = `${m.inputSize}×${m.inputSize}×${m.inChannels}`;
+  const classes = m.numClasses === 0 ? "unconditional" : `${m.numClasses} classes`;
+  const dash = (v: unknown): string => (v === undefined || v === null ? "-" : String(v));
+  const lines = [
+    `checkpoint:  ${r.checkpoint}`,
+    `step:        ${r.step}` + (r.run?.steps !== undefined ? ` of ${r.run.steps}` : ""),
+    `preset:      ${dash(r.preset)}`,
+    `model:       DiT depth ${m.depth}, hidden ${m.hiddenSize}, heads ${m.numHeads}, patch ${m.patchSize}, ` +
+      `${size}, ${classes}${m.learnSigma ? ", learned σ" : ""}`,
+    `diffusion:   ${d.numTimesteps} steps, ${d.schedule} schedule, ${d.prediction}-prediction, ${dash(r.precision)}`,
+  ];
+  if (r.run) lines.push(`training:    batch ${dash(r.run.batchSize)}, λ ${dash(r.run.lambda)}`);
+  lines.push(
+    `data:        ${dash(r.data.source)}`,
+    `images:      ${dash(r.data.images)}`,
+    `fingerprint: ${dash(r.data.fingerprint)}`,
+  );
+  if (r.classNames) {
+    lines.push("classes:");
+    r.classNames.forEach((name, k) => lines.push(`  ${k}: ${name}`));
+  } else if (m.numClasses) lines.push(`classes:     no names (labels 0 to ${Number(m.numClasses) - 1})`);
+  lines.push(`written by:  sadm ${dash(r.sadmVersion)}`);
+  if (r.finetunedFrom !== undefined) lines.push(`fine-tuned from: ${r.finetunedFrom}`);
+  lines.push("files:");
+  const width = Math.max(0, ...r.files.map((f) => f.name.length));
+  for (const f of r.files) lines.push(`  ${f.name.padEnd(width)}  ${fmtBytes(f.bytes)}`);
+  process.stdout.write(lines.join("\n") + "\n");
+  return 0;
+}
+
+/** `sadm info`: the native builds, or with `--checkpoint` what a checkpoint holds. */
+function runInfo(a: { json?: boolean; checkpoint?: string }): number {
+  return a.checkpoint !== undefined ? runCheckpointInfo({ checkpoint: a.checkpoint, json: a.json }) : runBuildInfo(a);
 }
 
 function runPresets(): number {
@@ -447,11 +593,14 @@ export function buildCli(argv: string[]): Argv {
     )
     .command(
       "sample",
-      "Sample a class-conditional grid from a checkpoint (EMA weights)",
+      "Sample a class-conditional grid from a checkpoint (EMA weights), or any number of samples into a directory",
       (y) =>
         y
           .option("checkpoint", { alias: "k", type: "string", demandOption: true, describe: "Checkpoint or run dir" })
-          .option("classes", { type: "string", describe: "Classes, one column each, e.g. 0,1,2 (default: all)" })
+          .option("classes", {
+            type: "string",
+            describe: "Classes, one column each, by name or label, e.g. cat,dog or 0,1,2 (default: all)",
+          })
           .option("per-class", { type: "number", describe: "Rows (samples per class), default 8" })
           .option("n", { type: "number", describe: "Samples for an unconditional model, default 64" })
           .option("cfg", { type: "number", describe: "Classifier-free guidance scale, default 3" })
@@ -461,14 +610,25 @@ export function buildCli(argv: string[]): Argv {
           .option("seed", { type: "number", describe: "Noise seed, default 0" })
           .option("device", { type: "string", describe: "cpu or cuda:N" })
           .option("ema", { type: "boolean", default: true, describe: "Use the EMA weights (--no-ema: raw)" })
-          .option("out", { alias: "o", type: "string", default: "samples.png", describe: "PNG to write" })
-          .example("$0 sample -k runs/mnist --classes 0,1,2 --cfg 4 --out grid.png", "three columns of digits"),
+          .option("out", { alias: "o", type: "string", describe: "PNG grid to write, class names under the columns (default samples.png)" })
+          .option("out-dir", { type: "string", describe: "Write each sample as its own PNG (00000123-<class>.png) into this directory" })
+          .option("chunk-size", { type: "number", describe: `Images per native sampling call, default ${SAMPLE_CHUNK}` })
+          .option("quiet", { alias: "q", type: "boolean", describe: "No progress output" })
+          .example("$0 sample -k runs/mnist --classes 0,1,2 --cfg 4 --out grid.png", "three columns of digits")
+          .example("$0 sample -k runs/pets --classes cat,dog --per-class 5000 --out-dir samples/", "10,000 PNGs"),
       (a) => setResult(runSample(a as SampleArgs)),
     )
     .command(
       "info",
-      "Show the version, native build features, devices and binary",
-      (y) => y.option("json", { type: "boolean", describe: "Print JSON" }),
+      "Show the version, native build features, devices and binary; or with --checkpoint what a checkpoint holds",
+      (y) =>
+        y
+          .option("checkpoint", {
+            alias: "k",
+            type: "string",
+            describe: "A checkpoint or run dir: its step, model, data, class names, version and files",
+          })
+          .option("json", { type: "boolean", describe: "Print JSON" }),
       (a) => setResult(runInfo(a)),
     )
     .command("presets", "List the presets", (y) => y, () => setResult(runPresets()))
