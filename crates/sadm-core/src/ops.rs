@@ -201,22 +201,27 @@ impl CustomOp2 for LayerNormGrad {
 }
 
 /// Σ over the rows of a [rows, d] layout of what `add_row(i, acc)` adds for row i → [d], rows split across
-/// threads.
+/// threads. Each fixed block of rows sums into its own partial, and the partials are added in block order, so the
+/// result is the same bytes whatever the threads do (rayon's `reduce` pairs partials as work stealing happens to
+/// split the range, a different association of the f32 sums from run to run). The blocks depend only on the
+/// shape: any thread count gives the single-threaded sum.
 fn column_reduce(rows: usize, d: usize, add_row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let per = (MIN_PAR / d).max(1);
-    (0..rows.div_ceil(per))
-        .into_par_iter()
-        .map(|c| {
-            let mut acc = vec![0f32; d];
-            for i in c * per..rows.min((c + 1) * per) {
-                add_row(i, &mut acc);
-            }
-            acc
-        })
-        .reduce(|| vec![0f32; d], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
+    let mut partial = vec![0f32; rows.div_ceil(per) * d];
+    partial.par_chunks_mut(d).enumerate().for_each(|(c, acc)| {
+        for i in c * per..rows.min((c + 1) * per) {
+            add_row(i, acc);
+        }
+    });
+    let mut out = vec![0f32; d];
+    // Column blocks in parallel, each adding the partials in block order.
+    const COLS: usize = 256;
+    out.par_chunks_mut(COLS).enumerate().for_each(|(j, o)| {
+        for p in partial.chunks(d) {
+            o.iter_mut().zip(&p[j * COLS..]).for_each(|(o, v)| *o += v);
+        }
+    });
+    out
 }
 
 /// Σ over rows of a [rows, d] slice → [d].
@@ -948,6 +953,20 @@ mod tests {
         for v in [xt, gain.as_tensor()] {
             assert!(max_diff(gf.get(v).unwrap(), gr.get(v).unwrap()) < 1e-4);
         }
+    }
+
+    #[test]
+    fn column_sums_over_many_row_blocks_are_the_sum_whatever_the_threads() {
+        // 1000 rows of 300: 19 row blocks and two column blocks, each ending part-way.
+        let (rows, d) = (1000, 300);
+        let g = Rng::new(5).normal_vec(rows * d);
+        let want: Vec<f64> = (0..d).map(|j| (0..rows).map(|i| g[i * d + j] as f64).sum()).collect();
+        let on = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| column_sum(&g, d));
+        let got = on(2);
+        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((*a as f64 - b).abs() < 1e-3, "column {j}: {a} vs {b}");
+        }
+        assert!(got == on(1) && got == on(3), "the sum depends on the thread count");
     }
 
     #[test]

@@ -511,6 +511,48 @@ mod tests {
         Ok(out)
     }
 
+    /// The `mnist-tiny` run preset's networks (ts/config.ts): big enough that every fused kernel and GEMM splits
+    /// its work across threads, which the tiny test nets are not.
+    fn mnist_tiny_preset() -> CoreConfig {
+        let mut cfg = CoreConfig::tiny_mnist();
+        let m = &mut cfg.model;
+        (m.patch_size, m.hidden_size, m.depth, m.num_heads, m.learn_sigma) = (4, 128, 4, 4, false);
+        cfg.diffusion.prediction = crate::config::Prediction::V;
+        let d = &mut cfg.discriminator;
+        (d.patch_size, d.width, d.depth, d.num_heads, d.proj_dim) = (7, 64, 2, 4, 64);
+        cfg.dit_optim.grad_clip = 1.0;
+        cfg
+    }
+
+    #[test]
+    fn training_is_deterministic_for_a_thread_count() -> Result<()> {
+        // Two threads, and two trainings at once on them: work stealing then splits and joins every parallel
+        // loop differently from run to run. Any reduction whose association follows the split shows up here.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a 2-thread pool");
+        let (x, y) = batch(64, 4);
+        let run = || -> Result<Vec<(String, Vec<u32>)>> {
+            pool.install(|| {
+                let mut tr = Trainer::new(mnist_tiny_preset(), &Device::Cpu)?;
+                for _ in 0..3 {
+                    let s = tr.step(&x, &y, &StepParams { lambda: 0.01, lr: 2e-3, ..params(0.01) })?;
+                    assert!(s.skipped.is_none() && s.structure.is_some(), "{s:?}");
+                }
+                full_state(&tr)
+            })
+        };
+        let alone = run()?;
+        let (a, b) = std::thread::scope(|s| {
+            let (a, b) = (s.spawn(run), s.spawn(run));
+            (a.join().expect("run a"), b.join().expect("run b"))
+        });
+        for other in [a?, b?] {
+            for ((name, want), (_, got)) in alone.iter().zip(&other) {
+                assert!(want == got, "{name} differs between two identical runs");
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn a_non_finite_step_is_skipped_and_changes_nothing() -> Result<()> {
         let (mut tr, x, y) = stepped(8, 2)?;
