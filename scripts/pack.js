@@ -81,8 +81,8 @@ function main() {
     delete published.devDependencies;
     delete published.scripts;
     published.optionalDependencies = { [`sadm-${PLATFORM}`]: pkg.version };
-    published.peerDependencies = { [`sadm-cuda-${PLATFORM}`]: pkg.version };
-    published.peerDependenciesMeta = { [`sadm-cuda-${PLATFORM}`]: { optional: true } };
+    published.peerDependencies = { ...pkg.peerDependencies, [`sadm-cuda-${PLATFORM}`]: pkg.version };
+    published.peerDependenciesMeta = { ...pkg.peerDependenciesMeta, [`sadm-cuda-${PLATFORM}`]: { optional: true } };
     fs.writeFileSync(path.join(stage, "package.json"), JSON.stringify(published, null, 2) + "\n");
     tarballs[pkg.name] = pack(stage, out);
   } finally {

@@ -71,8 +71,8 @@ describe("CLI (no native addon needed)", () => {
 
 describe("CLI argument mapping", () => {
   it("parses class lists and --set", () => {
-    expect(parseClassList("0, 1,7", "--classes")).toEqual([0, 1, 7]);
-    expect(parseClassList("cat, 3,Food & Drink", "--classes")).toEqual(["cat", 3, "Food & Drink"]);
+    expect(parseClassList("0, 1,7", "--classes")).toEqual(["0", "1", "7"]);
+    expect(parseClassList("cat, 3,Food & Drink", "--classes")).toEqual(["cat", "3", "Food & Drink"]);
     expect(() => parseClassList(" , ", "--classes")).toThrow(ConfigError);
     expect(parseSet("model.depth=2")).toEqual(["model.depth", 2]);
     expect(parseSet("discriminator.kernel=gaussian")).toEqual(["discriminator.kernel", "gaussian"]);
@@ -89,7 +89,7 @@ describe("CLI argument mapping", () => {
       steps: 5,
       lambda: 0.3,
       model: { depth: 3, hiddenSize: 64 },
-      data: { classes: [1, 2] },
+      data: { classes: ["1", "2"] },
       outDir: "o",
     });
   });

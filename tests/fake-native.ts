@@ -195,6 +195,7 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
   };
 
   const trainClassifier = (): Promise<number[]> => Promise.reject(new Error("the fake addon cannot train a classifier"));
+  const preprocessImage = (): Promise<Uint8Array> => Promise.reject(new Error("the fake addon cannot preprocess images"));
 
   class FakeModel {
     private inner = new FakeTrainer();
@@ -220,6 +221,7 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
     buildInfo,
     featureMetrics,
     trainClassifier,
+    preprocessImage,
   } satisfies NativeModule;
   return { native, log };
 }

@@ -62,7 +62,7 @@ describe("class names ↔ labels", () => {
     expect(() => resolveClasses(["dog", "cow"], 3, NAMES)).toThrow(
       'classes[1]: "cow" is not a class of this checkpoint (its classes: "cat", "dog", "Animals & Nature")',
     );
-    expect(() => resolveClasses(["cow"], 10)).toThrow(/"cow" is not a class label: this checkpoint's classes have no names, use labels 0 to 9/);
+    expect(() => resolveClasses(["cow"], 10)).toThrow(/"cow" is not a class label: the classes of this checkpoint have no names, use labels 0 to 9/);
     expect(() => resolveClasses([3], 3, NAMES)).toThrow("classes[0]: must be a class between 0 and 2 (got 3)");
     expect(() => resolveClasses(["11"], 10)).toThrow("classes[0]: must be a class between 0 and 9 (got 11)");
     const many = Array.from({ length: 30 }, (_, k) => `c${k}`);

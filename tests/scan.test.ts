@@ -126,7 +126,7 @@ describe("folder data in the config", () => {
     // Class names resolve to labels.
     expect(resolveConfig({ data: { name: "folder", path: root, classes: ["emu", "cat"] } }).data.classes).toEqual([2, 0]);
     expect(() => resolveConfig({ data: { name: "folder", path: root, classes: ["cow"] } })).toThrow(
-      /config\.data\.classes\[0\]: "cow" is not a class of the folder data \(classes: cat, dog, emu\)/,
+      /config\.data\.classes\[0\]: "cow" is not a class of the folder data \(its classes: "cat", "dog", "emu"\)/,
     );
     // Unconditional: no labels are read.
     const u = resolveConfig({ data: { name: "folder", path: root }, model: { numClasses: 0 } });

@@ -3,6 +3,7 @@ import * as path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { PNG } from "pngjs";
 import {
+  gridGeometry,
   CheckpointError,
   ConfigError,
   NativeError,
@@ -87,7 +88,10 @@ describe("train (with a fake native core)", () => {
     expect(log.samples[0].labels).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     expect(log.samples[0].opts).toMatchObject({ sampler: "ddim", steps: 5, cfgScale: 3, clipDenoised: true });
     const png = PNG.sync.read(fs.readFileSync(sampled[0]));
-    expect([png.width, png.height]).toEqual([10 * 30 + 2, 2 * 30 + 2]);
+    // Ten columns of two 28-px rows, with the class names under the columns.
+    const g = gridGeometry(20, 28, 28, 10, true);
+    expect([png.width, png.height]).toEqual([g.width, g.height]);
+    expect(g.height).toBeGreaterThan(2 * 30 + 2);
     // checkpoints at 4, 8 and the end (10); keep 2
     expect(log.saves.map((d) => path.basename(d))).toEqual(["step-00000004", "step-00000008", "step-00000010"]);
     expect(listCheckpoints(out).map((c) => c.step)).toEqual([8, 10]);

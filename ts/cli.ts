@@ -19,17 +19,23 @@ import { version } from "./version.js";
 
 type PlainObject = { [key: string]: unknown };
 
-/** Parses "0,1,2" into class labels. @throws ConfigError */
-export function parseClassList(text: string, field: string): number[] {
+/**
+ * Splits "cat, dog,3" into the classes of `--classes`: names or label numbers, resolved against the data or the
+ * checkpoint (a name wins over a label, so a class named "10" is found by its name). A name cannot hold a comma.
+ * @throws ConfigError on an empty list.
+ */
+export function parseClassList(text: string, field: string): string[] {
   const parts = text
     .split(",")
     .map((s) => s.trim())
     .filter((s) => s.length > 0);
-  if (parts.length === 0) throw new ConfigError(field, `must be a comma-separated list of classes (got "${text}")`);
-  return parts.map((p) => {
-    if (!/^\d+$/.test(p)) throw new ConfigError(field, `"${p}" is not a class label (expected e.g. 0,1,2)`);
-    return Number(p);
-  });
+  if (parts.length === 0) throw new ConfigError(field, `must be a comma-separated list of class names or labels (got "${text}")`);
+  return parts;
+}
+
+/** `--data`: `mnist` and `emoji` are the built-in sets; anything else is a folder of images. */
+export function dataFromArg(value: string): { name: "mnist" | "emoji" } | { name: "folder"; path: string } {
+  return value === "mnist" || value === "emoji" ? { name: value } : { name: "folder", path: value };
 }
 
 /** Parses a `--set key.path=value` override; the value is JSON when it parses, else a string. */
@@ -104,6 +110,13 @@ interface TrainArgs {
   evalSamples?: number;
   trainable?: string;
   from?: string;
+  data?: string;
+  resolution?: number;
+  channels?: number;
+  resize?: string;
+  flip?: boolean;
+  unconditional?: boolean;
+  forceData?: boolean;
 }
 
 /** Builds the config input of `sadm train` from a config file, `--set` overrides and flags (flags win). */
@@ -131,6 +144,12 @@ export function trainInputFromArgs(a: TrainArgs): SadmConfigInput {
   flag("sampleEvery", a.sampleEvery);
   flag("checkpointEvery", a.checkpointEvery);
   flag("keepCheckpoints", a.keep);
+  if (a.data !== undefined) for (const [k, v] of Object.entries(dataFromArg(a.data))) flag(`data.${k}`, v);
+  flag("data.resolution", a.resolution);
+  flag("data.channels", a.channels);
+  flag("data.resize", a.resize);
+  flag("data.flip", a.flip);
+  if (a.unconditional) flag("model.numClasses", 0);
   flag("data.classes", a.classes !== undefined ? parseClassList(a.classes, "--classes") : undefined);
   flag("data.limit", a.limit);
   flag("sampler", a.sampler);
@@ -159,6 +178,7 @@ async function runTrain(a: TrainArgs): Promise<number> {
       from: a.from,
       resume: a.resume === undefined ? undefined : a.resume === "" ? "latest" : a.resume,
       force: a.force,
+      forceData: a.forceData,
       quiet: a.quiet,
       signal: controller.signal,
     });
@@ -196,20 +216,6 @@ interface SampleArgs {
   quiet?: boolean;
 }
 
-/**
- * Splits "cat, dog,3" into the classes of `sadm sample` (names or label numbers, resolved against the checkpoint).
- * Names are split on commas and trimmed; a name cannot hold a comma.
- * @throws ConfigError on an empty list.
- */
-export function parseClassSpec(text: string, field: string): string[] {
-  const parts = text
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s.length > 0);
-  if (parts.length === 0) throw new ConfigError(field, `must be a comma-separated list of class names or labels (got "${text}")`);
-  return parts;
-}
-
 async function runSample(a: SampleArgs): Promise<number> {
   if (a.sampler !== undefined && a.sampler !== "ddim" && a.sampler !== "ddpm")
     throw new ConfigError("--sampler", `must be "ddim" or "ddpm" (got "${a.sampler}")`);
@@ -219,7 +225,7 @@ async function runSample(a: SampleArgs): Promise<number> {
   let done = 0;
   const req: SampleRequest = {
     checkpoint: a.checkpoint,
-    classes: a.classes !== undefined ? parseClassSpec(a.classes, "--classes") : undefined,
+    classes: a.classes !== undefined ? parseClassList(a.classes, "--classes") : undefined,
     perClass: a.perClass,
     n: a.n,
     cfgScale: a.cfg,
@@ -264,6 +270,7 @@ interface EvalArgs {
   device?: string;
   append?: boolean;
   json?: boolean;
+  real?: string;
 }
 
 async function runEvalCommand(a: EvalArgs): Promise<number> {
@@ -280,7 +287,7 @@ async function runEvalCommand(a: EvalArgs): Promise<number> {
   put("seed", a.seed);
   if (a.extractor !== undefined || a.extractorWeights !== undefined)
     overrides.extractor = { arch: a.extractor ?? "lenet-mnist", ...(a.extractorWeights ? { weights: a.extractorWeights } : {}) };
-  const r = await evaluate({ checkpoint: a.checkpoint, eval: overrides, device: a.device, append: a.append });
+  const r = await evaluate({ checkpoint: a.checkpoint, eval: overrides, device: a.device, append: a.append, real: a.real });
   if (a.json) process.stdout.write(JSON.stringify(r, null, 2) + "\n");
   else
     process.stdout.write(
@@ -508,7 +515,21 @@ function withTrainOptions<T>(y: Argv<T>) {
     .option("sample-every", { type: "number", describe: "Write a sample grid every N steps" })
     .option("checkpoint-every", { type: "number", describe: "Save a checkpoint every N steps" })
     .option("keep", { type: "number", describe: "Keep the last K checkpoints" })
-    .option("classes", { type: "string", describe: "Train on these digits only, e.g. 0,1,7" })
+    .option("data", {
+      type: "string",
+      describe: "Training data: mnist (built in, default), emoji (npm install emoji-datasource-google), or a folder of images",
+    })
+    .option("resolution", { type: "number", describe: "Image folders and emoji: side of the square images (default 32)" })
+    .option("channels", { type: "number", choices: [1, 3], describe: "Image folders and emoji: 3 = RGB (default), 1 = grey" })
+    .option("resize", {
+      type: "string",
+      choices: ["crop", "pad", "stretch"],
+      describe: "How images become square: crop (ADM centre crop, as DiT; default), pad, stretch",
+    })
+    .option("flip", { type: "boolean", describe: "Random horizontal flips (default on for images, off for digits; --no-flip)" })
+    .option("unconditional", { type: "boolean", describe: "Ignore the labels: one unconditional model" })
+    .option("force-data", { type: "boolean", describe: "Resume even though the data changed since the checkpoint" })
+    .option("classes", { type: "string", describe: "Train on these classes only: labels (0,1,7) or names (cat,dog)" })
     .option("limit", { type: "number", describe: "Use at most N images" })
     .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler for the grids" })
     .option("sample-steps", { type: "number", describe: "Sampling steps for the grids" })
@@ -576,6 +597,7 @@ export function buildCli(argv: string[]): Argv {
           .option("extractor", { type: "string", describe: "Feature extractor: lenet-mnist (default) or inception-v3-fid (needs --extractor-weights)" })
           .option("extractor-weights", { type: "string", describe: "Its weights (safetensors); default: the shipped LeNet" })
           .option("device", { type: "string", describe: "cpu or cuda:N" })
+          .option("real", { type: "string", describe: "Compare with this folder of images instead of the run's data" })
           .option("append", { type: "boolean", default: true, describe: "Append to the run's metrics.jsonl (--no-append: don't)" })
           .option("json", { type: "boolean", describe: "Print JSON" })
           .example("$0 eval -k runs/mnist --samples 2000", "evaluate the latest checkpoint of runs/mnist"),

@@ -8,7 +8,7 @@
 import { z } from "zod";
 import * as path from "node:path";
 import { ConfigError } from "./errors.js";
-import { IMAGE_DEFAULTS, dataFacts, isImageFiles, type DataConfig, type DataFacts } from "./data/spec.js";
+import { IMAGE_DEFAULTS, classIndices, dataFacts, isImageFiles, type DataConfig, type DataFacts } from "./data/spec.js";
 
 export type { DataConfig, DataFacts } from "./data/spec.js";
 
@@ -728,25 +728,6 @@ function resolveData(d: DeepPartial<DataConfig>, userModel: DeepPartial<ModelCon
   return out;
 }
 
-/** `data.classes` as labels: numbers are checked against the class table, names looked up in it. */
-function resolveClasses(classes: Array<number | string>, facts: DataFacts, source: string): number[] {
-  const names = facts.classNames ?? [];
-  const known = (): string => (names.length > 0 ? ` (classes: ${names.slice(0, 20).join(", ")}${names.length > 20 ? ", …" : ""})` : "");
-  if (facts.numClasses === 0)
-    throw new ConfigError("config.data.classes", `the ${source} data has no labels to filter by`);
-  const seen = new Set<number>();
-  return classes.map((k, i) => {
-    const field = `config.data.classes[${i}]`;
-    const label = typeof k === "number" ? k : names.indexOf(k);
-    if (typeof k === "string" && label < 0) throw new ConfigError(field, `"${k}" is not a class of the ${source} data${known()}`);
-    if (label >= facts.numClasses)
-      throw new ConfigError(field, `must be a ${source} class between 0 and ${facts.numClasses - 1} (got ${k})`);
-    if (seen.has(label)) throw new ConfigError(field, `duplicate class ${k}`);
-    seen.add(label);
-    return label;
-  });
-}
-
 /**
  * Validates a user config and fills every default (preset, derived values), then checks cross-field constraints.
  * The data's shape and class table size the model: for an image folder that means reading its top level (and its
@@ -764,7 +745,17 @@ export function resolveConfig(input: unknown): SadmConfig {
     deepMerge<PlainObject>(fromPreset.model as PlainObject, user.model as PlainObject),
   );
   const facts = dataFacts(data);
-  if (data.classes) data.classes = resolveClasses(data.classes, facts, data.name);
+  if (data.classes) {
+    if (facts.numClasses === 0) throw new ConfigError("config.data.classes", `the ${data.name} data has no labels to filter by`);
+    data.classes = classIndices(data.classes, {
+      numClasses: facts.numClasses,
+      classNames: facts.classNames,
+      field: (i) => `config.data.classes[${i}]`,
+      owner: `the ${data.name} data`,
+      kind: data.name,
+      unique: true,
+    });
+  }
   const dataDefaults: SadmConfigInput = {
     model: { inputSize: facts.size, inChannels: facts.channels, numClasses: facts.numClasses },
   };

@@ -55,6 +55,7 @@ export {
   openCache,
   cacheRoot,
   dataFacts,
+  classIndices,
   readImages,
   interleaveByClass,
   TEST_FRACTION,
@@ -80,7 +81,19 @@ export {
 } from "./data/index.js";
 export { planRun, type RunPlan, type RunKind, type PlanOptions } from "./plan.js";
 export { lambdaAt, lrAt, emaDecayAt } from "./schedule.js";
-export { saveGrid, encodeGrid } from "./image.js";
+export {
+  saveGrid,
+  encodeGrid,
+  saveLabelledGrid,
+  encodeLabelledGrid,
+  encodeImage,
+  GridCanvas,
+  gridGeometry,
+  assertGridFits,
+  MAX_GRID_SIDE,
+  MAX_GRID_PIXELS,
+  type GridGeometry,
+} from "./image.js";
 export {
   listCheckpoints,
   latestCheckpoint,
@@ -98,7 +111,26 @@ export {
 } from "./checkpoint.js";
 export { MetricsLog, Progress, readMetrics, METRICS_FILE } from "./logging.js";
 export { train, holdsRun, type TrainOptions, type TrainResult, type TrainStepInfo } from "./trainer.js";
-export { sample, sampleGrid, gridLabels, type SampleRequest, type SampleResult } from "./sampler.js";
+export {
+  sample,
+  sampleGrid,
+  sampleToDir,
+  sampleFileName,
+  sampleInChunks,
+  sampleFrom,
+  planSamples,
+  resolveClasses,
+  classNamesOf,
+  classLabel,
+  gridLabels,
+  SAMPLE_CHUNK,
+  MAX_IN_MEMORY_VALUES,
+  type SampleRequest,
+  type SampleResult,
+  type SampleGridResult,
+  type SampleDirResult,
+  type SamplePlan,
+} from "./sampler.js";
 export {
   loadNative,
   cpuBinary,

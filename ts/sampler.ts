@@ -13,6 +13,7 @@ import type { SampleOptions } from "./native.js";
 import { readState, resolveCheckpoint, type CheckpointState } from "./checkpoint.js";
 import { GridCanvas, assertGridFits, encodeImage, gridGeometry, writeFileAtomic } from "./image.js";
 import { normalizeDevice } from "./config.js";
+import { classIndices } from "./data/spec.js";
 
 /** Images per native sampling call: what bounds a sampling's memory (activations, the CFG-doubled batch). */
 export const SAMPLE_CHUNK = 256;
@@ -125,46 +126,16 @@ export function classNamesOf(state: CheckpointState, dir = "checkpoint"): string
 }
 
 /** "a, b, c" of up to `max` names, then how many more. */
-function listNames(names: ReadonlyArray<string>, max = 20): string {
-  const shown = names.slice(0, max).map((s) => JSON.stringify(s)).join(", ");
-  return names.length > max ? `${shown} … (${names.length - max} more)` : shown;
-}
-
 /**
- * Maps classes given by label or name to labels. A number is a label; a string is the class of that name, else
- * (when it is a whole number) a label.
- * @param classNames names by label (`classNames[k]` is label k), or undefined when the classes have none.
- * @throws ConfigError (field `classes[i]`) for a label out of range or a name that is no class, listing the names.
+ * Maps classes given by label or name to labels (see {@link classIndices}).
+ * @throws ConfigError naming the entry and listing the checkpoint's class names.
  */
 export function resolveClasses(
   classes: ReadonlyArray<number | string>,
   numClasses: number,
   classNames?: ReadonlyArray<string>,
 ): number[] {
-  const byName = new Map<string, number>();
-  classNames?.forEach((name, k) => {
-    if (k < numClasses && !byName.has(name)) byName.set(name, k);
-  });
-  return classes.map((c, i) => {
-    let k: number;
-    if (typeof c === "number") k = c;
-    else {
-      const s = c.trim();
-      const named = byName.get(s);
-      if (named !== undefined) return named;
-      if (!/^\d+$/.test(s))
-        throw new ConfigError(
-          `classes[${i}]`,
-          byName.size > 0
-            ? `"${s}" is not a class of this checkpoint (its classes: ${listNames([...byName.keys()])})`
-            : `"${s}" is not a class label: this checkpoint's classes have no names, use labels 0 to ${numClasses - 1}`,
-        );
-      k = Number(s);
-    }
-    if (!Number.isInteger(k) || k < 0 || k >= numClasses)
-      throw new ConfigError(`classes[${i}]`, `must be a class between 0 and ${numClasses - 1} (got ${k})`);
-    return k;
-  });
+  return classIndices(classes, { numClasses, classNames, field: (i) => `classes[${i}]`, owner: "this checkpoint" });
 }
 
 /** The text under a column of class `label`: its name, or the label number when it has none. */

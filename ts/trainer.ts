@@ -11,7 +11,7 @@ import { emaDecayAt, lambdaAt, lrAt } from "./schedule.js";
 import { CHECKPOINTS_DIR, checkpointDir, listCheckpoints, pruneCheckpoints, type CheckpointExtra } from "./checkpoint.js";
 import { METRICS_FILE, MetricsLog, Progress, RunningMean } from "./logging.js";
 import { loadNative, type NativeTrainer, type ParamCounts, type StepStats } from "./native.js";
-import { saveGrid, writeFileAtomic } from "./image.js";
+import { saveLabelledGrid, writeFileAtomic } from "./image.js";
 import { planSamples, sampleFrom } from "./sampler.js";
 import { version } from "./version.js";
 import { evalRecord, evaluateModel, formatMetrics, type EvalMetrics } from "./evaluate.js";
@@ -405,7 +405,8 @@ class Run {
 
   private async writeSamples(): Promise<void> {
     const { cfg } = this;
-    const plan = planSamples(cfg.model, sampleClasses(cfg), cfg.samplesPerClass, 8 * cfg.samplesPerClass);
+    const facts = { numClasses: cfg.model.numClasses, classNames: this.data.dataset.classNames };
+    const plan = planSamples(facts, sampleClasses(cfg), cfg.samplesPerClass, 8 * cfg.samplesPerClass);
     const { images, shape } = await sampleFrom(this.trainer, plan.labels, {
       sampler: cfg.sampler,
       steps: cfg.sampleSteps,
@@ -415,7 +416,7 @@ class Run {
       clipDenoised: true,
     });
     const file = path.join(this.plan.outDir, SAMPLES_DIR, `step-${String(this.step).padStart(8, "0")}.png`);
-    saveGrid(file, images, shape[0], shape[1], shape[2], shape[3], plan.cols);
+    await saveLabelledGrid(file, images, shape[0], shape[1], shape[2], shape[3], plan.cols, plan.columnLabels);
     this.lastSampleStep = this.step;
     this.samples.push(file);
     this.opts.onSample?.(file, this.step);

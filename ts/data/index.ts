@@ -40,6 +40,9 @@ export { findData, preprocessOf, type DataSource, type OpenOptions, type OpenedD
 export {
   dataFacts,
   classLabels,
+  classIndices,
+  listNames,
+  type ClassLookup,
   isImageFiles,
   parseColour,
   IMAGE_DEFAULTS,

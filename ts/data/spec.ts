@@ -2,7 +2,7 @@
  * What a config says about its data ({@link DataConfig}), and the facts about that data the config needs before
  * anything is decoded: the image shape and the class table ({@link dataFacts}).
  */
-import { DataError } from "../errors.js";
+import { ConfigError, DataError } from "../errors.js";
 import type { DataSplit } from "./dataset.js";
 import { MNIST_CLASS_NAMES } from "./mnist.js";
 import { discoverClasses, type LabelMode } from "./scan.js";
@@ -127,6 +127,61 @@ export function classLabels(cfg: Pick<DataConfig, "classes">): number[] | undefi
   if (!cfg.classes) return undefined;
   return cfg.classes.map((k) => {
     if (typeof k !== "number") throw new DataError(`class "${k}" was not resolved to a label (resolve the config first)`);
+    return k;
+  });
+}
+
+/** Names for a message: quoted, the first `max`, then how many more. */
+export function listNames(names: ReadonlyArray<string>, max = 20): string {
+  const shown = names.slice(0, max).map((s) => JSON.stringify(s)).join(", ");
+  return names.length > max ? `${shown} … (${names.length - max} more)` : shown;
+}
+
+/** Options of {@link classIndices}. */
+export interface ClassLookup {
+  numClasses: number;
+  classNames?: ReadonlyArray<string>;
+  /** The field of entry i, for the ConfigError (e.g. `config.data.classes[i]`). */
+  field: (i: number) => string;
+  /** What has the classes, for the messages ("the mnist data", "this checkpoint"). */
+  owner: string;
+  /** Refuse a class given twice. */
+  unique?: boolean;
+  /** The data set's name for the range message ("must be a mnist class between …"). */
+  kind?: string;
+}
+
+/**
+ * Classes given by label or by name → labels. A number is a label; a string is the class of that name, else (all
+ * digits) a label, so a class named "10" is found by its name even where label 10 exists too.
+ * @throws ConfigError naming the entry, with the known names.
+ */
+export function classIndices(classes: ReadonlyArray<number | string>, o: ClassLookup): number[] {
+  const byName = new Map<string, number>();
+  o.classNames?.forEach((name, k) => {
+    if (k < o.numClasses && !byName.has(name)) byName.set(name, k);
+  });
+  const seen = new Set<number>();
+  return classes.map((c, i) => {
+    let k: number;
+    if (typeof c === "number") k = c;
+    else {
+      const s = c.trim();
+      const named = byName.get(s);
+      if (named !== undefined) k = named;
+      else if (/^\d+$/.test(s)) k = Number(s);
+      else
+        throw new ConfigError(
+          o.field(i),
+          byName.size > 0
+            ? `"${s}" is not a class of ${o.owner} (its classes: ${listNames([...byName.keys()])})`
+            : `"${s}" is not a class label: the classes of ${o.owner} have no names, use labels 0 to ${o.numClasses - 1}`,
+        );
+    }
+    if (!Number.isInteger(k) || k < 0 || k >= o.numClasses)
+      throw new ConfigError(o.field(i), `must be a ${o.kind ? `${o.kind} ` : ""}class between 0 and ${o.numClasses - 1} (got ${c})`);
+    if (o.unique && seen.has(k)) throw new ConfigError(o.field(i), `duplicate class ${c}`);
+    seen.add(k);
     return k;
   });
 }
