@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod diffusion;
 pub mod discriminator;
