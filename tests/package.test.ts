@@ -8,6 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { execFileSync, spawnSync } from "node:child_process";
 import { beforeAll, describe, expect, it } from "vitest";
+import { PNG } from "pngjs";
 import { ROOT, runNodeAsync, tmpDir, type CliResult } from "./helpers";
 import { explainLoadFailure, explainMissingCpuBinary } from "../ts/native";
 import { resolveConfig } from "../ts/config";
@@ -41,6 +42,16 @@ const tarball = (t: Record<string, string>, name: string): string => {
   if (!f) throw new Error(`scripts/pack.js wrote no tarball for ${name}`);
   return f;
 };
+
+/** An RGB PNG (pngjs, the tests' own encoder) of HWC bytes. */
+function encodePng(rgb: Buffer, width: number, height: number): Buffer {
+  const png = new PNG({ width, height, colorType: 2 });
+  for (let i = 0; i < width * height; i++) {
+    png.data.set(rgb.subarray(i * 3, i * 3 + 3), i * 4);
+    png.data[i * 4 + 3] = 255;
+  }
+  return PNG.sync.write(png, { colorType: 2 });
+}
 
 const tarList = (file: string): string[] => execFileSync("tar", ["tzf", file], { encoding: "utf8" }).split("\n");
 
@@ -97,7 +108,9 @@ describe("the npm packages, installed without a toolchain (Linux x64)", () => {
       execFileSync("tar", ["xzOf", tarball(tarballs, "sadm"), "package/package.json"], { encoding: "utf8" }),
     ) as Record<string, unknown>;
     expect(manifest.optionalDependencies).toEqual({ [`sadm-${PLATFORM}`]: VERSION });
-    expect(manifest.peerDependencies).toEqual({ [`sadm-cuda-${PLATFORM}`]: VERSION });
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, "package.json"), "utf8")) as { peerDependencies: Record<string, string> };
+    expect(manifest.peerDependencies).toEqual({ ...pkg.peerDependencies, [`sadm-cuda-${PLATFORM}`]: VERSION });
+    expect(pkg.peerDependencies["emoji-datasource-google"]).toMatch(/^\^16\./);
     expect(manifest.scripts).toBeUndefined();
     expect(tarList(tarball(tarballs, `sadm-${PLATFORM}`))).toContain(`package/sadm.${PLATFORM}.node`);
   });
@@ -138,6 +151,32 @@ describe("the npm packages, installed without a toolchain (Linux x64)", () => {
     const grid = await sadm(dir, ["sample", "--checkpoint", "run", "--classes", "0,1", "--per-class", "2", "--steps", "5", "--out", "g.png"]);
     expect(grid.status, grid.stderr).toBe(0);
     expect(fs.readFileSync(path.join(dir, "g.png")).subarray(1, 4).toString()).toBe("PNG");
+
+    // Your own images: sharp decodes them from its prebuilt package (installed with sadm, no toolchain either).
+    const images = path.join(dir, "images");
+    for (const [k, colour] of [["red", [220, 30, 30]], ["blue", [30, 30, 220]]] as const) {
+      fs.mkdirSync(path.join(images, k), { recursive: true });
+      for (let i = 0; i < 8; i++) {
+        const px = Buffer.alloc(20 * 14 * 3);
+        for (let j = 0; j < 20 * 14; j++) px.set([colour[0], colour[1] + 10 * i, colour[2]], j * 3);
+        fs.writeFileSync(path.join(images, k, `${i}.png`), encodePng(px, 20, 14));
+      }
+    }
+    const folder = await sadm(
+      dir,
+      ["train", "--data", "images", "--resolution", "8", "--steps", "2", "--batch-size", "8", "--set", "model.patchSize=2",
+        "--set", "discriminator.patchSize=2", "--out", "run-folder", "-q"],
+      300_000,
+    );
+    expect(folder.status, folder.stderr).toBe(0);
+    const state = JSON.parse(fs.readFileSync(path.join(dir, "run-folder", "checkpoints", "step-00000002", "state.json"), "utf8")) as {
+      extra: { dataset: { classNames: string[]; images: number } };
+    };
+    expect(state.extra.dataset).toMatchObject({ classNames: ["blue", "red"], images: 16 });
+    // The emoji set is an optional package: missing, it is named with the command that installs it.
+    const emoji = await sadm(dir, ["train", "--data", "emoji", "--steps", "1", "--out", "run-emoji"]);
+    expect(emoji.status).toBe(1);
+    expect(emoji.stderr).toMatch(/^error: the emoji data set is an optional package that is not installed: npm install emoji-datasource-google@16\n$/);
 
     // A TypeScript user's view: the published typings compile against a script that uses the API, and it runs.
     fs.writeFileSync(
