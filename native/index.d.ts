@@ -103,6 +103,28 @@ export interface ParamCounts {
   discriminator: number
 }
 
+/**
+ * Resizes 8-bit pixels (`width` × `height`, `channels` 1 or 3 interleaved, rows top to bottom) to a square exactly
+ * as Pillow does in DiT's data pipeline (box halving, bicubic, round-half-even sizes), off the JS thread. Resolves
+ * with `opts.channels × resolution × resolution` bytes, channel-major (CHW).
+ */
+export declare function preprocessImage(pixels: Uint8Array, width: number, height: number, channels: number, opts: PreprocessOptions): Promise<Uint8Array>
+
+/** How `preprocessImage` makes a square training image. */
+export interface PreprocessOptions {
+  /** Side of the square output in pixels, 1 to 8192. */
+  resolution: number
+  /**
+   * "crop" (ADM's `center_crop_arr`, what DiT trains on: short side to `resolution`, centre crop), "pad" (long
+   * side to `resolution`, centred on `background`) or "stretch" (bicubic to the square, aspect ratio ignored).
+   */
+  resize: string
+  /** Output channels: 1 (grey, Pillow's `convert("L")` of RGB input) or 3 (RGB; grey input is replicated). */
+  channels: number
+  /** [r, g, b], each 0 to 255: the fill of "pad" (its luma for a grey output). */
+  background: Array<number>
+}
+
 export interface SampleOptions {
   /** "ddpm" or "ddim". */
   sampler: string

@@ -501,3 +501,77 @@ impl Task for TrainClassifierTask {
         Ok(out)
     }
 }
+
+/// How `preprocessImage` makes a square training image.
+#[napi(object)]
+pub struct PreprocessOptions {
+    /// Side of the square output in pixels, 1 to 8192.
+    pub resolution: u32,
+    /// "crop" (ADM's `center_crop_arr`, what DiT trains on: short side to `resolution`, centre crop), "pad" (long
+    /// side to `resolution`, centred on `background`) or "stretch" (bicubic to the square, aspect ratio ignored).
+    pub resize: String,
+    /// Output channels: 1 (grey, Pillow's `convert("L")` of RGB input) or 3 (RGB; grey input is replicated).
+    pub channels: u32,
+    /// [r, g, b], each 0 to 255: the fill of "pad" (its luma for a grey output).
+    pub background: Vec<u32>,
+}
+
+/// Resizes 8-bit pixels (`width` × `height`, `channels` 1 or 3 interleaved, rows top to bottom) to a square exactly
+/// as Pillow does in DiT's data pipeline (box halving, bicubic, round-half-even sizes), off the JS thread. Resolves
+/// with `opts.channels × resolution × resolution` bytes, channel-major (CHW).
+#[napi(catch_unwind, ts_return_type = "Promise<Uint8Array>")]
+pub fn preprocess_image(pixels: Uint8Array, width: u32, height: u32, channels: u32, opts: PreprocessOptions) -> AsyncTask<PreprocessTask> {
+    AsyncTask::new(PreprocessTask { pixels: pixels.to_vec(), size: (width, height, channels), opts })
+}
+
+pub struct PreprocessTask {
+    pixels: Vec<u8>,
+    size: (u32, u32, u32),
+    opts: PreprocessOptions,
+}
+
+fn preprocess_options(o: &PreprocessOptions) -> sadm_core::Result<sadm_core::data::preprocess::Preprocess> {
+    use sadm_core::data::preprocess::{Preprocess, Resize};
+    let background = match o.background[..] {
+        [r, g, b] if r.max(g).max(b) <= 255 => [r as u8, g as u8, b as u8],
+        _ => {
+            return Err(sadm_core::Error::Input(format!(
+                "background must be [r, g, b] with each 0 to 255 (got {:?})",
+                o.background
+            )))
+        }
+    };
+    let resize = match o.resize.as_str() {
+        "crop" => Resize::Crop,
+        "pad" => Resize::Pad { background },
+        "stretch" => Resize::Stretch,
+        other => {
+            return Err(sadm_core::Error::Input(format!(r#"resize must be "crop", "pad" or "stretch" (got "{other}")"#)))
+        }
+    };
+    Ok(Preprocess { resolution: o.resolution as usize, resize, channels: o.channels as usize })
+}
+
+impl Task for PreprocessTask {
+    type Output = Vec<u8>;
+    type JsValue = Uint8Array;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let pixels = std::mem::take(&mut self.pixels);
+        let (w, h, c) = self.size;
+        let run = || {
+            let opts = preprocess_options(&self.opts)?;
+            let image = sadm_core::data::resample::Image::new(w as usize, h as usize, c as usize, pixels)?;
+            sadm_core::data::preprocess::preprocess(image, &opts)
+        };
+        // One-line errors that name the call: the loader reports them next to the file they came from.
+        sadm_core::error::catch_panic("preprocessImage", || device::on_pool(run)).map_err(|e| match e {
+            sadm_core::Error::Input(m) => Error::from_reason(format!("preprocessImage: {m}")),
+            e => js_err(e),
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
+        Ok(Uint8Array::new(out))
+    }
+}
