@@ -6,7 +6,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { TINY_NETS, runCliAsync, tmpDir } from "./helpers";
+import sharp from "sharp";
+import { CLI, TINY_NETS, runCliAsync, runNodeAsync, tmpDir } from "./helpers";
 import { loadNative, resolveConfig, toCoreConfig, type SadmConfigInput } from "../ts/index";
 
 const TINY: SadmConfigInput = {
@@ -66,8 +67,11 @@ const CASES: Case[] = [
   ["missing checkpoint", () => ["sample", "--checkpoint", path.join(dir, "none"), "--out", fresh() + ".png"], /checkpoint .* does not exist/],
   ["checkpoint without state.json", () => ["sample", "--checkpoint", brokenCheckpoint("nostate", (d) => fs.rmSync(path.join(d, "state.json"))), "--out", fresh() + ".png"], /state\.json/],
   ["corrupt state.json", () => ["sample", "--checkpoint", brokenCheckpoint("badstate", (d) => fs.writeFileSync(path.join(d, "state.json"), "{\"step\": ")), "--out", fresh() + ".png"], /state\.json/],
-  ["truncated weights", () => ["sample", "--checkpoint", brokenCheckpoint("trunc", (d) => truncate(path.join(d, "ema.safetensors"))), "--out", fresh() + ".png"], /ema\.safetensors: cannot read safetensors/],
-  ["weights of another architecture", () => ["sample", "--checkpoint", brokenCheckpoint("arch", (d) => fs.copyFileSync(path.join(process.cwd(), "assets", "lenet-mnist.safetensors"), path.join(d, "ema.safetensors"))), "--out", fresh() + ".png"], /ema\.safetensors: tensor 'blocks\.0\.adaLN_modulation\.1\.bias' is missing/],
+  ["a byte flipped in the weights", () => ["sample", "--checkpoint", brokenCheckpoint("flip", (d) => flipByte(path.join(d, "ema.safetensors"))), "--out", fresh() + ".png"], /^error: [^\n]*ema\.safetensors is corrupt: [^\n]*changed after it was written; use another checkpoint of the run\n$/],
+  ["truncated weights", () => ["sample", "--checkpoint", brokenCheckpoint("trunc", (d) => truncate(path.join(d, "ema.safetensors"))), "--out", fresh() + ".png"], /ema\.safetensors is corrupt/],
+  // Checkpoints from before the digests: nothing to check the files against, the reader's own checks catch these.
+  ["truncated weights of a checkpoint without digests", () => ["sample", "--checkpoint", brokenCheckpoint("trunc-old", (d) => { withoutDigests(d); truncate(path.join(d, "ema.safetensors")); }), "--out", fresh() + ".png"], /ema\.safetensors: cannot read safetensors/],
+  ["weights of another architecture", () => ["sample", "--checkpoint", brokenCheckpoint("arch", (d) => { withoutDigests(d); fs.copyFileSync(path.join(process.cwd(), "assets", "lenet-mnist.safetensors"), path.join(d, "ema.safetensors")); }), "--out", fresh() + ".png"], /ema\.safetensors: tensor 'blocks\.0\.adaLN_modulation\.1\.bias' is missing/],
   ["sample class out of range", () => ["sample", "--checkpoint", ck, "--classes", "11", "--out", fresh() + ".png"], /classes\[0\]: must be a class between 0 and 9 \(got 11\)/],
   ["zero sampling steps", () => ["sample", "--checkpoint", ck, "--steps", "0", "--out", fresh() + ".png"], /steps: must be an integer ≥ 1 \(got 0\)/],
   ["unwritable sample output", () => ["sample", "--checkpoint", ck, "--out", path.join(write("file2", "x"), "g.png")], /cannot write .*g\.png: a file is in the way of a directory/],
@@ -94,6 +98,21 @@ function truncate(f: string): void {
   fs.truncateSync(f, Math.floor(fs.statSync(f).size / 2));
 }
 
+/** Flips one bit in the middle of `f` (inside the tensor data: the file still parses). */
+function flipByte(f: string): void {
+  const b = fs.readFileSync(f);
+  b[b.length >> 1] ^= 0x10;
+  fs.writeFileSync(f, b);
+}
+
+/** Removes the weight files' digests from a checkpoint's state.json, as sadm wrote it before it recorded them. */
+function withoutDigests(d: string): void {
+  const file = path.join(d, "state.json");
+  const { files, ...rest } = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, unknown>;
+  expect(files, "the checkpoint records digests").toBeDefined();
+  fs.writeFileSync(file, JSON.stringify(rest));
+}
+
 describe("bad input (the CLI, the API and the native core)", () => {
   it("has at least 30 cases", () => expect(CASES.length).toBeGreaterThanOrEqual(30));
 
@@ -117,4 +136,66 @@ describe("bad input (the CLI, the API and the native core)", () => {
     await expect(t.step(new Float32Array(2 * 784).fill(Number.NaN), Int32Array.from([0, 1]), opts)).rejects.toThrow(/not finite/);
     await expect(t.sample(Int32Array.from([0]), { sampler: "ddim", steps: 0, cfgScale: 1, eta: 0, seed: 0, clipDenoised: true })).rejects.toThrow(/steps/);
   });
+});
+
+describe("bad data (image folders, through the CLI)", () => {
+  let data = "";
+  let cache = "";
+  /** A folder of files (relative path → content; PNG bytes for `png`). */
+  const folder = (files: Record<string, string | Buffer>): string => {
+    const root = fs.mkdtempSync(path.join(data, "f-"));
+    for (const [rel, content] of Object.entries(files)) {
+      fs.mkdirSync(path.dirname(path.join(root, rel)), { recursive: true });
+      fs.writeFileSync(path.join(root, rel), content);
+    }
+    return root;
+  };
+  let png: Buffer;
+  const TRAIN = ["train", "--resolution", "8", "--steps", "1", "--batch-size", "4", "--set", "model.patchSize=2", "--set", "discriminator.patchSize=2"];
+  const DATA_CASES: Array<[name: string, args: () => string[], expected: RegExp]> = [
+    ["a folder that does not exist", () => [...TRAIN, "--data", path.join(data, "nowhere"), "--out", fresh()], /the image folder .*nowhere does not exist: check the path \(--data/],
+    ["a file instead of a folder", () => [...TRAIN, "--data", write("not-a-folder.png", "x"), "--out", fresh()], /not-a-folder\.png is not a folder/],
+    ["an empty folder", () => [...TRAIN, "--data", folder({}), "--out", fresh()], /is empty: put the images in it, or in one sub-folder per class/],
+    ["a folder with no image files", () => [...TRAIN, "--data", folder({ "a.txt": "x", "c.csv": "y" }), "--out", fresh()], /holds no image files \(\.jpg.*; it has 2 other file\(s\)/],
+    ["fewer images than a batch", () => [...TRAIN, "--data", folder({ "a/1.png": png, "a/2.png": png, "b/3.png": png }), "--out", fresh()], /folder .*: the dataset has 3 image\(s\), fewer than one batch of 4: lower the batch size or add data/],
+    ["a class folder left empty", () => [...TRAIN, "--data", folder({ "cat/1.png": png, "dog/notes.txt": "x" }), "--out", fresh()], /the class folder .*dog holds no images: add images to it or remove it/],
+    ["a symlink loop", () => {
+      const root = folder({ "a/1.png": png, "a/2.png": png, "a/3.png": png, "a/4.png": png });
+      fs.symlinkSync(root, path.join(root, "a", "loop"));
+      return [...TRAIN, "--data", root, "--out", fresh()];
+    }, /symlink loop: .*loop leads back to .*, a folder it is inside; remove the link/],
+    ["no file decodes", () => [...TRAIN, "--data", folder({ "a/1.png": "junk", "a/2.jpg": "" }), "--out", fresh()], /none of the 2 image file\(s\) of folder .* could be decoded \(e\.g\. a\/1\.png: /],
+    ["a bad file with onBadImage error", () => [...TRAIN, "--data", folder({ "a/1.png": png, "a/2.png": png, "a/3.png": png, "a/4.png": png, "a/5.png": "junk" }), "--set", "data.onBadImage=error", "--out", fresh()], /cannot decode a\/5\.png: .*\(data\.onBadImage is "error"; fix or remove the file/],
+    ["metadata naming a missing file", () => [...TRAIN, "--data", folder({ "metadata.jsonl": '{"file_name": "gone.png", "label": "x"}\n', "1.png": png }), "--out", fresh()], /metadata\.jsonl lists 1 file\(s\) that are not in .*, e\.g\. gone\.png: fix or remove those entries/],
+    ["an unknown class name", () => [...TRAIN, "--data", folder({ "cat/1.png": png }), "--classes", "cow", "--out", fresh()], /config\.data\.classes\[0\]: "cow" is not a class of the folder data \(its classes: "cat"\)/],
+    ["an image option on the digits", () => ["train", "--resolution", "32", "--out", fresh()], /config\.data\.resolution: applies to folder and emoji data, not mnist/],
+    ["the LeNet on RGB images", () => [...TRAIN, "--data", folder({ "cat/1.png": png }), "--eval-every", "1", "--out", fresh()], /config\.eval\.extractor\.arch: lenet-mnist reads 28×28 grey digits/],
+  ];
+
+  beforeAll(async () => {
+    data = tmpDir("sadm-bad-data-");
+    cache = tmpDir("sadm-bad-cache-");
+    png = await sharp(Buffer.alloc(10 * 10 * 3, 128), { raw: { width: 10, height: 10, channels: 3 } }).png().toBuffer();
+  });
+
+  it.each(DATA_CASES)("%s", async (_name, args, expected) => {
+    const r = await runCliAsync(args(), { timeoutMs: 120_000, env: { SADM_CACHE_DIR: cache } });
+    expect(r.status, `stdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(1);
+    expect(r.stderr).toMatch(/^error: [^\n]*\n$/);
+    expect(r.stderr).toMatch(expected);
+  }, 120_000);
+
+  it("an unreadable folder (run as the unprivileged user nobody: root reads everything)", async () => {
+    const root = folder({ "a/1.png": png, "a/2.png": png, "locked/3.png": png });
+    fs.chmodSync(path.join(root, "locked"), 0o000);
+    const open = fs.mkdtempSync(path.join(data, "out-"));
+    for (const d of [data, root, open, cache]) fs.chmodSync(d, 0o777);
+    const r = await runNodeAsync([CLI, ...TRAIN, "--data", root, "--out", path.join(open, "run")], {
+      timeoutMs: 120_000,
+      env: { SADM_CACHE_DIR: cache },
+      runAs: "nobody",
+    });
+    expect(r.status, `stdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(1);
+    expect(r.stderr).toMatch(/^error: cannot read the folder .*locked: permission denied; fix its permissions or move it out of the data\n$/);
+  }, 120_000);
 });

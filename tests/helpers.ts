@@ -50,15 +50,19 @@ export function nativeBuilt(): boolean {
 /**
  * Runs `node ...args` without blocking the test worker (a long synchronous spawn would starve vitest's worker RPC,
  * which times out after a minute). The child gets this process's environment plus `opts.env`, or with `onlyEnv`
- * nothing but `opts.env`.
+ * nothing but `opts.env`. `runAs: "nobody"` runs it as that unprivileged user (util-linux's setpriv), for tests of
+ * permission errors, which root never gets.
  */
 export function runNodeAsync(
   args: string[],
-  opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; onlyEnv?: boolean } = {},
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; onlyEnv?: boolean; runAs?: "nobody" } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const env = opts.onlyEnv ? opts.env : { ...process.env, ...opts.env };
-    const child = spawn(process.execPath, args, { cwd: opts.cwd ?? ROOT, env });
+    const [cmd, argv] = opts.runAs
+      ? ["setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, ...args]]
+      : [process.execPath, args];
+    const child = spawn(cmd, argv, { cwd: opts.cwd ?? ROOT, env });
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));

@@ -4,7 +4,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ConfigError, NativeError, NumericalError, fsError, isFsError } from "./errors.js";
+import { ConfigError, DataError, NativeError, NumericalError, fsError, isFsError } from "./errors.js";
 import { toCoreConfig, type SadmConfig, type SadmConfigInput } from "./config.js";
 import { BatchLoader, classLabels, type DataPosition, type OpenedData, type PositionedBatch } from "./data/index.js";
 import { emaDecayAt, lambdaAt, lrAt } from "./schedule.js";
@@ -218,7 +218,12 @@ class Run {
     if (cfg.model.numClasses !== 0 && dataset.numClasses > cfg.model.numClasses)
       throw new ConfigError("config.model.numClasses", `the dataset has ${dataset.numClasses} classes (got ${cfg.model.numClasses})`);
     const saved = resume?.state.extra.data;
-    const loader = new BatchLoader(dataset, cfg.batchSize, cfg.seed, saved, { flip: cfg.data.flip ?? false });
+    let loader: BatchLoader;
+    try {
+      loader = new BatchLoader(dataset, cfg.batchSize, cfg.seed, saved, { flip: cfg.data.flip ?? false });
+    } catch (e) {
+      throw e instanceof DataError ? new DataError(`${this.plan.data.description}: ${e.message}`, { cause: e }) : e;
+    }
     if (resume && !saved) {
       // Older checkpoints without a position: the order is a pure function of the step for a fixed batch size.
       const s = resume.state.step;

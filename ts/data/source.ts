@@ -7,7 +7,7 @@ import { DataError } from "../errors.js";
 import type { DatasetInfo } from "../checkpoint.js";
 import { interleaveByClass, inSplit, ByteDataset, type Dataset, type DataSplit } from "./dataset.js";
 import { MnistDataset } from "./mnist.js";
-import { describeIgnored, scanFolder, type ImageFile, type ScanResult } from "./scan.js";
+import { IMAGE_EXTENSIONS, describeIgnored, scanFolder, type ImageFile, type ScanResult } from "./scan.js";
 import { scanEmoji } from "./emoji.js";
 import { cacheKey, openCache, type BadImage, type CacheOptions } from "./cache.js";
 import { IMAGE_DEFAULTS, classLabels, parseColour, type DataConfig } from "./spec.js";
@@ -131,6 +131,11 @@ function imageSource(cfg: DataConfig, description: string, scan: ScanResult): Da
     open: async (opts = {}) => {
       const cache = await openCache(scan.root, scan.files, pre, { ...opts, onBadImage });
       const good = scan.files.filter((f) => cache.slotOf.has(f.rel));
+      if (good.length === 0)
+        throw new DataError(
+          `none of the ${scan.files.length} image file(s) of ${description} could be decoded ` +
+            `(e.g. ${cache.bad[0]?.rel}: ${cache.bad[0]?.reason}): check that they are images sadm reads (${IMAGE_EXTENSIONS.join(", ")})`,
+        );
       const chosen = select(good, classes, split, cfg.limit);
       if (chosen.length === 0)
         throw new DataError(`${description}: no images are left after the class filter, split and limit`);
