@@ -557,6 +557,10 @@ export function buildCli(argv: string[]): Argv {
       process.exitCode = result;
     });
   return yargs(argv)
+    // A flag given twice takes its last value, as in most CLIs; only --set collects.
+    .middleware((args) => {
+      for (const [k, v] of Object.entries(args)) if (Array.isArray(v) && k !== "_" && k !== "set") args[k] = v[v.length - 1] as unknown;
+    }, true)
     .scriptName("sadm")
     .usage("$0 <command> [options]")
     .command(
