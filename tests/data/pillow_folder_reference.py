@@ -11,6 +11,7 @@ sadm's bytes to be within ±1 of them.
 """
 import json
 import os
+import sys
 
 import numpy as np
 import PIL
@@ -19,19 +20,10 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "pillow-folder")
 ROOT = os.path.dirname(os.path.dirname(HERE))
+# ADM's center_crop_arr, kept once, next to the core's reference.
+sys.path.insert(0, os.path.join(ROOT, "crates", "sadm-core", "testdata"))
+from pillow_preprocess_reference import center_crop_arr  # noqa: E402
 EMOJI = os.path.join(ROOT, "node_modules", "emoji-datasource-google", "img", "google", "64")
-
-
-def center_crop_arr(pil_image, image_size):
-    """ADM's (guided_diffusion/image_datasets.py), as DiT uses it."""
-    while min(*pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
-    scale = image_size / min(*pil_image.size)
-    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
-    arr = np.array(pil_image)
-    crop_y = (arr.shape[0] - image_size) // 2
-    crop_x = (arr.shape[1] - image_size) // 2
-    return Image.fromarray(arr[crop_y : crop_y + image_size, crop_x : crop_x + image_size])
 
 
 def synthetic(w, h, seed):
