@@ -68,6 +68,8 @@ export interface CacheOptions {
   concurrency?: number;
   /** Folder of the caches (default {@link cacheRoot}). */
   dir?: string;
+  /** The start of the cache's file name (default: the folder's name). */
+  name?: string;
   /** Progress output. */
   quiet?: boolean;
   tty?: boolean;
@@ -97,8 +99,8 @@ export function cacheKey(files: readonly ImageFile[], p: Preprocess): string {
 }
 
 /** The name shared by every cache of one folder and preprocessing; the key follows it. */
-function cachePrefix(root: string, p: Preprocess): string {
-  const slug = path.basename(root).replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 40) || "data";
+function cachePrefix(root: string, p: Preprocess, name = path.basename(root)): string {
+  const slug = name.replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 40) || "data";
   const where = sha256(path.resolve(root)).slice(0, 8);
   return `${slug}-${where}-${p.resolution}px-${p.channels}ch-${p.resize}-${p.background.join("_")}-`;
 }
@@ -184,7 +186,7 @@ function prune(dir: string, prefix: string, keep: string): void {
 export async function openCache(root: string, files: readonly ImageFile[], p: Preprocess, opts: CacheOptions): Promise<ImageCache> {
   const dir = path.join(opts.dir ?? cacheRoot(), "images");
   const key = cacheKey(files, p);
-  const prefix = cachePrefix(root, p);
+  const prefix = cachePrefix(root, p, opts.name);
   const name = `${prefix}${key.slice(0, 16)}${EXT}`;
   const file = path.join(dir, name);
   const found = readFooter(file);

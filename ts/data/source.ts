@@ -129,7 +129,7 @@ function imageSource(cfg: DataConfig, description: string, scan: ScanResult): Da
     fingerprint,
     notes: ignored ? [ignored] : [],
     open: async (opts = {}) => {
-      const cache = await openCache(scan.root, scan.files, pre, { ...opts, onBadImage });
+      const cache = await openCache(scan.root, scan.files, pre, { name: cfg.name === "emoji" ? "emoji" : undefined, ...opts, onBadImage });
       const good = scan.files.filter((f) => cache.slotOf.has(f.rel));
       if (good.length === 0)
         throw new DataError(
