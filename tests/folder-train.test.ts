@@ -55,7 +55,7 @@ describe("training on an image folder (emoji, real addon)", () => {
     expect(ds.fingerprint).toMatch(/^[0-9a-f]{64}$/);
     const config = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")) as { preset: string; data: Record<string, unknown> };
     expect(config.preset).toBe("rgb-32");
-    expect(config.data).toMatchObject({ name: "folder", path: emoji, resolution: 16, channels: 3, flip: true });
+    expect(config.data).toMatchObject({ name: "folder", path: emoji, resolution: 16, channels: 3, flip: true, classNames: CATEGORIES });
     expect(fs.existsSync(path.join(out, "bad-images.txt"))).toBe(false);
     const grid = PNG.sync.read(fs.readFileSync(path.join(out, "samples", "step-00000004.png")));
     const g = gridGeometry(10, 16, 16, 10, true);

@@ -122,6 +122,12 @@ describe("folder data in the config", () => {
     expect(cfg.preset).toBe("rgb-32");
     expect([cfg.model.inputSize, cfg.model.inChannels, cfg.model.numClasses]).toEqual([16, 3, 3]);
     expect(cfg.data).toMatchObject({ path: root, resolution: 16, channels: 3, resize: "crop", flip: true, labels: "auto" });
+    // The class names go into the config (config.json says which label is which), and it reads back as input.
+    expect(cfg.data.classNames).toEqual(["cat", "dog", "emu"]);
+    expect(resolveConfig(cfg)).toEqual(cfg);
+    expect(() => resolveConfig({ ...cfg, data: { ...cfg.data, classNames: ["dog", "cat", "emu"] } })).toThrow(
+      /config\.data\.classNames: are the data's and cannot be set: the folder data's classes are "cat", "dog", "emu" \(got "dog", "cat", "emu"\)/,
+    );
     expect(resolveConfig({ data: { name: "folder", path: root, resolution: 64 } }).preset).toBe("rgb-64");
     // Class names resolve to labels.
     expect(resolveConfig({ data: { name: "folder", path: root, classes: ["emu", "cat"] } }).data.classes).toEqual([2, 0]);

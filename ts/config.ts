@@ -8,7 +8,7 @@
 import { z } from "zod";
 import * as path from "node:path";
 import { ConfigError } from "./errors.js";
-import { IMAGE_DEFAULTS, classIndices, dataFacts, isImageFiles, type DataConfig, type DataFacts } from "./data/spec.js";
+import { IMAGE_DEFAULTS, classIndices, dataFacts, isImageFiles, listNames, type DataConfig, type DataFacts } from "./data/spec.js";
 
 export type { DataConfig, DataFacts } from "./data/spec.js";
 
@@ -507,6 +507,7 @@ const dataSchema = z.strictObject({
     .min(1, { error: "must list at least one class" })
     .optional(),
   limit: num(1, 1e9, true).optional(),
+  classNames: z.array(z.string({ error: "must be a list of class names" }), { error: "must be a list of class names" }).optional(),
 });
 
 /** The strict schema of a user config (every field optional; unknown keys are errors). */
@@ -745,6 +746,13 @@ export function resolveConfig(input: unknown): SadmConfig {
     deepMerge<PlainObject>(fromPreset.model as PlainObject, user.model as PlainObject),
   );
   const facts = dataFacts(data);
+  const given = user.data?.classNames;
+  if (given !== undefined && JSON.stringify(given) !== JSON.stringify(facts.classNames ?? []))
+    throw new ConfigError(
+      "config.data.classNames",
+      `are the data's and cannot be set: the ${data.name} data's classes are ${facts.classNames ? listNames(facts.classNames) : "none"} (got ${listNames(given)})`,
+    );
+  if (isImageFiles(data) && facts.classNames) data.classNames = [...facts.classNames];
   if (data.classes) {
     if (facts.numClasses === 0) throw new ConfigError("config.data.classes", `the ${data.name} data has no labels to filter by`);
     data.classes = classIndices(data.classes, {
@@ -861,6 +869,15 @@ function resolveOptim(o: DeepPartial<OptimConfig> | undefined, field: string): O
     weightDecay: requireField(o?.weightDecay, `${field}.weightDecay`),
     gradClip: requireField(o?.gradClip, `${field}.gradClip`),
   };
+}
+
+/**
+ * A saved run config as input for a resumed or re-evaluated run: without what sadm derives from the data (the class
+ * names), which the data as it is now supplies again.
+ */
+export function savedInput(cfg: SadmConfig): Record<string, unknown> {
+  const { classNames: _derived, ...data } = cfg.data;
+  return { ...cfg, data };
 }
 
 /** `cuda` → `cuda:0`; everything else unchanged. */

@@ -8,7 +8,7 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CheckpointError, ConfigError, NativeError, SadmError, errorMessage } from "./errors.js";
-import { deepMerge, resolveConfig, type EvalConfig, type ExtractorConfig, type SadmConfig } from "./config.js";
+import { deepMerge, resolveConfig, savedInput, type EvalConfig, type ExtractorConfig, type SadmConfig } from "./config.js";
 import {
   MnistDataset,
   cacheRoot,
@@ -336,7 +336,7 @@ export async function evaluate(req: EvalRequest): Promise<EvalResult> {
   const saved = state.extra.config;
   if (!saved) throw new CheckpointError(`${dir} holds no run config (state.json extra.config); it was not written by sadm train`);
   const device = req.device ?? "cpu";
-  const cfg = resolveConfig(deepMerge(saved as unknown as Record<string, unknown>, { eval: req.eval ?? {}, device }));
+  const cfg = resolveConfig(deepMerge(savedInput(saved), { eval: req.eval ?? {}, device }));
   let model;
   try {
     model = loadNative(cfg.device).NativeModel.load(dir, cfg.device, true);

@@ -8,7 +8,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CheckpointError, ConfigError, DataError } from "./errors.js";
-import { deepMerge, parseConfigInput, resolveConfig, toCoreConfig, type SadmConfig, type SadmConfigInput } from "./config.js";
+import { deepMerge, parseConfigInput, resolveConfig, savedInput, toCoreConfig, type SadmConfig, type SadmConfigInput } from "./config.js";
 import {
   CHECKPOINTS_DIR,
   assertComplete,
@@ -112,7 +112,7 @@ function findResume(resume: string, input: SadmConfigInput): { dir: string; stat
 /** The config of a resumed run: the checkpoint's, under the user's overrides, with the networks unchanged. */
 function resumedConfig(resume: { dir: string; state: CheckpointState }, input: SadmConfigInput): SadmConfig {
   const saved = resume.state.extra.config;
-  const base: Record<string, unknown> = saved ? { ...saved } : {};
+  const base: Record<string, unknown> = saved ? savedInput(saved) : {};
   const runDir = runDirOf(resume.dir);
   if (input.outDir === undefined && runDir !== undefined) base.outDir = runDir;
   const cfg = resolveConfig(deepMerge(base, input as Record<string, unknown>));

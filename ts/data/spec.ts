@@ -47,6 +47,11 @@ export interface DataConfig {
   limit?: number;
   /** `all` (default), or the `train` (first 90 %) / `test` (last 10 %) part of every class. */
   split?: DataSplit;
+  /**
+   * folder, emoji: the name of each label, as the data has them (sub-folders, metadata labels or categories). Filled
+   * in by sadm, so a run's config.json says which label is which class; a config that gives it must match the data.
+   */
+  classNames?: string[];
 }
 
 /** The data sources that are images decoded from files. */
