@@ -67,6 +67,11 @@ export interface CheckpointState {
   step: number;
   rng: unknown;
   extra: CheckpointExtra;
+  /**
+   * SHA-256 (lowercase hex, as `sha256sum` prints it) of each weight file by name, which the native core checks on
+   * every load; absent in checkpoints written before sadm recorded them.
+   */
+  files?: Record<string, string>;
 }
 
 /** A complete checkpoint found on disk. */
@@ -108,7 +113,7 @@ export function readState(dir: string): CheckpointState {
     throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} is corrupt: ${errorMessage(e)}`, { cause: e });
   }
   if (!isRecord(parsed)) throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} is not a JSON object`);
-  const { formatVersion, config, step, rng, extra } = parsed;
+  const { formatVersion, config, step, rng, extra, files } = parsed;
   if (typeof formatVersion !== "number")
     throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} has no numeric formatVersion`);
   if (typeof step !== "number" || !Number.isInteger(step) || step < 0)
@@ -116,12 +121,15 @@ export function readState(dir: string): CheckpointState {
   if (!isRecord(config)) throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} has no config`);
   const ext = extra === undefined || extra === null ? {} : extra;
   if (!isRecord(ext)) throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} has a non-object extra`);
+  if (files !== undefined && !(isRecord(files) && Object.values(files).every((v) => typeof v === "string")))
+    throw new CheckpointError(`checkpoint ${dir}: ${STATE_FILE} has a files entry that is not a map of file names to digests`);
   return {
     formatVersion,
     config: config as unknown as CoreConfig,
     step,
     rng,
     extra: ext as CheckpointExtra,
+    ...(files === undefined ? {} : { files: files as Record<string, string> }),
   };
 }
 

@@ -1,14 +1,16 @@
 //! Checkpoints as directories (design §5): model, EMA, discriminator and optimizer tensors as safetensors, and
 //! `state.json` (format version, config, step, RNG state, caller's extra state) written last as the completion
 //! marker. Everything is written under a temporary name, synced and renamed into place, so a crash never leaves
-//! a partial checkpoint where a complete one was.
+//! a partial checkpoint where a complete one was. state.json records the SHA-256 of each tensor file, checked on
+//! every load: a file changed after it was written (a bad disk, a copy gone wrong) is refused, not used.
 use crate::config::CoreConfig;
 use crate::error::{Error, Result};
 use crate::rng::{Rng, RngState};
 use crate::train::Trainer;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,17 @@ pub struct State {
     /// Whatever the caller keeps with the checkpoint (data position, metrics, its own config).
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// The SHA-256 (lowercase hex, as `sha256sum` prints it) of each tensor file by name; absent in checkpoints
+    /// written before sadm recorded them, which load unchecked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, String>>,
+}
+
+/// The tensor files of a checkpoint, in the order they are written.
+pub const TENSOR_FILES: [&str; 4] = [MODEL_FILE, EMA_FILE, DISC_FILE, OPTIM_FILE];
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 fn io<T>(r: std::io::Result<T>, what: impl FnOnce() -> String) -> Result<T> {
@@ -42,13 +55,21 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     io(f.sync_all(), || format!("cannot sync {}", path.display()))
 }
 
-pub(crate) fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+/// Writes `tensors` to `path` as safetensors, synced, and returns the SHA-256 of the bytes written. The file is
+/// serialised in memory first so that the digest is of exactly those bytes, without reading the file back.
+pub(crate) fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<String> {
     // Tensors go to the CPU first so a CUDA run writes the same files.
     let cpu: HashMap<String, Tensor> =
         tensors.iter().map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
-    candle_core::safetensors::save(&cpu, path)?;
-    let f = io(fs::File::open(path), || format!("cannot reopen {}", path.display()))?;
-    io(f.sync_all(), || format!("cannot sync {}", path.display()))
+    let bytes = safetensors::serialize(&cpu, None).map_err(|e| Error::checkpoint(path, format!("cannot serialise the tensors: {e}")))?;
+    // Hashing (about 1 GB/s) runs while the bytes go to the disk.
+    let (digest, written) = std::thread::scope(|s| {
+        let digest = s.spawn(|| sha256_hex(&bytes));
+        let written = write_synced(path, &bytes);
+        (digest.join(), written)
+    });
+    written?;
+    digest.map_err(|_| Error::Internal("save".into(), "the hashing thread panicked".into()))
 }
 
 fn sync_dir(dir: &Path) {
@@ -67,14 +88,22 @@ pub fn save(trainer: &Trainer, dir: &Path, extra: serde_json::Value) -> Result<(
     let tmp = parent.join(format!(".{name}.tmp-{stamp}"));
     io(fs::create_dir(&tmp), || format!("cannot create {} (is the directory writable?)", tmp.display()))?;
     let result = (|| {
-        save_tensors(&tmp.join(MODEL_FILE), &Trainer::var_tensors(&trainer.dit_vars))?;
-        save_tensors(&tmp.join(EMA_FILE), &trainer.ema_tensors())?;
-        save_tensors(&tmp.join(DISC_FILE), &Trainer::var_tensors(&trainer.disc_vars))?;
         let mut opt = HashMap::new();
         trainer.opt_dit.state_tensors("dit", &mut opt)?;
         trainer.opt_disc.state_tensors("disc", &mut opt)?;
-        save_tensors(&tmp.join(OPTIM_FILE), &opt)?;
-        let state = State { format_version: FORMAT_VERSION, config: trainer.cfg.clone(), step: trainer.step, rng: trainer.rng.state(), extra };
+        let contents = [Trainer::var_tensors(&trainer.dit_vars), trainer.ema_tensors(), Trainer::var_tensors(&trainer.disc_vars), opt];
+        let mut files = BTreeMap::new();
+        for (file, tensors) in TENSOR_FILES.iter().zip(&contents) {
+            files.insert(file.to_string(), save_tensors(&tmp.join(file), tensors)?);
+        }
+        let state = State {
+            format_version: FORMAT_VERSION,
+            config: trainer.cfg.clone(),
+            step: trainer.step,
+            rng: trainer.rng.state(),
+            extra,
+            files: Some(files),
+        };
         let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::checkpoint(dir, e.to_string()))?;
         write_synced(&tmp.join(STATE_FILE), &json)?;
         sync_dir(&tmp);
@@ -111,11 +140,43 @@ pub fn read_state(dir: &Path) -> Result<State> {
     Ok(state)
 }
 
-pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+fn read_file(path: &Path) -> Result<Vec<u8>> {
     if !path.is_file() {
         return Err(Error::checkpoint(path, "file is missing"));
     }
-    candle_core::safetensors::load(path, device).map_err(|e| Error::checkpoint(path, format!("cannot read safetensors: {e}")))
+    io(fs::read(path), || format!("cannot read {}", path.display()))
+}
+
+fn parse_tensors(path: &Path, bytes: &[u8], device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load_buffer(bytes, device).map_err(|e| Error::checkpoint(path, format!("cannot read safetensors: {e}")))
+}
+
+/// The tensors of a safetensors file (one no state.json vouches for).
+pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    parse_tensors(path, &read_file(path)?, device)
+}
+
+/// The tensors of the checkpoint file `file` in `dir`, read once and checked against the SHA-256 its state.json
+/// recorded when it was written (checkpoints from before the digests have none to check).
+fn load_checked(dir: &Path, state: &State, file: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join(file);
+    let bytes = read_file(&path)?;
+    let Some(files) = &state.files else { return parse_tensors(&path, &bytes, device) };
+    // The tensors are parsed while the file is hashed, and used only if the digest matches.
+    let (digest, tensors) = std::thread::scope(|s| {
+        let digest = s.spawn(|| sha256_hex(&bytes));
+        let tensors = parse_tensors(&path, &bytes, device);
+        (digest.join(), tensors)
+    });
+    let digest = digest.map_err(|_| Error::Internal("load".into(), "the hashing thread panicked".into()))?;
+    let corrupt = |why: &str| {
+        Error::checkpoint(&path, format!("{file} is corrupt: {why}, so it changed after it was written; use another checkpoint of the run"))
+    };
+    match files.get(file) {
+        None => Err(corrupt("state.json records no SHA-256 for it")),
+        Some(want) if *want != digest => Err(corrupt("its SHA-256 is not the one state.json recorded when it was written")),
+        _ => tensors,
+    }
 }
 
 /// Checks `tensors` against the expected names and shapes, naming the first mismatch in sorted order.
@@ -157,14 +218,14 @@ fn assign(path: &Path, vars: &[(String, Var)], tensors: &HashMap<String, Tensor>
 pub fn load(dir: &Path, device: &Device) -> Result<(Trainer, serde_json::Value)> {
     let state = read_state(dir)?;
     let mut tr = Trainer::build(state.config.clone(), device, false)?;
-    assign(&dir.join(MODEL_FILE), &tr.dit_vars, &load_tensors(&dir.join(MODEL_FILE), device)?)?;
-    assign(&dir.join(DISC_FILE), &tr.disc_vars, &load_tensors(&dir.join(DISC_FILE), device)?)?;
+    assign(&dir.join(MODEL_FILE), &tr.dit_vars, &load_checked(dir, &state, MODEL_FILE, device)?)?;
+    assign(&dir.join(DISC_FILE), &tr.disc_vars, &load_checked(dir, &state, DISC_FILE, device)?)?;
     let ema_path = dir.join(EMA_FILE);
-    let ema = load_tensors(&ema_path, device)?;
+    let ema = load_checked(dir, &state, EMA_FILE, device)?;
     check_shapes(&ema_path, &expected(&tr.dit_vars), &ema, &["pos_embed"])?;
     tr.ema = tr.dit_vars.iter().map(|(n, _)| ema[n].to_dtype(DType::F32)).collect::<candle_core::Result<_>>()?;
     let opt_path = dir.join(OPTIM_FILE);
-    let opt = load_tensors(&opt_path, device)?;
+    let opt = load_checked(dir, &state, OPTIM_FILE, device)?;
     tr.opt_dit.load_state("dit", &opt, &opt_path)?;
     tr.opt_disc.load_state("disc", &opt, &opt_path)?;
     tr.rng = Rng::from_state(&state.rng).map_err(|e| Error::checkpoint(dir, e))?;
@@ -175,8 +236,9 @@ pub fn load(dir: &Path, device: &Device) -> Result<(Trainer, serde_json::Value)>
 /// The DiT weights of a checkpoint for sampling: its EMA (or raw) tensors, checked against its config.
 pub fn load_weights(dir: &Path, device: &Device, use_ema: bool) -> Result<(CoreConfig, HashMap<String, Tensor>)> {
     let state = read_state(dir)?;
-    let path: PathBuf = dir.join(if use_ema { EMA_FILE } else { MODEL_FILE });
-    let tensors = load_tensors(&path, device)?;
+    let file = if use_ema { EMA_FILE } else { MODEL_FILE };
+    let path: PathBuf = dir.join(file);
+    let tensors = load_checked(dir, &state, file, device)?;
     // Only the DiT's names and shapes are needed: no discriminator or optimizer state.
     let varmap = candle_nn::VarMap::new();
     crate::dit::DiT::new(&state.config.model, candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
@@ -314,6 +376,77 @@ mod tests {
     }
 
     #[test]
+    fn sha256_is_the_standard_digest() {
+        // FIPS 180-2's examples, as `sha256sum` prints them.
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    fn flip_byte(path: &Path) -> Vec<u8> {
+        let original = fs::read(path).unwrap();
+        let mut b = original.clone();
+        let mid = b.len() / 2; // in the tensor data: the file still parses, only the digest can tell
+        b[mid] ^= 0x10;
+        fs::write(path, &b).unwrap();
+        original
+    }
+
+    #[test]
+    fn a_tensor_file_changed_after_it_was_written_is_refused_by_name() -> Result<()> {
+        let dir = tmpdir("dg");
+        let c = dir.join("c");
+        save(&trained(), &c, serde_json::Value::Null)?;
+        let files = read_state(&c)?.files.expect("digests in state.json");
+        assert_eq!(files.keys().map(|k| k.as_str()).collect::<Vec<_>>(), {
+            let mut v = TENSOR_FILES.to_vec();
+            v.sort();
+            v
+        });
+        for f in TENSOR_FILES {
+            assert_eq!(files[f], sha256_hex(&fs::read(c.join(f)).unwrap()), "{f}");
+        }
+        for f in TENSOR_FILES {
+            let original = flip_byte(&c.join(f));
+            let e = load(&c, &Device::Cpu).err().unwrap().to_string();
+            assert!(e.contains(&format!("{f} is corrupt")) && e.contains("use another checkpoint of the run"), "{e}");
+            assert!(e.contains("changed after it was written"), "{e}");
+            for (use_ema, file) in [(true, EMA_FILE), (false, MODEL_FILE)] {
+                let r = load_weights(&c, &Device::Cpu, use_ema);
+                assert_eq!(r.is_err(), f == file, "{f}, use_ema {use_ema}");
+            }
+            assert_eq!(load_pretrained(&c, &Device::Cpu).is_err(), f == EMA_FILE, "{f}");
+            fs::write(c.join(f), original).unwrap();
+        }
+        load(&c, &Device::Cpu)?;
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn a_checkpoint_without_digests_still_loads() -> Result<()> {
+        // A checkpoint as sadm wrote them before the digests: state.json without "files".
+        let dir = tmpdir("old");
+        let c = dir.join("c");
+        let tr = trained();
+        save(&tr, &c, serde_json::json!({"epoch": 1}))?;
+        let mut json: serde_json::Value = serde_json::from_slice(&fs::read(c.join(STATE_FILE)).unwrap()).unwrap();
+        json.as_object_mut().unwrap().remove("files").expect("a files entry");
+        fs::write(c.join(STATE_FILE), serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+        assert!(read_state(&c)?.files.is_none());
+        let (loaded, extra) = load(&c, &Device::Cpu)?;
+        assert_eq!((extra["epoch"].as_i64(), loaded.step_count()), (Some(1), tr.step_count()));
+        load_weights(&c, &Device::Cpu, true)?;
+        // Nothing to check a changed file against: it loads as before.
+        flip_byte(&c.join(EMA_FILE));
+        load_weights(&c, &Device::Cpu, true)?;
+        // Saving it again records the digests.
+        save(&loaded, &dir.join("d"), extra)?;
+        assert!(read_state(&dir.join("d"))?.files.is_some());
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
     fn mismatches_name_the_first_bad_tensor() -> Result<()> {
         let dir = tmpdir("mm");
         save(&trained(), &dir.join("c"), serde_json::Value::Null)?;
@@ -332,7 +465,8 @@ mod tests {
         let f = dir.join("d").join(MODEL_FILE);
         let b = fs::read(&f).unwrap();
         fs::write(&f, &b[..b.len() / 2]).unwrap();
-        assert!(load(&dir.join("d"), &Device::Cpu).err().unwrap().to_string().contains("cannot read safetensors"));
+        assert!(load(&dir.join("d"), &Device::Cpu).err().unwrap().to_string().contains("model.safetensors is corrupt"));
+        assert!(load_tensors(&f, &Device::Cpu).err().unwrap().to_string().contains("cannot read safetensors"));
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
