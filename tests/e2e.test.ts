@@ -25,6 +25,7 @@ import {
   readImages,
   evaluateModel,
   builtinExtractorWeights,
+  gridGeometry,
 } from "../ts/index";
 
 
@@ -92,9 +93,11 @@ describe("end to end (native addon)", () => {
     expect(JSON.parse(t.configJson())).toMatchObject(toCoreConfig(resolveConfig({ ...TINY, outDir: out })));
     expect((JSON.parse(t.extraJson()) as { data: unknown }).data).toEqual({ epoch: 0, index: 48 });
 
-    // The sample grid: 10 classes × 1 row of 28×28 with 2px padding.
+    // The sample grid: 10 classes × 1 row of 28×28 with 2px padding, the class names under the columns.
     const grid = path.join(out, "samples", "step-00000006.png");
-    expect(pngSize(grid)).toEqual([10 * 30 + 2, 30 + 2]);
+    const g = gridGeometry(10, 28, 28, 10, true);
+    expect(pngSize(grid)).toEqual([g.width, g.height]);
+    expect([g.width, g.height - g.stripHeight]).toEqual([10 * 30 + 2, 30 + 2]);
 
     // Metrics: finite losses, D present once λ > 0.
     const m = readMetrics(path.join(out, "metrics.jsonl"));
@@ -118,7 +121,9 @@ describe("end to end (native addon)", () => {
     const s = await runCliAsync(["sample", "--checkpoint", out, "--classes", "0,1,2", "--per-class", "2", "--steps", "5", "--cfg", "2", "--out", png]);
     expect(s.stderr).toBe("");
     expect(s.status).toBe(0);
-    expect(pngSize(png)).toEqual([3 * 30 + 2, 2 * 30 + 2]);
+    const sg = gridGeometry(6, 28, 28, 3, true);
+    expect(pngSize(png)).toEqual([sg.width, sg.height]);
+    expect([sg.width, sg.height - sg.stripHeight]).toEqual([3 * 30 + 2, 2 * 30 + 2]);
   }, 600_000);
 
   it("the loss goes down on one fixed batch", async () => {
