@@ -1,0 +1,116 @@
+"""The PyTorch peer of benches/data.js: DiT's data pipeline (train.py) over an image folder, one process per figure.
+
+    python benches/torch_data.py epoch  '{"folder": DIR, "resolution": 32, "workers": 2, "threads": 2}'
+    python benches/torch_data.py stages '{"folder": DIR, "resolution": 64, "limit": 300}'
+
+`epoch`: `torchvision.datasets.ImageFolder` with a transform doing ADM's `center_crop_arr` (copied from
+crates/sadm-core/testdata/pillow_preprocess_reference.py), `RandomHorizontalFlip`, `ToTensor` and
+`Normalize([0.5] * 3, [0.5] * 3)`, through `DataLoader(batch_size=64, shuffle=True, num_workers=N, drop_last=True)`
+for one epoch. Timed from building the ImageFolder (its scan of the folder) to the last batch, so worker start-up
+counts, as it does for every epoch of a run. The loader composites transparent images onto white before
+`convert("RGB")` (what sadm's default background does, so both sides compute the same pixels); `"loader": "dit"`
+is DiT's own `convert("RGB")`, which drops alpha.
+
+`stages`: the cost of each stage on one thread, image by image: open + decode + composite + convert, then
+`center_crop_arr`, and DiT's bare open + convert.
+
+Prints one JSON line.
+"""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import PIL
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+
+def center_crop_arr(pil_image, image_size):
+    """ADM's (guided_diffusion/image_datasets.py), as DiT uses it."""
+    while min(*pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = image_size / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    crop_y = (arr.shape[0] - image_size) // 2
+    crop_x = (arr.shape[1] - image_size) // 2
+    return Image.fromarray(arr[crop_y : crop_y + image_size, crop_x : crop_x + image_size])
+
+
+def white_loader(path):
+    """Transparent pixels onto white, then RGB: the pixels sadm's decoder makes with its default background."""
+    with open(path, "rb") as f:
+        im = Image.open(f)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+        return im.convert("RGB")
+
+
+def dit_loader(path):
+    """torchvision's pil_loader, what DiT's ImageFolder uses."""
+    with open(path, "rb") as f:
+        return Image.open(f).convert("RGB")
+
+
+def epoch(o):
+    torch.set_num_threads(o["threads"])
+    size = o["resolution"]
+    transform = transforms.Compose(
+        [
+            transforms.Lambda(lambda im: center_crop_arr(im, size)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], inplace=True),
+        ]
+    )
+    loader = dit_loader if o.get("loader") == "dit" else white_loader
+    t0 = time.perf_counter()
+    ds = datasets.ImageFolder(o["folder"], transform=transform, loader=loader)
+    dl = DataLoader(ds, batch_size=64, shuffle=True, num_workers=o["workers"], drop_last=True)
+    images = 0
+    first = None
+    for x, y in dl:
+        if first is None:
+            first = time.perf_counter() - t0
+            assert x.shape[1:] == (3, size, size), x.shape
+        images += x.shape[0]
+    seconds = time.perf_counter() - t0
+    return {"images": images, "files": len(ds), "seconds": seconds, "firstBatchSeconds": first, "imagesPerSec": images / seconds}
+
+
+def stages(o):
+    torch.set_num_threads(1)
+    files = sorted(datasets.ImageFolder(o["folder"]).samples)[: o["limit"]]
+    decoded = []
+    t0 = time.perf_counter()
+    for path, _ in files:
+        im = white_loader(path)
+        im.load()
+        decoded.append(im)
+    t1 = time.perf_counter()
+    for im in decoded:
+        center_crop_arr(im, o["resolution"])
+    t2 = time.perf_counter()
+    for path, _ in files:
+        dit_loader(path).load()
+    t3 = time.perf_counter()
+    n = len(files)
+    ms = lambda t: 1000 * t / n
+    return {"images": n, "decodeMs": ms(t1 - t0), "preprocessMs": ms(t2 - t1), "bareDecodeMs": ms(t3 - t2)}
+
+
+def main():
+    mode, arg = sys.argv[1], json.loads(sys.argv[2])
+    out = epoch(arg) if mode == "epoch" else stages(arg)
+    out.update(torch=torch.__version__, torchvision=torchvision.__version__, pillow=PIL.__version__)
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
