@@ -68,9 +68,13 @@ export interface BuildInfo {
 }
 
 export interface ClassifierTraining {
+  /** An integer ≥ 1. */
   epochs: number
+  /** An integer from 1 to the number of images. */
   batchSize: number
+  /** Greater than 0 and less than 1. */
   lr: number
+  /** An integer from 0 to `Number.MAX_SAFE_INTEGER`. */
   seed: number
 }
 
@@ -128,9 +132,13 @@ export interface PreprocessOptions {
 export interface SampleOptions {
   /** "ddpm" or "ddim". */
   sampler: string
+  /** Denoising steps, an integer from 1 to the model's `numTimesteps`. */
   steps: number
+  /** Classifier-free guidance scale, 0 to 100. */
   cfgScale: number
+  /** DDIM's η, 0 to 10. */
   eta: number
+  /** An integer from 0 to `Number.MAX_SAFE_INTEGER`. */
   seed: number
   clipDenoised: boolean
 }

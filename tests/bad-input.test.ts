@@ -136,6 +136,97 @@ describe("bad input (the CLI, the API and the native core)", () => {
     await expect(t.step(new Float32Array(2 * 784).fill(Number.NaN), Int32Array.from([0, 1]), opts)).rejects.toThrow(/not finite/);
     await expect(t.sample(Int32Array.from([0]), { sampler: "ddim", steps: 0, cfgScale: 1, eta: 0, seed: 0, clipDenoised: true })).rejects.toThrow(/steps/);
   });
+
+  it("the native step, sampler, metrics and classifier training refuse non-finite and out-of-range numbers", async () => {
+    const native = loadNative();
+    const t = native.NativeTrainer.create(JSON.stringify(toCoreConfig(resolveConfig(TINY))), "cpu");
+    const x = new Float32Array(2 * 784);
+    const y = Int32Array.from([0, 1]);
+    const opts = { lambda: 0.1, lr: 1e-3, discLr: 1e-4, emaDecay: 0.9, updateDisc: true };
+    const range = (what: string, lo: number, hi: number, got: string): RegExp =>
+      new RegExp(`^invalid input: ${what} must be a finite number between ${lo} and ${hi} \\(got ${got}\\)$`);
+    const integer = (what: string, lo: number, hi: number, got: string): RegExp =>
+      new RegExp(`^invalid input: ${what} must be an integer between ${lo} and ${hi} \\(got ${got}\\)$`);
+    const steps: Array<[Partial<typeof opts>, RegExp]> = [
+      [{ lr: Number.NaN }, range("step: lr", 0, 1, "NaN")],
+      [{ lr: Number.POSITIVE_INFINITY }, range("step: lr", 0, 1, "Infinity")],
+      [{ lr: 1.5 }, range("step: lr", 0, 1, "1.5")],
+      [{ discLr: -1e-4 }, range("step: discLr", 0, 1, "-0.0001")],
+      [{ discLr: Number.NaN }, range("step: discLr", 0, 1, "NaN")],
+      [{ lambda: Number.NaN }, range("step: lambda", 0, 10, "NaN")],
+      [{ lambda: 10.5 }, range("step: lambda", 0, 10, "10.5")],
+      [{ emaDecay: Number.NaN }, range("step: emaDecay", 0, 1, "NaN")],
+      [{ emaDecay: -0.5 }, range("step: emaDecay", 0, 1, "-0.5")],
+    ];
+    for (const [bad, expected] of steps) await expect(t.step(x, y, { ...opts, ...bad })).rejects.toThrow(expected);
+    expect(t.stepCount, "a refused step counts").toBe(0);
+    expect((await t.step(x, y, opts)).skipped).toBeUndefined();
+
+    const sopts = { sampler: "ddim", steps: 2, cfgScale: 2, eta: 0, seed: 0, clipDenoised: true };
+    const samples: Array<[Partial<typeof sopts>, RegExp]> = [
+      [{ cfgScale: Number.NaN }, range("sample: cfgScale", 0, 100, "NaN")],
+      [{ cfgScale: 101 }, range("sample: cfgScale", 0, 100, "101")],
+      [{ eta: Number.NaN }, range("sample: eta", 0, 10, "NaN")],
+      [{ eta: -1 }, range("sample: eta", 0, 10, "-1")],
+      [{ steps: 1.5 }, integer("sample: steps", 1, 1000, "1.5")],
+      [{ steps: Number.NaN }, integer("sample: steps", 1, 1000, "NaN")],
+      [{ steps: 1001 }, integer("sample: steps", 1, 1000, "1001")],
+      [{ seed: -1 }, integer("sample: seed", 0, Number.MAX_SAFE_INTEGER, "-1")],
+      [{ seed: 0.5 }, integer("sample: seed", 0, Number.MAX_SAFE_INTEGER, "0.5")],
+      [{ seed: 2 ** 53 }, integer("sample: seed", 0, Number.MAX_SAFE_INTEGER, String(2 ** 53))],
+    ];
+    for (const [bad, expected] of samples) await expect(t.sample(Int32Array.from([0]), { ...sopts, ...bad })).rejects.toThrow(expected);
+    const ok = await t.sample(Int32Array.from([0]), { ...sopts, cfgScale: 100, eta: 10, seed: Number.MAX_SAFE_INTEGER });
+    expect(ok.every(Number.isFinite)).toBe(true);
+    await expect(t.sample(Int32Array.from([10]), sopts)).rejects.toThrow(/class 10 is outside \[0, 10\)/);
+
+    const feats = Float64Array.from({ length: 40 }, (_, i) => Math.sin(i));
+    await expect(native.featureMetrics(feats, feats, Number.NaN)).rejects.toThrow(integer("featureMetrics: dim", 1, 4294967295, "NaN"));
+    await expect(native.featureMetrics(feats, feats, 2.5)).rejects.toThrow(integer("featureMetrics: dim", 1, 4294967295, "2.5"));
+    await expect(native.featureMetrics(feats, feats.subarray(0, 39), 4)).rejects.toThrow(/generated features: 39 values are not at least 4 rows of 4/);
+    await expect(native.featureMetrics(feats, Float64Array.from(feats).fill(Number.NaN, 7, 8), 4)).rejects.toThrow(/generated features contain a non-finite value/);
+
+    const out = path.join(dir, "refused-lenet.safetensors");
+    const images = new Float32Array(4 * 784);
+    const labels = Int32Array.from([0, 1, 2, 3]);
+    const copts = { epochs: 1, batchSize: 2, lr: 1e-3, seed: 0 };
+    const classifier: Array<[Partial<typeof copts>, RegExp]> = [
+      [{ epochs: 0 }, integer("trainClassifier: epochs", 1, 4294967295, "0")],
+      [{ epochs: 1.5 }, integer("trainClassifier: epochs", 1, 4294967295, "1.5")],
+      [{ batchSize: Number.NaN }, integer("trainClassifier: batchSize", 1, 4294967295, "NaN")],
+      [{ seed: -2 }, integer("trainClassifier: seed", 0, Number.MAX_SAFE_INTEGER, "-2")],
+      [{ lr: Number.NaN }, /trainClassifier: lr must be a finite number greater than 0 and less than 1 \(got NaN\)$/],
+      [{ lr: 1 }, /trainClassifier: lr must be a finite number greater than 0 and less than 1 \(got 1\)$/],
+    ];
+    for (const [bad, expected] of classifier) await expect(native.trainClassifier(images, labels, { ...copts, ...bad }, out)).rejects.toThrow(expected);
+    await expect(native.trainClassifier(images, Int32Array.from([0, 1, 2, 10]), copts, out)).rejects.toThrow(/label 10 at index 3 is outside \[0, 10\)/);
+    await expect(native.trainClassifier(Float32Array.from(images).fill(Number.NaN, 5, 6), labels, copts, out)).rejects.toThrow(/value at index 5 is not finite/);
+    expect(fs.existsSync(out), "a refused training wrote weights").toBe(false);
+  });
+
+  it("the native ranges are the TS config's: both take the largest allowed value and refuse the next", async () => {
+    const native = loadNative();
+    const t = native.NativeTrainer.create(JSON.stringify(toCoreConfig(resolveConfig(TINY))), "cpu");
+    const x = new Float32Array(2 * 784);
+    const y = Int32Array.from([0, 1]);
+    const step = { lambda: 0.1, lr: 1e-3, discLr: 1e-4, emaDecay: 0.9, updateDisc: true };
+    const sample = { sampler: "ddim", steps: 1, cfgScale: 2, eta: 0, seed: 0, clipDenoised: true };
+    const cases: Array<[key: "lambda" | "lr" | "discLr" | "emaDecay" | "cfgScale" | "eta", max: number, native: (v: number) => Promise<unknown>]> = [
+      ["lambda", 10, (v) => t.step(x, y, { ...step, lambda: v })],
+      ["lr", 1, (v) => t.step(x, y, { ...step, lr: v })],
+      ["discLr", 1, (v) => t.step(x, y, { ...step, discLr: v })],
+      ["emaDecay", 1, (v) => t.step(x, y, { ...step, emaDecay: v })],
+      ["cfgScale", 100, (v) => t.sample(Int32Array.from([0]), { ...sample, cfgScale: v })],
+      ["eta", 10, (v) => t.sample(Int32Array.from([0]), { ...sample, eta: v })],
+    ];
+    for (const [key, max, call] of cases) {
+      const above = max * (1 + 1e-9);
+      expect(() => resolveConfig({ ...TINY, [key]: max }), key).not.toThrow();
+      expect(() => resolveConfig({ ...TINY, [key]: above }), key).toThrow(new RegExp(`config\\.${key}: `));
+      await expect(call(max), key).resolves.toBeDefined();
+      await expect(call(above), key).rejects.toThrow(new RegExp(`: ${key} must be a finite number between 0 and ${max} \\(got `));
+    }
+  });
 });
 
 describe("bad data (image folders, through the CLI)", () => {

@@ -185,6 +185,16 @@ pub fn train_lenet(
             opts.batch_size, opts.epochs
         )));
     }
+    // The TS API's range (ts/evaluate.ts): a NaN or negative rate would train the extractor into NaN.
+    if !(opts.lr > 0.0 && opts.lr < 1.0) {
+        return Err(Error::Input(format!(
+            "trainClassifier: lr must be a finite number greater than 0 and less than 1 (got {})",
+            crate::error::js_number(opts.lr)
+        )));
+    }
+    if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Input(format!("classifier training data: value at index {i} is not finite")));
+    }
     let varmap = VarMap::new();
     let net = LeNet::new(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let mut rng = Rng::derive(opts.seed, 0);
@@ -393,6 +403,15 @@ mod tests {
         assert!(ex.run(&x[..100], LeNet::INPUT).err().unwrap().to_string().contains("whole number"));
         assert!(ex.run(&x, (3, 28, 28)).err().unwrap().to_string().contains("not 3×28×28"));
         assert!(train_lenet(&x, &[0, 10], &Default::default(), &Device::Cpu, |_, _| {}).err().unwrap().to_string().contains("label 10"));
+        let two = LeNetTraining { epochs: 1, batch_size: 2, ..Default::default() };
+        for (lr, got) in [(f64::NAN, "NaN"), (1.0, "1"), (0.0, "0"), (-1e-3, "-0.001")] {
+            let e = train_lenet(&x, &[0, 1], &LeNetTraining { lr, ..two }, &Device::Cpu, |_, _| {}).err().unwrap().to_string();
+            assert!(e.ends_with(&format!("trainClassifier: lr must be a finite number greater than 0 and less than 1 (got {got})")), "{e}");
+        }
+        let mut nan = x.clone();
+        nan[900] = f32::NAN;
+        let e = train_lenet(&nan, &[0, 1], &two, &Device::Cpu, |_, _| {}).err().unwrap().to_string();
+        assert!(e.contains("value at index 900 is not finite"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

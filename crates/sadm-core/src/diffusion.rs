@@ -1,6 +1,7 @@
 //! Gaussian diffusion as in DiT/improved-DDPM: β schedules, the forward process, the ε-loss with the learned-Σ
 //! variational term, the one-step reconstruction x̂0, and DDPM/DDIM samplers over respaced timesteps.
 use crate::config::{BetaSchedule, DiffusionConfig, LossWeighting, Prediction};
+use crate::error::{check_integer, check_range};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -315,6 +316,19 @@ pub struct SampleOptions {
     pub eta: f64,
     pub clip_denoised: bool,
     pub seed: u64,
+}
+
+impl SampleOptions {
+    /// Steps in [1, T] for a model of T timesteps, and the guidance scale and η in the ranges the TS config allows
+    /// (ts/config.ts: [0, 100] and [0, 10]). A NaN scale would return NaN images.
+    pub fn validate(&self, num_timesteps: usize) -> crate::error::Result<()> {
+        if self.steps == 0 || self.steps > num_timesteps {
+            check_integer("sample: steps", self.steps as f64, 1, num_timesteps as u64)?;
+        }
+        check_range("sample: cfgScale", self.cfg_scale, 0.0, 100.0)?;
+        check_range("sample: eta", self.eta, 0.0, 10.0)?;
+        Ok(())
+    }
 }
 
 /// Classifier-free guided model output: ε = ε_∅ + s·(ε_c − ε_∅) from one doubled batch; the variance channels come

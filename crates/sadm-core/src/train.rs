@@ -4,7 +4,7 @@ use crate::config::{glob_match, CoreConfig};
 use crate::diffusion::{self, GaussianDiffusion, SampleOptions};
 use crate::discriminator::{self, Encoder};
 use crate::dit::{self, DiT};
-use crate::error::{Error, Result};
+use crate::error::{check_range, Error, Result};
 use crate::nn::sorted_vars;
 use crate::optim::{AdamW, Snapshot};
 use crate::rng::Rng;
@@ -29,6 +29,19 @@ pub struct StepParams {
     pub ema_decay: f64,
     /// Run the discriminator update this step (false for plain DiT training).
     pub update_disc: bool,
+}
+
+impl StepParams {
+    /// Every number finite and in the range the TS config allows (ts/config.ts): λ in [0, 10], both learning rates
+    /// and the EMA decay in [0, 1]. A NaN learning rate would write NaN into every weight, and every later step
+    /// would then be skipped.
+    pub fn validate(&self) -> Result<()> {
+        check_range("step: lambda", self.lambda, 0.0, 10.0)?;
+        check_range("step: lr", self.lr, 0.0, 1.0)?;
+        check_range("step: discLr", self.disc_lr, 0.0, 1.0)?;
+        check_range("step: emaDecay", self.ema_decay, 0.0, 1.0)?;
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -261,6 +274,7 @@ impl Trainer {
 
     /// One SADM step on a batch (NCHW floats in [-1, 1], labels in [0, numClasses)).
     pub fn step(&mut self, x0: &[f32], labels: &[i32], p: &StepParams) -> Result<StepStats> {
+        p.validate()?;
         crate::device::on_pool(|| self.step_here(x0, labels, p))
     }
 
@@ -383,9 +397,7 @@ pub fn sample_with(
     if labels.is_empty() {
         return Err(Error::Input("nothing to sample: labels is empty".into()));
     }
-    if opts.steps == 0 || opts.steps > cfg.diffusion.num_timesteps {
-        return Err(Error::Input(format!("sampling steps must be in [1, {}] (got {})", cfg.diffusion.num_timesteps, opts.steps)));
-    }
+    opts.validate(cfg.diffusion.num_timesteps)?;
     let ys: Option<Vec<u32>> = if m.num_classes > 0 {
         if let Some(l) = labels.iter().find(|&&l| l < 0 || l as usize >= m.num_classes) {
             return Err(Error::Input(format!("class {l} is outside [0, {})", m.num_classes)));
@@ -568,10 +580,11 @@ mod tests {
         bias.set(&good)?;
 
         // A discriminator learning rate that blows φ up: the discriminator's own update is finite, the
-        // denoiser's structure term through the new φ is not. The discriminator's update must be undone.
+        // denoiser's structure term through the new φ is not. The discriminator's update must be undone. (The
+        // public `step` refuses such a rate; a φ that diverges over many steps gets here the slow way.)
         let before = full_state(&tr)?;
         let blow_up = StepParams { disc_lr: 1e35, ..params(0.1) };
-        let s = tr.step(&x, &y, &blow_up)?;
+        let s = tr.step_here(&x, &y, &blow_up)?;
         assert!(s.skipped.as_deref().unwrap_or("").contains("denoiser loss"), "{:?}", s.skipped);
         assert!(full_state(&tr)? == before, "the discriminator's update was not undone");
 
@@ -688,6 +701,44 @@ mod tests {
         assert!(err(tr.step(&nan, &y, &params(0.1))).contains("index 7"));
         assert!(err(tr.step(&x[..784], &y[..1], &params(0.1))).contains("at least 2"));
         assert_eq!(tr.step_count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn out_of_range_step_and_sampling_numbers_are_refused_before_anything_changes() -> Result<()> {
+        let (mut tr, x, y) = stepped(4, 1)?;
+        let before = full_state(&tr)?;
+        let err = |r: Result<StepStats>| r.unwrap_err().to_string();
+        for (p, want) in [
+            (StepParams { lr: f64::NAN, ..params(0.1) }, "step: lr must be a finite number between 0 and 1 (got NaN)"),
+            (StepParams { lr: 2.0, ..params(0.1) }, "step: lr must be a finite number between 0 and 1 (got 2)"),
+            (StepParams { disc_lr: -1e-4, ..params(0.1) }, "step: discLr must be a finite number between 0 and 1 (got -0.0001)"),
+            (StepParams { lambda: f64::INFINITY, ..params(0.1) }, "step: lambda must be a finite number between 0 and 10 (got Infinity)"),
+            (StepParams { lambda: 11.0, ..params(0.1) }, "step: lambda must be a finite number between 0 and 10 (got 11)"),
+            (StepParams { ema_decay: f64::NAN, ..params(0.1) }, "step: emaDecay must be a finite number between 0 and 1 (got NaN)"),
+            (StepParams { ema_decay: 1.5, ..params(0.1) }, "step: emaDecay must be a finite number between 0 and 1 (got 1.5)"),
+        ] {
+            assert_eq!(err(tr.step(&x, &y, &p)), format!("invalid input: {want}"));
+        }
+        assert_eq!(tr.step_count(), 1);
+        assert!(full_state(&tr)? == before, "a refused step changed the state");
+        // The ends of the ranges are accepted.
+        let edge = StepParams { lambda: 10.0, lr: 0.0, disc_lr: 0.0, ema_decay: 1.0, update_disc: true };
+        assert!(tr.step(&x, &y, &edge)?.skipped.is_none());
+
+        let opts = SampleOptions { sampler: diffusion::Sampler::Ddim, steps: 2, cfg_scale: 2.0, eta: 0.0, clip_denoised: true, seed: 0 };
+        let err = |o: SampleOptions| tr.sample(&[1], &o, true).unwrap_err().to_string();
+        for (o, want) in [
+            (SampleOptions { cfg_scale: f64::NAN, ..opts.clone() }, "sample: cfgScale must be a finite number between 0 and 100 (got NaN)"),
+            (SampleOptions { cfg_scale: -1.0, ..opts.clone() }, "sample: cfgScale must be a finite number between 0 and 100 (got -1)"),
+            (SampleOptions { eta: f64::NAN, ..opts.clone() }, "sample: eta must be a finite number between 0 and 10 (got NaN)"),
+            (SampleOptions { steps: 0, ..opts.clone() }, "sample: steps must be an integer between 1 and 1000 (got 0)"),
+            (SampleOptions { steps: 1001, ..opts.clone() }, "sample: steps must be an integer between 1 and 1000 (got 1001)"),
+        ] {
+            assert_eq!(err(o), format!("invalid input: {want}"));
+        }
+        let edge = SampleOptions { steps: 1, cfg_scale: 100.0, eta: 10.0, ..opts };
+        assert!(tr.sample(&[1], &edge, true)?.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite()));
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use sadm_core::checkpoint;
 use sadm_core::classifier::{self, Extractor, LeNetTraining};
 use sadm_core::metrics;
 use sadm_core::diffusion::{SampleOptions as CoreSampleOptions, Sampler};
+use sadm_core::error::{check_integer, MAX_SAFE_INTEGER};
 use sadm_core::{device, train, CoreConfig, Trainer};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -73,9 +74,13 @@ pub struct StepStats {
 pub struct SampleOptions {
     /// "ddpm" or "ddim".
     pub sampler: String,
-    pub steps: u32,
+    /// Denoising steps, an integer from 1 to the model's `numTimesteps`.
+    pub steps: f64,
+    /// Classifier-free guidance scale, 0 to 100.
     pub cfg_scale: f64,
+    /// DDIM's η, 0 to 10.
     pub eta: f64,
+    /// An integer from 0 to `Number.MAX_SAFE_INTEGER`.
     pub seed: f64,
     pub clip_denoised: bool,
 }
@@ -93,16 +98,16 @@ pub struct ParamCounts {
     pub discriminator: f64,
 }
 
-fn core_sample_options(o: &SampleOptions) -> sadm_core::Result<CoreSampleOptions> {
+/// The core's options from JS numbers, for a model of `num_timesteps` (the core checks the rest).
+fn core_sample_options(o: &SampleOptions, num_timesteps: usize) -> sadm_core::Result<CoreSampleOptions> {
     let sampler = match o.sampler.as_str() {
         "ddpm" => Sampler::Ddpm,
         "ddim" => Sampler::Ddim,
         s => return Err(sadm_core::Error::Input(format!("unknown sampler '{s}': use \"ddpm\" or \"ddim\""))),
     };
-    if !(o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed <= u64::MAX as f64) {
-        return Err(sadm_core::Error::Input(format!("seed must be a non-negative integer (got {})", o.seed)));
-    }
-    Ok(CoreSampleOptions { sampler, steps: o.steps as usize, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, seed: o.seed as u64 })
+    let steps = check_integer("sample: steps", o.steps, 1, num_timesteps as u64)? as usize;
+    let seed = check_integer("sample: seed", o.seed, 0, MAX_SAFE_INTEGER)?;
+    Ok(CoreSampleOptions { sampler, steps, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, seed })
 }
 
 fn to_vec(t: &Tensor) -> sadm_core::Result<Vec<f32>> {
@@ -300,10 +305,15 @@ impl Task for SampleTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         guarded("sample", || {
-            let opts = core_sample_options(&self.opts)?;
             let images = match &self.source {
-                Source::Trainer(t) => lock(t)?.sample(&self.labels, &opts, true)?,
-                Source::Weights(cfg, w, dev) => train::sample_with(cfg, (**w).clone(), dev, &self.labels, &opts)?,
+                Source::Trainer(t) => {
+                    let t = lock(t)?;
+                    t.sample(&self.labels, &core_sample_options(&self.opts, t.config().diffusion.num_timesteps)?, true)?
+                }
+                Source::Weights(cfg, w, dev) => {
+                    let opts = core_sample_options(&self.opts, cfg.diffusion.num_timesteps)?;
+                    train::sample_with(cfg, (**w).clone(), dev, &self.labels, &opts)?
+                }
             };
             to_vec(&images)
         })
@@ -351,14 +361,14 @@ pub struct FeatureMetrics {
 /// Compares two feature sets (rows of `dim` floats), off the JS thread: Fréchet distance, KID (100 subsets of up
 /// to 1,000 rows, seeded) and k-NN precision/recall with k = 3.
 #[napi(catch_unwind, ts_return_type = "Promise<FeatureMetrics>")]
-pub fn feature_metrics(real: Float64Array, generated: Float64Array, dim: u32) -> AsyncTask<MetricsTask> {
-    AsyncTask::new(MetricsTask { real: real.to_vec(), generated: generated.to_vec(), dim: dim as usize })
+pub fn feature_metrics(real: Float64Array, generated: Float64Array, dim: f64) -> AsyncTask<MetricsTask> {
+    AsyncTask::new(MetricsTask { real: real.to_vec(), generated: generated.to_vec(), dim })
 }
 
 pub struct MetricsTask {
     real: Vec<f64>,
     generated: Vec<f64>,
-    dim: usize,
+    dim: f64,
 }
 
 impl Task for MetricsTask {
@@ -366,7 +376,10 @@ impl Task for MetricsTask {
     type JsValue = FeatureMetrics;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        guarded("featureMetrics", || metrics::report(&self.real, &self.generated, self.dim, 100, 1000, 3))
+        guarded("featureMetrics", || {
+            let dim = check_integer("featureMetrics: dim", self.dim, 1, u32::MAX as u64)? as usize;
+            metrics::report(&self.real, &self.generated, dim, 100, 1000, 3)
+        })
     }
 
     fn resolve(&mut self, _env: Env, r: Self::Output) -> Result<Self::JsValue> {
@@ -459,9 +472,13 @@ impl Task for ExtractTask {
 
 #[napi(object)]
 pub struct ClassifierTraining {
-    pub epochs: u32,
-    pub batch_size: u32,
+    /// An integer ≥ 1.
+    pub epochs: f64,
+    /// An integer from 1 to the number of images.
+    pub batch_size: f64,
+    /// Greater than 0 and less than 1.
     pub lr: f64,
+    /// An integer from 0 to `Number.MAX_SAFE_INTEGER`.
     pub seed: f64,
 }
 
@@ -486,10 +503,12 @@ impl Task for TrainClassifierTask {
     fn compute(&mut self) -> Result<Self::Output> {
         guarded("trainClassifier", || {
             let o = &self.opts;
-            if !(o.seed >= 0.0 && o.seed.fract() == 0.0) {
-                return Err(sadm_core::Error::Input(format!("seed must be a non-negative integer (got {})", o.seed)));
-            }
-            let opts = LeNetTraining { epochs: o.epochs as usize, batch_size: o.batch_size as usize, lr: o.lr, seed: o.seed as u64 };
+            let opts = LeNetTraining {
+                epochs: check_integer("trainClassifier: epochs", o.epochs, 1, u32::MAX as u64)? as usize,
+                batch_size: check_integer("trainClassifier: batchSize", o.batch_size, 1, u32::MAX as u64)? as usize,
+                lr: o.lr,
+                seed: check_integer("trainClassifier: seed", o.seed, 0, MAX_SAFE_INTEGER)?,
+            };
             let mut losses = vec![];
             let weights = classifier::train_lenet(&self.images, &self.labels, &opts, &Device::Cpu, |_, l| losses.push(l))?;
             classifier::save_weights(&weights, &self.out)?;
