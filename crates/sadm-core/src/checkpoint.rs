@@ -174,7 +174,7 @@ fn load_checked(dir: &Path, state: &State, file: &str, device: &Device) -> Resul
     };
     match files.get(file) {
         None => Err(corrupt("state.json records no SHA-256 for it")),
-        Some(want) if *want != digest => Err(corrupt("its SHA-256 is not the one state.json recorded when it was written")),
+        Some(want) if *want != digest => Err(corrupt("its SHA-256 differs from the one state.json recorded")),
         _ => tensors,
     }
 }
