@@ -11,7 +11,9 @@
 //      over shaded, grainy backgrounds, taken to 64×64 (box halvings then bicubic, as DiT's ADM crop does).
 // Every figure is measured in a fresh process (libvips caches what it decoded; a fresh process starts cold), with
 // the files already in the page cache (read once first), so both sides pay decoding, not the disk. sadm and
-// PyTorch run back to back per folder, REPEAT times (default 2, medians).
+// PyTorch run back to back per folder, REPEAT times (default 2, medians). Besides wall-clock images/s, each side's
+// CPU time (every thread, every DataLoader worker) is counted: on a shared machine the scheduler gives the side with
+// more runnable threads more of the cores, so images per CPU-second is the steadier comparison of the work done.
 //
 // Environment: REPEAT, PHOTOS, PRESET_STEPS (steps of the rgb-32 stall run, default 10: seconds each on 2 cores),
 // STEPS (steps of the small-DiT stall run, default 100), SWEEP=0 (skip the concurrency sweep), THREADS (default
@@ -45,11 +47,13 @@ async function childOpen(o) {
   if (o.sharpConcurrency) sharp.concurrency(o.sharpConcurrency);
   const { findData, BatchLoader, loadNative } = require("../dist/index.js");
   loadNative("cpu"); // loading the addon is process start-up, as importing torch is on the other side
+  const c0 = process.cpuUsage();
   const t0 = performance.now();
   const source = findData(folderConfig(o));
   const t1 = performance.now();
   const opened = await source.open({ dir: o.cacheDir, quiet: true, ...(o.concurrency ? { concurrency: o.concurrency } : {}) });
   const t2 = performance.now();
+  const cpu = process.cpuUsage(c0);
   const loader = new BatchLoader(opened.dataset, BATCH, 0, undefined, { flip: true });
   let sum = 0;
   for (let b = 0; b < loader.batchesPerEpoch; b++) sum += loader.next().x[0];
@@ -61,6 +65,8 @@ async function childOpen(o) {
     built: !opened.summary.includes("from the decoded cache"),
     scanSeconds: (t1 - t0) / 1000,
     openSeconds: (t2 - t1) / 1000,
+    // Every thread of the process (JS, libuv, libvips, rayon), scan and open: the work, whatever else the cores run.
+    cpuSeconds: (cpu.user + cpu.system) / 1e6,
     epochSeconds: (t3 - t2) / 1000,
     epochImages: loader.batchesPerEpoch * BATCH,
     cacheBytes: cacheBytes(o.cacheDir),
@@ -82,17 +88,28 @@ async function childStages(o) {
   const files = scanFolder(o.folder, "folders").files.map((f) => f.abs).sort().slice(0, o.limit);
   const white = [255, 255, 255];
   await decodeRgb(files[0], white); // libvips' own start-up
-  const t0 = performance.now();
-  const decoded = [];
-  for (const f of files) decoded.push(await decodeRgb(f, white));
-  const t1 = performance.now();
-  const opts = { resolution: o.resolution, resize: "crop", channels: 3, background: white };
-  for (const d of decoded) await native.preprocessImage(d.data, d.width, d.height, 3, opts);
-  const t2 = performance.now();
-  for (const f of files) await sharp(f).raw().toBuffer();
-  const t3 = performance.now();
+  // CPU time of the whole process (the work runs on libuv, libvips and rayon threads): the wall clock of one image
+  // at a time counts the waits for a core on a shared machine.
   const n = files.length;
-  return { images: n, decodeMs: (t1 - t0) / n, preprocessMs: (t2 - t1) / n, bareDecodeMs: (t3 - t2) / n };
+  const timed = async (fn) => {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    await fn();
+    const c = process.cpuUsage(c0);
+    return { cpuMs: (c.user + c.system) / 1000 / n, wallMs: (performance.now() - t0) / n };
+  };
+  const decoded = [];
+  const decode = await timed(async () => {
+    for (const f of files) decoded.push(await decodeRgb(f, white));
+  });
+  const opts = { resolution: o.resolution, resize: "crop", channels: 3, background: white };
+  const preprocess = await timed(async () => {
+    for (const d of decoded) await native.preprocessImage(d.data, d.width, d.height, 3, opts);
+  });
+  const bareDecode = await timed(async () => {
+    for (const f of files) await sharp(f).raw().toBuffer();
+  });
+  return { images: n, decode, preprocess, bareDecode };
 }
 
 function trainInput(o, outDir) {
@@ -301,7 +318,12 @@ function sadmCold(folder, resolution, opts = {}, env = {}, keep = false) {
   try {
     const r = runChild("open", { folder, resolution, cacheDir, ...opts }, env);
     if (!r.built) throw new Error("a cold open found a cache");
-    return { ...r, imagesPerSec: r.images / (r.scanSeconds + r.openSeconds), cacheDir: keep ? cacheDir : undefined };
+    return {
+      ...r,
+      imagesPerSec: r.images / (r.scanSeconds + r.openSeconds),
+      imagesPerCpuSec: r.images / r.cpuSeconds,
+      cacheDir: keep ? cacheDir : undefined,
+    };
   } finally {
     if (!keep) fs.rmSync(cacheDir, { recursive: true, force: true });
   }
@@ -326,6 +348,7 @@ function measureFolder(f, threads, repeat) {
   }
   const stages = { sadm: runChild("stages", { folder: f.dir, resolution: f.resolution, limit: f.stageImages }), torch: runTorch("stages", { folder: f.dir, resolution: f.resolution, limit: f.stageImages }) };
   const ips = (xs) => median(xs.map((x) => x.imagesPerSec));
+  const ipc = (xs) => median(xs.map((x) => x.imagesPerCpuSec));
   const s = runs.sadm;
   const out = {
     folder: f.name,
@@ -335,6 +358,7 @@ function measureFolder(f, threads, repeat) {
     loadAvg: median(runs.load),
     sadm: {
       coldImagesPerSec: ips(s),
+      coldImagesPerCpuSec: ipc(s),
       firstEpochImagesPerSec: median(s.map((x) => x.images / (x.scanSeconds + x.openSeconds + x.epochSeconds))),
       scanSeconds: median(s.map((x) => x.scanSeconds)),
       warmOpenSeconds: median(runs.warm.map((x) => x.openSeconds)),
@@ -351,6 +375,8 @@ function measureFolder(f, threads, repeat) {
       workersN: threads,
       imagesPerSecN: ips(runs.torchN),
       imagesPerSec0: ips(runs.torch0),
+      imagesPerCpuSecN: ipc(runs.torchN),
+      imagesPerCpuSec0: ipc(runs.torch0),
       ...(f.alpha ? { imagesPerSecDitLoader: ips(runs.torchDit) } : {}),
       version: runs.torchN[0].torch,
       torchvision: runs.torchN[0].torchvision,
@@ -362,6 +388,8 @@ function measureFolder(f, threads, repeat) {
   out.ratio = {
     coldVsWorkersN: out.sadm.coldImagesPerSec / out.torch.imagesPerSecN,
     coldVsWorkers0: out.sadm.coldImagesPerSec / out.torch.imagesPerSec0,
+    cpuVsWorkersN: out.sadm.coldImagesPerCpuSec / out.torch.imagesPerCpuSecN,
+    cpuVsWorkers0: out.sadm.coldImagesPerCpuSec / out.torch.imagesPerCpuSec0,
     firstEpochVsWorkersN: out.sadm.firstEpochImagesPerSec / out.torch.imagesPerSecN,
     laterEpochVsWorkersN: out.sadm.laterEpochImagesPerSec / out.torch.imagesPerSecN,
   };
@@ -385,7 +413,15 @@ function sweep(f, repeat) {
       process.stderr.write(`== sweep ${f.name}: ${v.label} (${r + 1}/${repeat})\n`);
       rs.push(sadmCold(f.dir, f.resolution, v.opts, v.env ?? {}));
     }
-    return { folder: f.name, label: v.label, ...v.opts, ...(v.env ?? {}), imagesPerSec: median(rs.map((x) => x.imagesPerSec)), runs: rs.map((x) => x.imagesPerSec) };
+    return {
+      folder: f.name,
+      label: v.label,
+      ...v.opts,
+      ...(v.env ?? {}),
+      imagesPerSec: median(rs.map((x) => x.imagesPerSec)),
+      imagesPerCpuSec: median(rs.map((x) => x.imagesPerCpuSec)),
+      runs: rs.map((x) => ({ imagesPerSec: x.imagesPerSec, imagesPerCpuSec: x.imagesPerCpuSec })),
+    };
   });
 }
 
@@ -454,12 +490,12 @@ function report(res) {
   const t = res.folders[0].torch;
   p(`${res.cpu}, ${res.cores} cores, ${res.threads} threads/workers; load average ${res.loadBefore.toFixed(2)} at the start. PyTorch ${t.version}, torchvision ${t.torchvision}, Pillow ${t.pillow}; sharp ${res.sharp}. Medians of ${res.repeat} run(s), each in a fresh process, files in the page cache. Ratios are sadm / PyTorch (higher is better).`);
   p();
-  p("**Decode + preprocess, cold** (sadm: scan + decode into a fresh cache; PyTorch: one epoch of DiT's DataLoader, batch 64)");
+  p("**Decode + preprocess, cold** (sadm: scan + decode into a fresh cache; PyTorch: one epoch of DiT's DataLoader, batch 64). Images/s is wall-clock; images per CPU-second counts the CPU time of every thread and worker, which on a shared machine says more about the work than the wall clock does.");
   p();
-  p(`| folder | files | to | sadm images/s | PyTorch ${res.threads} workers | ratio | PyTorch 0 workers | ratio | sadm first epoch incl. batches | ratio |`);
-  p("|---|---|---|---|---|---|---|---|---|---|");
+  p(`| folder | files | to | load | sadm images/s | PyTorch ${res.threads} workers | ratio | PyTorch 0 workers | ratio | sadm first epoch incl. batches | ratio | images / CPU-s sadm | PyTorch ${res.threads} w. | ratio | PyTorch 0 w. | ratio |`);
+  p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const f of res.folders)
-    p(`| ${f.folder} | ${f.files} (${f.folderMiB.toFixed(0)} MiB) | ${f.resolution}² | ${g(f.sadm.coldImagesPerSec)} | ${g(f.torch.imagesPerSecN)} | ${x2(f.ratio.coldVsWorkersN)} | ${g(f.torch.imagesPerSec0)} | ${x2(f.ratio.coldVsWorkers0)} | ${g(f.sadm.firstEpochImagesPerSec)} | ${x2(f.ratio.firstEpochVsWorkersN)} |`);
+    p(`| ${f.folder} | ${f.files} (${f.folderMiB.toFixed(0)} MiB) | ${f.resolution}² | ${f.loadAvg.toFixed(1)} | ${g(f.sadm.coldImagesPerSec)} | ${g(f.torch.imagesPerSecN)} | ${x2(f.ratio.coldVsWorkersN)} | ${g(f.torch.imagesPerSec0)} | ${x2(f.ratio.coldVsWorkers0)} | ${g(f.sadm.firstEpochImagesPerSec)} | ${x2(f.ratio.firstEpochVsWorkersN)} | ${g(f.sadm.coldImagesPerCpuSec)} | ${g(f.torch.imagesPerCpuSecN)} | ${x2(f.ratio.cpuVsWorkersN)} | ${g(f.torch.imagesPerCpuSec0)} | ${x2(f.ratio.cpuVsWorkers0)} |`);
   const dit = res.folders.find((f) => f.torch.imagesPerSecDitLoader);
   if (dit) p(`\n(${dit.folder} with DiT's own loader, \`convert("RGB")\` dropping alpha instead of compositing onto white: PyTorch ${g(dit.torch.imagesPerSecDitLoader)} images/s with ${res.threads} workers.)`);
   p();
@@ -470,32 +506,34 @@ function report(res) {
   for (const f of res.folders)
     p(`| ${f.folder} | ${f.sadm.cacheMiB.toFixed(1)} | ${f.sadm.warmScanSeconds.toFixed(3)} | ${f.sadm.warmOpenSeconds.toFixed(3)} | ${g(f.sadm.laterEpochImagesPerSec)} | ${g(f.torch.imagesPerSecN)} | ${x2(f.ratio.laterEpochVsWorkersN)} |`);
   p();
-  p("**Per image on one thread** (ms, image by image; the first images of the folder in path order; ratios are speed, sadm / Pillow)");
+  p("**Per image, one at a time** (CPU ms per image, all threads of the process; the first images of the folder in path order; ratios are speed, sadm / Pillow)");
   p();
   p("| folder | images | sadm decode (sharp: orient, flatten, sRGB) | bare sharp decode | Pillow open + composite + convert | bare Pillow open + convert | ratio | sadm preprocess (native) | Pillow center_crop_arr | ratio |");
   p("|---|---|---|---|---|---|---|---|---|---|");
   for (const f of res.folders) {
     const s = f.stages.sadm;
     const q = f.stages.torch;
-    p(`| ${f.folder} | ${s.images} | ${s.decodeMs.toFixed(3)} | ${s.bareDecodeMs.toFixed(3)} | ${q.decodeMs.toFixed(3)} | ${q.bareDecodeMs.toFixed(3)} | ${x2(q.decodeMs / s.decodeMs)} | ${s.preprocessMs.toFixed(3)} | ${q.preprocessMs.toFixed(3)} | ${x2(q.preprocessMs / s.preprocessMs)} |`);
+    const ms = (v) => v.cpuMs.toFixed(3);
+    p(`| ${f.folder} | ${s.images} | ${ms(s.decode)} | ${ms(s.bareDecode)} | ${ms(q.decode)} | ${ms(q.bareDecode)} | ${x2(q.decode.cpuMs / s.decode.cpuMs)} | ${ms(s.preprocess)} | ${ms(q.preprocess)} | ${x2(q.preprocess.cpuMs / s.preprocess.cpuMs)} |`);
   }
   if (res.sweep.length > 0) {
     p();
     p(`**sadm cold images/s by concurrency** (default: 2 × CPUs = ${2 * res.cores} decodes in flight, UV_THREADPOOL_SIZE 4, sharp.concurrency() ${res.folders[0].sadm.sharpConcurrency})`);
     p();
     const names = [...new Set(res.sweep.map((s) => s.folder))];
-    p(`| setting | ${names.join(" | ")} |`);
-    p(`|---|${names.map(() => "---|").join("")}`);
+    p(`| setting | ${names.map((n) => `${n}: images/s | images / CPU-s`).join(" | ")} |`);
+    p(`|---|${names.map(() => "---|---|").join("")}`);
+    const cell = (s) => `${g(s.imagesPerSec)} | ${g(s.imagesPerCpuSec)}`;
     for (const label of [...new Set(res.sweep.map((s) => s.label))])
-      p(`| ${label} | ${names.map((n) => g(res.sweep.find((s) => s.folder === n && s.label === label).imagesPerSec)).join(" | ")} |`);
+      p(`| ${label} | ${names.map((n) => cell(res.sweep.find((s) => s.folder === n && s.label === label))).join(" | ")} |`);
   }
   p();
   p("**Step stall while training** (λ = 0, batch 64; warm-up steps left out). The API run assembles the next batch on the JS thread while the native step runs; the native run steps the same networks on batches made before the clock starts.");
   p();
-  p("| run | steps measured (runs) | mean dataSeconds | max | mean step seconds | data / step | API it/s | native it/s | ratio |");
-  p("|---|---|---|---|---|---|---|---|---|");
+  p("| run | load | steps measured (runs) | mean dataSeconds | max | mean step seconds | data / step | API it/s | native it/s | ratio |");
+  p("|---|---|---|---|---|---|---|---|---|---|");
   for (const s of res.stall)
-    p(`| ${s.run}, ${s.folder} | ${s.measuredSteps} (${s.pairs}) | ${(1000 * s.meanDataSeconds).toFixed(1)} ms | ${(1000 * s.maxDataSeconds).toFixed(1)} ms | ${s.meanStepSeconds.toFixed(3)} | ${(100 * s.dataShare).toFixed(1)} % | ${s.apiItPerSec.toFixed(3)} | ${s.nativeItPerSec.toFixed(3)} | ${s.itPerSecRatio.toFixed(3)} |`);
+    p(`| ${s.run}, ${s.folder} | ${s.loadAvg.toFixed(1)} | ${s.measuredSteps} (${s.pairs}) | ${(1000 * s.meanDataSeconds).toFixed(1)} ms | ${(1000 * s.maxDataSeconds).toFixed(1)} ms | ${s.meanStepSeconds.toFixed(3)} | ${(100 * s.dataShare).toFixed(1)} % | ${s.apiItPerSec.toFixed(3)} | ${s.nativeItPerSec.toFixed(3)} | ${s.itPerSecRatio.toFixed(3)} |`);
   return lines.join("\n");
 }
 
@@ -520,8 +558,8 @@ async function main() {
     { name: "B: photo JPEG ~500×375", dir: photo, resolution: 64, alpha: false, stageImages: 300, ...folderStats(photo) },
   ];
   const measured = folders.map((f) => measureFolder(f, threads, repeat));
-  const sweepRows = process.env.SWEEP === "0" ? [] : folders.flatMap((f) => sweep(f, 1));
-  const stallRows = stallRuns(presetSteps, steps, Math.max(2, repeat)).map((run) => stall(folders[0], measured[0].cacheDir, run, run.pairs));
+  const sweepRows = process.env.SWEEP === "0" ? [] : folders.flatMap((f) => sweep(f, repeat));
+  const stallRows = stallRuns(presetSteps, steps, Math.max(3, repeat)).map((run) => stall(folders[0], measured[0].cacheDir, run, run.pairs));
   for (const m of measured) fs.rmSync(m.cacheDir, { recursive: true, force: true });
   const res = {
     date: new Date().toISOString(),

@@ -17,7 +17,7 @@ is DiT's own `convert("RGB")`, which drops alpha.
 Prints one JSON line.
 """
 import json
-import os
+import resource
 import sys
 import time
 
@@ -58,6 +58,13 @@ def dit_loader(path):
         return Image.open(f).convert("RGB")
 
 
+def cpu_seconds():
+    """CPU time of this process and of its finished children (the DataLoader's workers, joined at the epoch's end)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def epoch(o):
     torch.set_num_threads(o["threads"])
     size = o["resolution"]
@@ -70,6 +77,7 @@ def epoch(o):
         ]
     )
     loader = dit_loader if o.get("loader") == "dit" else white_loader
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     ds = datasets.ImageFolder(o["folder"], transform=transform, loader=loader)
     dl = DataLoader(ds, batch_size=64, shuffle=True, num_workers=o["workers"], drop_last=True)
@@ -81,28 +89,33 @@ def epoch(o):
             assert x.shape[1:] == (3, size, size), x.shape
         images += x.shape[0]
     seconds = time.perf_counter() - t0
-    return {"images": images, "files": len(ds), "seconds": seconds, "firstBatchSeconds": first, "imagesPerSec": images / seconds}
+    cpu = cpu_seconds() - c0
+    return {
+        "images": images,
+        "files": len(ds),
+        "seconds": seconds,
+        "firstBatchSeconds": first,
+        "imagesPerSec": images / seconds,
+        "cpuSeconds": cpu,
+        "imagesPerCpuSec": images / cpu,
+    }
 
 
 def stages(o):
     torch.set_num_threads(1)
     files = sorted(datasets.ImageFolder(o["folder"]).samples)[: o["limit"]]
-    decoded = []
-    t0 = time.perf_counter()
-    for path, _ in files:
-        im = white_loader(path)
-        im.load()
-        decoded.append(im)
-    t1 = time.perf_counter()
-    for im in decoded:
-        center_crop_arr(im, o["resolution"])
-    t2 = time.perf_counter()
-    for path, _ in files:
-        dit_loader(path).load()
-    t3 = time.perf_counter()
     n = len(files)
-    ms = lambda t: 1000 * t / n
-    return {"images": n, "decodeMs": ms(t1 - t0), "preprocessMs": ms(t2 - t1), "bareDecodeMs": ms(t3 - t2)}
+
+    def timed(fn):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        return {"cpuMs": 1000 * (time.process_time() - c0) / n, "wallMs": 1000 * (time.perf_counter() - t0) / n}
+
+    decoded = []
+    decode = timed(lambda: decoded.extend(white_loader(path) for path, _ in files))
+    preprocess = timed(lambda: [center_crop_arr(im, o["resolution"]) for im in decoded])
+    bare = timed(lambda: [dit_loader(path) for path, _ in files])
+    return {"images": n, "decode": decode, "preprocess": preprocess, "bareDecode": bare}
 
 
 def main():
