@@ -161,22 +161,17 @@ pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
 fn load_checked(dir: &Path, state: &State, file: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
     let path = dir.join(file);
     let bytes = read_file(&path)?;
-    let Some(files) = &state.files else { return parse_tensors(&path, &bytes, device) };
-    // The tensors are parsed while the file is hashed, and used only if the digest matches.
-    let (digest, tensors) = std::thread::scope(|s| {
-        let digest = s.spawn(|| sha256_hex(&bytes));
-        let tensors = parse_tensors(&path, &bytes, device);
-        (digest.join(), tensors)
-    });
-    let digest = digest.map_err(|_| Error::Internal("load".into(), "the hashing thread panicked".into()))?;
-    let corrupt = |why: &str| {
-        Error::checkpoint(&path, format!("{file} is corrupt: {why}, so it changed after it was written; use another checkpoint of the run"))
-    };
-    match files.get(file) {
-        None => Err(corrupt("state.json records no SHA-256 for it")),
-        Some(want) if *want != digest => Err(corrupt("its SHA-256 differs from the one state.json recorded")),
-        _ => tensors,
+    if let Some(files) = &state.files {
+        let corrupt = |why: &str| {
+            Error::checkpoint(&path, format!("{file} is corrupt: {why}, so it changed after it was written; use another checkpoint of the run"))
+        };
+        match files.get(file) {
+            None => return Err(corrupt("state.json records no SHA-256 for it")),
+            Some(want) if *want != sha256_hex(&bytes) => return Err(corrupt("its SHA-256 differs from the one state.json recorded")),
+            _ => {}
+        }
     }
+    parse_tensors(&path, &bytes, device)
 }
 
 /// Checks `tensors` against the expected names and shapes, naming the first mismatch in sorted order.
