@@ -50,8 +50,8 @@ export function nativeBuilt(): boolean {
 /**
  * Runs `node ...args` without blocking the test worker (a long synchronous spawn would starve vitest's worker RPC,
  * which times out after a minute). The child gets this process's environment plus `opts.env`, or with `onlyEnv`
- * nothing but `opts.env`. `runAs: "nobody"` runs it as that unprivileged user (util-linux's setpriv), for tests of
- * permission errors, which root never gets.
+ * nothing but `opts.env`. `runAs: "nobody"` runs it as that unprivileged user (util-linux's setpriv) when this
+ * process is root, for tests of permission errors, which root never gets; a user who is not root gets them anyway.
  */
 export function runNodeAsync(
   args: string[],
@@ -59,7 +59,7 @@ export function runNodeAsync(
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const env = opts.onlyEnv ? opts.env : { ...process.env, ...opts.env };
-    const [cmd, argv] = opts.runAs
+    const [cmd, argv] = opts.runAs && process.getuid?.() === 0
       ? ["setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, ...args]]
       : [process.execPath, args];
     const child = spawn(cmd, argv, { cwd: opts.cwd ?? ROOT, env });
