@@ -78,6 +78,15 @@ export interface ClassifierTraining {
   seed: number
 }
 
+/**
+ * Reads an image file and makes it a square training image in one call, off the JS thread: PNG and JPEG are
+ * decoded natively (transparency composited onto `opts.background` exactly as Pillow's `alpha_composite` does),
+ * then resized as `preprocessImage` does. Resolves with the CHW bytes, or `null` when the file needs the general
+ * decoder: another format, an ICC profile, an EXIF orientation, CMYK. Rejects with a one-line reason when the file
+ * cannot be read or is a corrupt or truncated PNG or JPEG.
+ */
+export declare function decodeImageFile(path: string, opts: PreprocessOptions): Promise<Uint8Array | null>
+
 /** Features and predicted classes of a set of images. */
 export interface Extracted {
   /** n × dim features, row-major. */

@@ -594,3 +594,44 @@ impl Task for PreprocessTask {
         Ok(Uint8Array::new(out))
     }
 }
+
+/// Reads an image file and makes it a square training image in one call, off the JS thread: PNG and JPEG are
+/// decoded natively (transparency composited onto `opts.background` exactly as Pillow's `alpha_composite` does),
+/// then resized as `preprocessImage` does. Resolves with the CHW bytes, or `null` when the file needs the general
+/// decoder: another format, an ICC profile, an EXIF orientation, CMYK. Rejects with a one-line reason when the file
+/// cannot be read or is a corrupt or truncated PNG or JPEG.
+#[napi(catch_unwind, ts_return_type = "Promise<Uint8Array | null>")]
+pub fn decode_image_file(path: String, opts: PreprocessOptions) -> AsyncTask<DecodeImageFileTask> {
+    AsyncTask::new(DecodeImageFileTask { path: PathBuf::from(path), opts })
+}
+
+pub struct DecodeImageFileTask {
+    path: PathBuf,
+    opts: PreprocessOptions,
+}
+
+impl Task for DecodeImageFileTask {
+    type Output = Option<Vec<u8>>;
+    type JsValue = Option<Uint8Array>;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let opts = preprocess_options(&self.opts).map_err(|e| match e {
+            sadm_core::Error::Input(m) => Error::from_reason(format!("decodeImageFile: {m}")),
+            e => js_err(e),
+        })?;
+        // Checked by preprocess_options.
+        let background = [0, 1, 2].map(|c| self.opts.background[c] as u8);
+        // Read here, on a libuv thread: a slow disk does not hold up the pool.
+        let bytes = std::fs::read(&self.path).map_err(|e| js_err(sadm_core::Error::io("cannot read the file", e)))?;
+        let run = || sadm_core::data::decode::decode_preprocessed(&bytes, background, &opts);
+        // A bad file's reason, as the loader lists it next to the file's name.
+        sadm_core::error::catch_panic("decodeImageFile", || device::on_pool(run)).map_err(|e| match e {
+            sadm_core::Error::Input(m) => Error::from_reason(m),
+            e => js_err(e),
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
+        Ok(out.map(Uint8Array::new))
+    }
+}

@@ -11,8 +11,7 @@
 use super::preprocess::{preprocess, Preprocess};
 use super::resample::Image;
 use super::{decode_jpeg, decode_png};
-use crate::{Error, Result};
-use std::path::Path;
+use crate::Result;
 
 /// sharp's `limitInputPixels` default (0x3FFF²): anything larger is left to sharp, which refuses it in its words.
 pub const MAX_PIXELS: usize = 0x3FFF * 0x3FFF;
@@ -37,11 +36,10 @@ pub fn decode(bytes: &[u8], background: [u8; 3]) -> Result<Decoded> {
     }
 }
 
-/// A file read, decoded and preprocessed: `opts.channels × resolution²` CHW bytes, or `None` when the general
+/// A file's bytes decoded and preprocessed: `opts.channels × resolution²` CHW bytes, or `None` when the general
 /// decoder must read it.
-pub fn load(path: &Path, background: [u8; 3], opts: &Preprocess) -> Result<Option<Vec<u8>>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read the file", e))?;
-    match decode(&bytes, background)? {
+pub fn decode_preprocessed(bytes: &[u8], background: [u8; 3], opts: &Preprocess) -> Result<Option<Vec<u8>>> {
+    match decode(bytes, background)? {
         Decoded::Image(image) => Ok(Some(preprocess(image, opts)?)),
         Decoded::Unhandled(_) => Ok(None),
     }
@@ -83,9 +81,11 @@ mod tests {
     use crate::checkpoint::load_tensors;
     use crate::data::composite::over;
     use crate::data::preprocess::Resize;
+    use crate::Error;
     use candle_core::{Device, Tensor};
     use png::{BitDepth, ColorType};
     use std::collections::HashMap;
+    use std::path::Path;
 
     fn reference() -> (HashMap<String, Tensor>, serde_json::Map<String, serde_json::Value>) {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/pillow_decode_reference.safetensors");
@@ -287,23 +287,16 @@ mod tests {
     }
 
     #[test]
-    fn load_preprocesses_what_it_decodes() {
+    fn decode_preprocessed_is_preprocess_of_what_decode_gives() {
         let (tensors, _) = reference();
-        let dir = std::env::temp_dir().join(format!("sadm-decode-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let opts = Preprocess { resolution: 16, resize: Resize::Crop, channels: 3 };
         for (name, handled) in [("420.jpg", true), ("la.png", true), ("cmyk.jpg", false), ("icc.png", false)] {
-            let path = dir.join(name);
-            std::fs::write(&path, u8s(&tensors[&format!("file.{name}")])).unwrap();
-            let out = load(&path, [255; 3], &opts).unwrap();
+            let bytes = u8s(&tensors[&format!("file.{name}")]);
+            let out = decode_preprocessed(&bytes, [1, 2, 3], &opts).unwrap();
             assert_eq!(out.is_some(), handled, "{name}");
             if let Some(out) = out {
-                let image = decoded(&std::fs::read(&path).unwrap(), [255; 3]);
-                assert_eq!(out, preprocess(image, &opts).unwrap());
+                assert_eq!(out, preprocess(decoded(&bytes, [1, 2, 3]), &opts).unwrap(), "{name}");
             }
         }
-        let missing = load(&dir.join("missing.png"), [0; 3], &opts).unwrap_err().to_string();
-        assert!(missing.contains("cannot read the file"), "{missing}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
