@@ -196,6 +196,7 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
 
   const trainClassifier = (): Promise<number[]> => Promise.reject(new Error("the fake addon cannot train a classifier"));
   const preprocessImage = (): Promise<Uint8Array> => Promise.reject(new Error("the fake addon cannot preprocess images"));
+  const decodeImageFile = (): Promise<Uint8Array | null> => Promise.reject(new Error("the fake addon cannot decode images"));
 
   class FakeModel {
     private inner = new FakeTrainer();
@@ -222,6 +223,7 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
     featureMetrics,
     trainClassifier,
     preprocessImage,
+    decodeImageFile,
   } satisfies NativeModule;
   return { native, log };
 }

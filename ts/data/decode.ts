@@ -1,9 +1,12 @@
 /**
- * One image file → the model's CHW bytes. sharp (libvips) decodes: every format and mode users have (JPEG, PNG 8/16
- * bit, WebP, GIF's first frame, TIFF, AVIF; grey, palette, CMYK, with alpha), the EXIF orientation applied, ICC
- * profiles and CMYK converted to sRGB, 16 bits scaled to 8, transparency composited onto the background. The
- * geometry is the native core's: a port of Pillow's resampler, so the pixels are the ones DiT's PyTorch pipeline
- * computes (sharp has no box filter, and its crop is not ADM's).
+ * One image file → the model's CHW bytes. PNG and JPEG, the common cases, are decoded by the native addon
+ * (`decodeImageFile`: the png crate, and libjpeg-turbo's code as MozJPEG ships it, the same decoder as sharp's) with
+ * transparency composited onto the background exactly as Pillow's `alpha_composite` does, and preprocessed in the
+ * same call. Everything else goes through sharp (libvips): WebP, GIF's first frame, TIFF, AVIF, CMYK, and the PNGs
+ * and JPEGs whose pixels depend on their metadata, with the EXIF orientation applied, ICC profiles and CMYK
+ * converted to sRGB, 16 bits scaled to 8, transparency flattened onto the background; then the native
+ * preprocessing. The geometry is the native core's either way: a port of Pillow's resampler, so the pixels are the
+ * ones DiT's PyTorch pipeline computes (sharp has no box filter, and its crop is not ADM's).
  */
 import sharp from "sharp";
 import { errorMessage } from "../errors.js";
@@ -52,16 +55,24 @@ export async function decodeRgb(file: string, background: [number, number, numbe
   }
 }
 
-/** A file decoded and preprocessed: C×R×R bytes, CHW. @throws DecodeError */
+/**
+ * A file decoded and preprocessed: C×R×R bytes, CHW. The native decoder first; sharp for the files it leaves.
+ * @throws DecodeError
+ */
 export async function decodeImage(file: string, p: Preprocess): Promise<Uint8Array> {
+  const native = loadNative();
+  const opts = { resolution: p.resolution, resize: p.resize, channels: p.channels, background: [...p.background] };
+  let fast: Uint8Array | null;
+  try {
+    fast = await native.decodeImageFile(file, opts);
+  } catch (e) {
+    // A PNG or JPEG that does not decode: sharp would not decode it either.
+    throw new DecodeError(file, errorMessage(e));
+  }
+  if (fast) return fast;
   const { data, width, height } = await decodeRgb(file, p.background);
   try {
-    return await loadNative().preprocessImage(data, width, height, 3, {
-      resolution: p.resolution,
-      resize: p.resize,
-      channels: p.channels,
-      background: [...p.background],
-    });
+    return await native.preprocessImage(data, width, height, 3, opts);
   } catch (e) {
     throw new DecodeError(file, errorMessage(e));
   }
