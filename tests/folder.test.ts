@@ -97,13 +97,15 @@ describe("image folders through the decoder", () => {
     await put("avif.avif", raw().avif({ lossless: true }));
   }, 120_000);
 
+  const WHITE: [number, number, number] = [255, 255, 255];
+  const crop = (background: [number, number, number]) => ({ resolution: S, resize: "crop", channels: 3, background });
   /** The native fast path's bytes for a file, or null where it leaves the file to sharp. */
-  const fast = (file: string, background: [number, number, number] = [255, 255, 255]): Promise<Uint8Array | null> =>
-    loadNative().decodeImageFile(file, { resolution: S, resize: "crop", channels: 3, background });
+  const fast = (file: string, background = WHITE): Promise<Uint8Array | null> =>
+    loadNative().decodeImageFile(file, crop(background));
   /** The same through sharp and the native preprocessing, as files the fast path leaves are decoded. */
-  const viaSharp = async (file: string, background: [number, number, number] = [255, 255, 255]): Promise<Uint8Array> => {
+  const viaSharp = async (file: string, background = WHITE): Promise<Uint8Array> => {
     const { data, width, height } = await decodeRgb(file, background);
-    return loadNative().preprocessImage(data, width, height, 3, { resolution: S, resize: "crop", channels: 3, background });
+    return loadNative().preprocessImage(data, width, height, 3, crop(background));
   };
 
   it("reads PNG 8/16 bit, palette, WebP, TIFF, GIF, JPEG, CMYK, AVIF and applies the EXIF orientation", async () => {
@@ -146,8 +148,9 @@ describe("image folders through the decoder", () => {
     await put("icc.png", raw().withIccProfile("p3").png());
     await put("icc.jpg", raw().withIccProfile("p3").jpeg());
     const files = [
-      ...["png8.png", "png16.png", "palette.png", "jpeg.jpg", "cmyk.jpg", "exif6.jpg"].map((f) => path.join(dir, "all", f)),
-      ...["webp.webp", "tiff.tiff", "gif.gif", "avif.avif"].map((f) => path.join(dir, "all", f)),
+      ...["png8.png", "png16.png", "palette.png", "jpeg.jpg", "cmyk.jpg", "exif6.jpg", "webp.webp", "tiff.tiff"]
+        .concat(["gif.gif", "avif.avif"])
+        .map((f) => path.join(dir, "all", f)),
       ...fs.readdirSync(extra).map((f) => path.join(extra, f)),
     ];
     const native = ["png8.png", "png16.png", "palette.png", "jpeg.jpg", "interlaced.png", "grey.png", "grey16.png"]
@@ -231,6 +234,9 @@ describe("image folders through the decoder", () => {
       await expect(fast(path.join(d, "bad", f)), f).rejects.toThrow(/(corrupt|truncated) (PNG|JPEG)/);
     }
     for (const f of ["empty.png", "text.png"]) expect(await fast(path.join(d, "bad", f)), f).toBeNull();
+    await expect(fast(path.join(d, "bad", "missing.png"))).rejects.toThrow(/^cannot read the file: No such file/);
+    const good = path.join(d, "ok", "good.png");
+    await expect(fast(good, [0, 0, 256])).rejects.toThrow(/^decodeImageFile: background must be \[r, g, b\] with each 0/);
     const r = await open({ path: d });
     expect(r.dataset.length).toBe(2);
     expect(r.bad.map((b) => b.rel).sort()).toEqual(["bad/corrupt.png", "bad/empty.png", "bad/text.png", "bad/truncated.jpg", "bad/truncated.png"]);
