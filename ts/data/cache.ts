@@ -21,7 +21,7 @@ import { DecodeError, decodeImage, imageBytes, type Preprocess } from "./decode.
 import { comparePy, type ImageFile } from "./scan.js";
 
 /** Bump when decoding or preprocessing changes what a cache holds: every old cache then misses. */
-export const CACHE_VERSION = 1;
+export const CACHE_VERSION = 2;
 const MAGIC = Buffer.from("SADMIMG1", "latin1");
 const TAIL = 4 + MAGIC.length;
 const EXT = ".sadm-images";
