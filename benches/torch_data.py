@@ -3,8 +3,8 @@
     python benches/torch_data.py epoch  '{"folder": DIR, "resolution": 32, "workers": 2, "threads": 2}'
     python benches/torch_data.py stages '{"folder": DIR, "resolution": 64, "limit": 300}'
 
-`epoch`: `torchvision.datasets.ImageFolder` with a transform doing ADM's `center_crop_arr` (copied from
-crates/sadm-core/testdata/pillow_preprocess_reference.py), `RandomHorizontalFlip`, `ToTensor` and
+`epoch`: `torchvision.datasets.ImageFolder` with a transform doing ADM's `center_crop_arr` (imported from
+crates/sadm-core/testdata/adm.py), `RandomHorizontalFlip`, `ToTensor` and
 `Normalize([0.5] * 3, [0.5] * 3)`, through `DataLoader(batch_size=64, shuffle=True, num_workers=N, drop_last=True)`
 for one epoch. Timed from building the ImageFolder (its scan of the folder) to the last batch, so worker start-up
 counts, as it does for every epoch of a run. The loader composites transparent images onto white before
@@ -17,6 +17,7 @@ is DiT's own `convert("RGB")`, which drops alpha.
 Prints one JSON line.
 """
 import json
+import os
 import resource
 import sys
 import time
@@ -29,17 +30,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-
-def center_crop_arr(pil_image, image_size):
-    """ADM's (guided_diffusion/image_datasets.py), as DiT uses it."""
-    while min(*pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
-    scale = image_size / min(*pil_image.size)
-    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
-    arr = np.array(pil_image)
-    crop_y = (arr.shape[0] - image_size) // 2
-    crop_x = (arr.shape[1] - image_size) // 2
-    return Image.fromarray(arr[crop_y : crop_y + image_size, crop_x : crop_x + image_size])
+# ADM's center_crop_arr, kept once next to the core's Pillow references.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "crates", "sadm-core", "testdata"))
+from adm import center_crop_arr  # noqa: E402
 
 
 def white_loader(path):

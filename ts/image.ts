@@ -7,6 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { PNG } from "pngjs";
 import { ConfigError, DataError, SadmError, errorMessage, fsError, isFsError } from "./errors.js";
+import { loadSharp } from "./sharp.js";
 
 /** Padding between grid cells, in pixels. */
 export const GRID_PADDING = 2;
@@ -214,20 +215,6 @@ export function escapeMarkup(text: string): string {
   return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
-type SharpFactory = typeof import("sharp");
-let sharpModule: SharpFactory | undefined;
-
-/** sharp, loaded on first use (libvips is large and only labelled grids need it). */
-function loadSharp(): SharpFactory {
-  if (!sharpModule) {
-    try {
-      sharpModule = require("sharp") as SharpFactory;
-    } catch (e) {
-      throw new SadmError(`cannot load sharp to render the grid's labels: ${errorMessage(e)}`, { cause: e });
-    }
-  }
-  return sharpModule;
-}
 
 /**
  * Renders one line of text in white, cropped left and right to its ink. An invisible "Å|" after the text gives
@@ -240,7 +227,7 @@ async function renderText(text: string, fontPx: number): Promise<LabelBitmap | u
   const markup = `<span foreground="white">${escapeMarkup(text)}</span><span alpha="1">Å|</span>`;
   let raw: { data: Buffer; info: { width: number; height: number; channels: number } };
   try {
-    raw = await loadSharp()({ text: { text: markup, fontfile: font, font: `DejaVu Sans ${fontPx}`, dpi: 72, rgba: true } })
+    raw = await loadSharp("to render the grid's labels")({ text: { text: markup, fontfile: font, font: `DejaVu Sans ${fontPx}`, dpi: 72, rgba: true } })
       .raw()
       .toBuffer({ resolveWithObject: true });
   } catch (e) {

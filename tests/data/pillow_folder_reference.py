@@ -22,7 +22,7 @@ OUT = os.path.join(HERE, "pillow-folder")
 ROOT = os.path.dirname(os.path.dirname(HERE))
 # ADM's center_crop_arr, kept once, next to the core's reference.
 sys.path.insert(0, os.path.join(ROOT, "crates", "sadm-core", "testdata"))
-from pillow_preprocess_reference import center_crop_arr  # noqa: E402
+from adm import center_crop_arr  # noqa: E402
 EMOJI = os.path.join(ROOT, "node_modules", "emoji-datasource-google", "img", "google", "64")
 
 

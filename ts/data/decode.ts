@@ -10,6 +10,7 @@
  */
 import { errorMessage } from "../errors.js";
 import { loadNative } from "../native.js";
+import { loadSharp } from "../sharp.js";
 import type { ResizeMode } from "./spec.js";
 
 /** The preprocessing of every image of a dataset: part of its decoded cache's key. */
@@ -36,26 +37,12 @@ export class DecodeError extends Error {
   }
 }
 
-type SharpFactory = typeof import("sharp");
-let sharpModule: SharpFactory | undefined;
-
-/** sharp, loaded on first use: a folder of plain PNGs and JPEGs never needs libvips. */
-function loadSharp(): SharpFactory {
-  if (!sharpModule) {
-    try {
-      sharpModule = require("sharp") as SharpFactory;
-    } catch (e) {
-      throw new Error(`cannot load sharp, which decodes this file: ${errorMessage(e).split("\n")[0]}`, { cause: e });
-    }
-  }
-  return sharpModule;
-}
 
 /** The 8-bit sRGB pixels (HWC, 3 channels) of a file, upright and without alpha. @throws DecodeError */
 export async function decodeRgb(file: string, background: [number, number, number]): Promise<{ data: Buffer; width: number; height: number }> {
   try {
     // failOn "warning": a truncated file decodes with a warning and grey fill, which must not pass as an image.
-    const { data, info } = await loadSharp()(file, { failOn: "warning", pages: 1 })
+    const { data, info } = await loadSharp("to decode this file")(file, { failOn: "warning", pages: 1 })
       .autoOrient()
       .flatten({ background: { r: background[0], g: background[1], b: background[2] } })
       .toColourspace("srgb")
