@@ -748,24 +748,7 @@ export function resolveConfig(input: unknown): SadmConfig {
     deepMerge<PlainObject>(fromPreset.model as PlainObject, user.model as PlainObject),
   );
   const facts = dataFacts(data);
-  const given = user.data?.classNames;
-  if (given !== undefined && JSON.stringify(given) !== JSON.stringify(facts.classNames ?? []))
-    throw new ConfigError(
-      "config.data.classNames",
-      `are the data's and cannot be set: the ${data.name} data's classes are ${facts.classNames ? listNames(facts.classNames) : "none"} (got ${listNames(given)})`,
-    );
-  if (isImageFiles(data) && facts.classNames) data.classNames = [...facts.classNames];
-  if (data.classes) {
-    if (facts.numClasses === 0) throw new ConfigError("config.data.classes", `the ${data.name} data has no labels to filter by`);
-    data.classes = classIndices(data.classes, {
-      numClasses: facts.numClasses,
-      classNames: facts.classNames,
-      field: (i) => `config.data.classes[${i}]`,
-      owner: `the ${data.name} data`,
-      kind: data.name,
-      unique: true,
-    });
-  }
+  settleClasses(data, facts, user.data?.classNames);
   const dataDefaults: SadmConfigInput = {
     model: { inputSize: facts.size, inChannels: facts.channels, numClasses: facts.numClasses },
   };
@@ -861,6 +844,27 @@ export function resolveConfig(input: unknown): SadmConfig {
   };
   checkCrossFields(cfg, facts);
   return cfg;
+}
+
+/** The data's class names fill `data.classNames` (a user may not set them otherwise) and `data.classes` becomes indices. */
+function settleClasses(data: DataConfig, facts: DataFacts, given: readonly string[] | undefined): void {
+  if (given !== undefined && JSON.stringify(given) !== JSON.stringify(facts.classNames ?? []))
+    throw new ConfigError(
+      "config.data.classNames",
+      `are the data's and cannot be set: the ${data.name} data's classes are ${facts.classNames ? listNames(facts.classNames) : "none"} (got ${listNames(given)})`,
+    );
+  if (isImageFiles(data) && facts.classNames) data.classNames = [...facts.classNames];
+  if (data.classes) {
+    if (facts.numClasses === 0) throw new ConfigError("config.data.classes", `the ${data.name} data has no labels to filter by`);
+    data.classes = classIndices(data.classes, {
+      numClasses: facts.numClasses,
+      classNames: facts.classNames,
+      field: (i) => `config.data.classes[${i}]`,
+      owner: `the ${data.name} data`,
+      kind: data.name,
+      unique: true,
+    });
+  }
 }
 
 function resolveOptim(o: DeepPartial<OptimConfig> | undefined, field: string): OptimConfig {
