@@ -5,7 +5,7 @@
 //!   penultimate activations (before the ReLU, which keeps them closer to Gaussian) play the role Inception's pool
 //!   features play for FID, and its predictions give the class accuracy of conditional samples.
 //! - `inception-v3-fid`, the network behind published FIDs ([`InceptionV3`]), for users who have its weights.
-use crate::checkpoint::{check_shapes, expected, load_tensors, save_tensors};
+use crate::io::checkpoint::{check_shapes, expected, load_tensors, save_tensors};
 use crate::error::{Error, Result};
 pub use crate::inception::InceptionV3;
 use crate::nn::{init_vars, linear, sorted_vars, Init, Linear};

@@ -296,7 +296,7 @@ pub trait Denoiser {
     fn denoise(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor>;
 }
 
-impl Denoiser for crate::dit::DiT {
+impl Denoiser for crate::model::dit::DiT {
     fn denoise(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
         self.forward(x, t, y)
     }

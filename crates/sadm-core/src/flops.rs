@@ -60,7 +60,7 @@ mod tests {
         let cfg = CoreConfig::tiny_mnist();
         let m = &cfg.model;
         let vm = VarMap::new();
-        crate::dit::DiT::new(m, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+        crate::model::dit::DiT::new(m, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
         let n = (m.grid() * m.grid()) as f64;
         let mut expected = 0.0;
         for (name, v) in sorted_vars(&vm) {

@@ -309,7 +309,7 @@ impl InceptionV3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::load_tensors;
+    use crate::io::checkpoint::load_tensors;
     use crate::classifier::{Arch, Extractor};
     use candle_core::{DType, Device};
     use candle_nn::VarMap;

@@ -1,17 +1,16 @@
 //! sadm-core: structure-guided adversarial training (SADM, Yang et al., CVPR 2024) of diffusion transformers
 //! on candle. See `shared/design.md` for the method and the layout.
-pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod diffusion;
-pub mod discriminator;
-pub mod dit;
 pub mod error;
 pub mod flops;
+pub mod io;
 mod inception;
 pub mod metrics;
+pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -2,15 +2,15 @@
 //! detached reconstructions, denoiser update on `L_den + λ·D` with φ fixed, EMA. One call, one step.
 use crate::config::{glob_match, CoreConfig};
 use crate::diffusion::{self, GaussianDiffusion, SampleOptions};
-use crate::discriminator::{self, Encoder};
-use crate::dit::{self, DiT};
+use crate::model::discriminator::{self, Encoder};
+use crate::model::dit::{self, DiT};
 use crate::error::{check_range, Error, Result};
 use crate::nn::sorted_vars;
 use crate::optim::{AdamW, Snapshot};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use crate::checkpoint::check_shapes;
+use crate::io::checkpoint::check_shapes;
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -4,7 +4,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 // candle is reached through sadm-core so that both crates always agree on its version.
 use sadm_core::candle::{Device, Tensor};
-use sadm_core::checkpoint;
+use sadm_core::io::checkpoint;
 use sadm_core::classifier::{self, Extractor, LeNetTraining};
 use sadm_core::metrics;
 use sadm_core::diffusion::{SampleOptions as CoreSampleOptions, Sampler};

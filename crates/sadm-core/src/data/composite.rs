@@ -44,7 +44,7 @@ pub fn composite(width: usize, height: usize, channels: usize, pixels: &[u8], ba
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::load_tensors;
+    use crate::io::checkpoint::load_tensors;
     use candle_core::Device;
     use std::path::Path;
 

@@ -78,7 +78,7 @@ pub(crate) fn exif_orientation(tiff: &[u8]) -> std::result::Result<Option<u16>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::load_tensors;
+    use crate::io::checkpoint::load_tensors;
     use crate::data::composite::over;
     use crate::data::preprocess::Resize;
     use crate::Error;

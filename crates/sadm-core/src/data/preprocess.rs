@@ -129,7 +129,7 @@ fn planes(image: &Image, opts: &Preprocess, fill: [u8; 3]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::load_tensors;
+    use crate::io::checkpoint::load_tensors;
     use candle_core::Device;
     use std::path::Path;
 

@@ -236,7 +236,7 @@ pub fn load_weights(dir: &Path, device: &Device, use_ema: bool) -> Result<(CoreC
     let tensors = load_checked(dir, &state, file, device)?;
     // Only the DiT's names and shapes are needed: no discriminator or optimizer state.
     let varmap = candle_nn::VarMap::new();
-    crate::dit::DiT::new(&state.config.model, candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    crate::model::dit::DiT::new(&state.config.model, candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
     check_shapes(&path, &expected(&crate::nn::sorted_vars(&varmap)), &tensors, &["pos_embed"])?;
     Ok((state.config, tensors))
 }
@@ -333,7 +333,7 @@ mod tests {
         let ema = src.ema_tensors();
         let value = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for (name, var) in &ft.dit_vars {
-            if name != crate::dit::CLASS_TABLE {
+            if name != crate::model::dit::CLASS_TABLE {
                 assert_eq!(value(var.as_tensor()), value(&ema[name]), "{name} not taken from the source EMA");
             }
         }

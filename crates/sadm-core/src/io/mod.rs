@@ -1,0 +1,2 @@
+//! Weights on disk: sadm's checkpoint directories.
+pub mod checkpoint;
