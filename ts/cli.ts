@@ -16,6 +16,7 @@ import { cpuBinary, cudaBinaryCandidates, loadNative } from "./native.js";
 import { readState, resolveCheckpoint } from "./checkpoint.js";
 import { TaskProgress } from "./logging.js";
 import { version } from "./version.js";
+import { INDEX_FILE } from "./data/latents.js";
 
 type PlainObject = { [key: string]: unknown };
 
@@ -33,9 +34,13 @@ export function parseClassList(text: string, field: string): string[] {
   return parts;
 }
 
-/** `--data`: `mnist` and `emoji` are the built-in sets; anything else is a folder of images. */
-export function dataFromArg(value: string): { name: "mnist" | "emoji" } | { name: "folder"; path: string } {
-  return value === "mnist" || value === "emoji" ? { name: value } : { name: "folder", path: value };
+/**
+ * `--data`: `mnist` and `emoji` are the built-in sets; a folder with sadm encode's `index.json` is latents; anything
+ * else is a folder of images.
+ */
+export function dataFromArg(value: string): { name: "mnist" | "emoji" } | { name: "folder" | "latents"; path: string } {
+  if (value === "mnist" || value === "emoji") return { name: value };
+  return { name: fs.existsSync(path.join(value, INDEX_FILE)) ? "latents" : "folder", path: value };
 }
 
 /** Parses a `--set key.path=value` override; the value is JSON when it parses, else a string. */

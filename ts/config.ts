@@ -328,6 +328,26 @@ export const RUN_PRESETS: Readonly<Record<string, RunPreset>> = {
       eval: { every: 0 },
     },
   },
+  // VAE latents (sadm encode): 4 channels at an eighth of the image side. A 2-latent-pixel patch is DiT's own; the
+  // width and depth are rgb-32's, so a scaled-down latent run fits this CPU. The paper's setting is a DiT preset
+  // (--preset DiT-XL/2) or a published checkpoint (--from DiT-XL-2-256x256.pt), on a GPU.
+  "latent-tiny": {
+    description: "Tiny DiT on VAE latents (sadm encode): patch 2, for small latent runs on the CPU",
+    config: {
+      model: { patchSize: 2, hiddenSize: 128, depth: 4, numHeads: 4, mlpRatio: 4, learnSigma: false },
+      diffusion: { prediction: "v" },
+      discriminator: { patchSize: 2, width: 64, depth: 2, numHeads: 4, projDim: 64 },
+      ditOptim: { gradClip: 1 },
+      batchSize: 64,
+      steps: 4000,
+      lr: 2e-3,
+      lrWarmupSteps: 100,
+      lambda: 0.01,
+      sampleEvery: 1000,
+      checkpointEvery: 500,
+      eval: { every: 0 },
+    },
+  },
 };
 
 const DIT_SIZES: Readonly<Record<string, { depth: number; hiddenSize: number; numHeads: number }>> = {
@@ -350,6 +370,7 @@ export const DEFAULT_PRESET = "mnist-tiny";
 /** The preset a run gets when it names none: `mnist-tiny` for the digits, `rgb-32`/`rgb-64` for images by resolution. */
 export function defaultPreset(data: { name?: DataConfig["name"]; resolution?: number } | undefined): string {
   if (!data?.name || data.name === "mnist") return DEFAULT_PRESET;
+  if (data.name === "latents") return "latent-tiny";
   return (data.resolution ?? IMAGE_DEFAULTS.resolution) > 32 ? "rgb-64" : "rgb-32";
 }
 
@@ -489,8 +510,8 @@ const optimSchema = z.strictObject({
 });
 
 const dataSchema = z.strictObject({
-  name: oneOf(["mnist", "folder", "emoji"] as const).optional(),
-  path: z.string({ error: "must be the path of an image folder" }).min(1, { error: "must not be empty" }).optional(),
+  name: oneOf(["mnist", "folder", "emoji", "latents"] as const).optional(),
+  path: z.string({ error: "must be the path of an image folder or a latent dataset" }).min(1, { error: "must not be empty" }).optional(),
   resolution: num(2, 4096, true).optional(),
   channels: z.union([z.literal(1), z.literal(3)], { error: "must be 1 (grey) or 3 (RGB)" }).optional(),
   resize: oneOf(["crop", "pad", "stretch"] as const).optional(),
@@ -703,7 +724,7 @@ function resolveData(d: DeepPartial<DataConfig>, userModel: DeepPartial<ModelCon
   const name = d.name ?? "mnist";
   const misplaced = [
     ...(isImageFiles({ name }) ? [] : IMAGE_ONLY),
-    ...(name === "folder" ? [] : FOLDER_ONLY),
+    ...(name === "folder" ? [] : name === "latents" ? FOLDER_ONLY.filter((k) => k !== "path") : FOLDER_ONLY),
   ].find((k) => d[k] !== undefined);
   if (misplaced)
     throw new ConfigError(
@@ -712,7 +733,10 @@ function resolveData(d: DeepPartial<DataConfig>, userModel: DeepPartial<ModelCon
     );
   if (name === "folder" && d.path === undefined)
     throw new ConfigError("config.data.path", "is required for folder data: the folder holding the images (--data DIR)");
+  if (name === "latents" && d.path === undefined)
+    throw new ConfigError("config.data.path", "is required for latent data: the folder sadm encode wrote (--data DIR)");
   const out: DataConfig = { name };
+  if (name === "latents") out.path = path.resolve(d.path ?? "");
   if (name === "folder") {
     out.path = path.resolve(d.path ?? "");
     out.labels = d.labels ?? (userModel?.numClasses === 0 ? "none" : IMAGE_DEFAULTS.labels);
@@ -724,7 +748,7 @@ function resolveData(d: DeepPartial<DataConfig>, userModel: DeepPartial<ModelCon
     out.background = d.background ?? IMAGE_DEFAULTS.background;
     out.onBadImage = d.onBadImage ?? IMAGE_DEFAULTS.onBadImage;
   }
-  if (d.flip !== undefined || isImageFiles({ name })) out.flip = d.flip ?? true;
+  if (d.flip !== undefined || isImageFiles({ name }) || name === "latents") out.flip = d.flip ?? true;
   if (d.classes) out.classes = [...d.classes];
   if (d.limit !== undefined) out.limit = d.limit;
   if (d.split !== undefined) out.split = d.split;

@@ -1,8 +1,20 @@
 /**
- * The one seam between data and training: a {@link Dataset} is random access to CHW float images in [-1, 1] with an
- * integer label. MNIST, image folders and (next) latents implement it; the trainer never knows which.
+ * The one seam between data and training: a {@link Dataset} is random access to CHW float images in [-1, 1] (or
+ * VAE latents) with an integer label. MNIST, image folders and latent shards implement it; the trainer never knows
+ * which.
  */
 import { DataError } from "../errors.js";
+
+/**
+ * The random choices the loader makes for one item of one batch, as pure functions of the seed, the epoch and the
+ * position in it (so a resumed run makes the same ones).
+ */
+export interface Draw {
+  /** Flip this item horizontally. */
+  flip: boolean;
+  /** A 32-bit key for any noise the item needs (a latent's posterior sample). */
+  key: number;
+}
 
 /** A random-access image dataset. */
 export interface Dataset {
@@ -19,10 +31,17 @@ export interface Dataset {
   /** Class names by label (`classNames[k]` names label k), when the data has named classes. */
   readonly classNames?: readonly string[];
   /**
-   * Writes image `index` (CHW, values in [-1, 1]) into `out` starting at `offset` and returns its label.
+   * Set when the dataset applies the loader's {@link Draw} itself, because flipping what it reads would be wrong
+   * (latents: the flipped crop has its own stored posterior); otherwise the loader flips the rows it read.
+   */
+  readonly drawsItself?: boolean;
+  /**
+   * Writes image `index` (CHW, values in [-1, 1], or latents) into `out` starting at `offset` and returns its label.
+   * `draw` is given to a dataset that {@link drawsItself} while training; without it the read is the item itself
+   * (a latent's posterior mean, unflipped).
    * @throws DataError for an index out of range.
    */
-  read(index: number, out: Float32Array, offset: number): number;
+  read(index: number, out: Float32Array, offset: number, draw?: Draw): number;
 }
 
 /** One mini-batch: NCHW images in [-1, 1] and their labels. */

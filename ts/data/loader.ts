@@ -27,6 +27,8 @@ export interface LoaderOptions {
 
 /** The stream tag of the flip coins ("flip"). */
 const FLIP_STREAM = 0x666c6970;
+/** The stream tag of the items' noise keys ("nois"). */
+const NOISE_STREAM = 0x6e6f6973;
 
 /** Whether the image at `index` of `epoch`'s order is flipped. */
 export function flipped(seed: number, epoch: number, index: number): boolean {
@@ -104,8 +106,15 @@ export class BatchLoader {
     const { channels, height, width } = this.dataset;
     for (let b = 0; b < this.batchSize; b++) {
       const offset = b * this.imageSize;
-      labels[b] = this.dataset.read(this.order[this.index + b], x, offset);
-      if (this.flip && flipped(this.seed, this.epoch, this.index + b)) flipRows(x, offset, channels * height, width);
+      const at = this.index + b;
+      const flip = this.flip && flipped(this.seed, this.epoch, at);
+      if (this.dataset.drawsItself) {
+        const key = hashSeed(this.seed, NOISE_STREAM, this.epoch, at);
+        labels[b] = this.dataset.read(this.order[at], x, offset, { flip, key });
+      } else {
+        labels[b] = this.dataset.read(this.order[at], x, offset);
+        if (flip) flipRows(x, offset, channels * height, width);
+      }
     }
     this.index += this.batchSize;
     return { x, labels, after: this.position };

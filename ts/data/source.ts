@@ -3,6 +3,8 @@
  * fingerprint to check a resumed run against); training opens it into a {@link Dataset}.
  */
 import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { DataError } from "../errors.js";
 import type { DatasetInfo } from "../checkpoint.js";
 import { interleaveByClass, inSplit, ByteDataset, type Dataset, type DataSplit } from "./dataset.js";
@@ -12,6 +14,7 @@ import { scanEmoji } from "./emoji.js";
 import { cacheKey, openCache, type BadImage, type CacheOptions } from "./cache.js";
 import { IMAGE_DEFAULTS, classLabels, parseColour, type DataConfig } from "./spec.js";
 import type { Preprocess } from "./decode.js";
+import { LatentDataset, readIndex } from "./latents.js";
 
 /** Progress and cache settings of {@link DataSource.open}. */
 export type OpenOptions = Omit<CacheOptions, "onBadImage">;
@@ -61,6 +64,8 @@ export function findData(cfg: DataConfig): DataSource {
     }
     case "emoji":
       return imageSource(cfg, "emoji", scanEmoji());
+    case "latents":
+      return latentSource(cfg);
     default: {
       const name: never = cfg.name;
       throw new DataError(`unknown dataset "${String(name)}"`);
@@ -95,8 +100,8 @@ export function preprocessOf(cfg: DataConfig): Preprocess {
   };
 }
 
-/** The images a view keeps, in dataset order: class filter, split per class, class-interleaved, limit. */
-function select(files: readonly ImageFile[], classes: number[] | undefined, split: DataSplit, limit: number | undefined): ImageFile[] {
+/** The items a view keeps, in dataset order: class filter, split per class, class-interleaved, limit. */
+function select<T extends { label: number }>(files: readonly T[], classes: number[] | undefined, split: DataSplit, limit: number | undefined): T[] {
   const keep = classes ? new Set(classes) : undefined;
   const kept = files.filter((f) => !keep || keep.has(f.label));
   const counts = new Map<number, number>();
@@ -165,6 +170,50 @@ function imageSource(cfg: DataConfig, description: string, scan: ScanResult): Da
         : "from the decoded cache";
       const summary = `${dataset.length} images, ${classText}, ${shape}; ${how} (${cache.file})`;
       return { dataset, info, bad: cache.bad, summary };
+    },
+  };
+}
+
+/**
+ * A latent dataset (`sadm encode`'s output). Its fingerprint covers the source images' fingerprint, the VAE, the
+ * resolution and the shard files, so a run resumed on latents encoded again (another VAE, resolution or folder) is
+ * refused as a changed dataset.
+ */
+function latentSource(cfg: DataConfig): DataSource {
+  const dir = cfg.path ?? "";
+  const idx = readIndex(dir);
+  const classes = classLabels(cfg);
+  const split = cfg.split ?? "all";
+  const shards = idx.shards.map((s) => {
+    const st = fs.statSync(path.join(dir, s.file), { throwIfNoEntry: false });
+    return [s.file, s.count, st?.size ?? -1, st?.mtimeMs ?? -1];
+  });
+  const fingerprint = sha256({
+    latents: { source: idx.source.fingerprint, vae: idx.vae.sha256, resolution: idx.resolution, shards },
+    view: { classes: classes ?? null, split, limit: cfg.limit ?? null },
+  });
+  const description = `latents ${path.resolve(dir)}`;
+  return {
+    description,
+    classNames: idx.source.classNames,
+    fingerprint,
+    notes: [],
+    open: () => {
+      const labels = LatentDataset.labelsOf(dir, idx);
+      const chosen = select(Array.from(labels, (label, i) => ({ label, i })), classes, split, cfg.limit);
+      if (chosen.length === 0) throw new DataError(`${description}: no latents are left after the class filter, split and limit`);
+      const dataset = new LatentDataset(dir, idx, chosen.map((c) => c.i));
+      const info: DatasetInfo = {
+        source: description,
+        ...(idx.source.classNames ? { classNames: [...idx.source.classNames] } : {}),
+        fingerprint,
+        images: dataset.length,
+      };
+      const classText = idx.source.classNames ? `${idx.source.classNames.length} classes` : "no labels";
+      const summary =
+        `${dataset.length} latents, ${classText}, ${idx.vae.latentChannels}×${idx.latentSize}×${idx.latentSize} ` +
+        `(${idx.resolution}×${idx.resolution} images of ${idx.source.description}, VAE ${idx.vae.path})`;
+      return Promise.resolve({ dataset, info, bad: [], summary });
     },
   };
 }

@@ -7,6 +7,7 @@ import type { DataSplit } from "./dataset.js";
 import { MNIST_CLASS_NAMES } from "./mnist.js";
 import { discoverClasses, type LabelMode } from "./scan.js";
 import { emojiClassNames } from "./emoji.js";
+import { readIndex } from "./latents.js";
 
 /** How an image is brought to the model's square: ADM's centre crop, letterboxing, or a plain resize. */
 export type ResizeMode = "crop" | "pad" | "stretch";
@@ -15,10 +16,13 @@ export type ResizeMode = "crop" | "pad" | "stretch";
 export interface DataConfig {
   /**
    * `mnist`: the built-in digits; `folder`: your images (`path`); `emoji`: Google's Noto emoji by category (the
-   * optional package `emoji-datasource-google`).
+   * optional package `emoji-datasource-google`); `latents`: what `sadm encode` wrote (`path`), VAE latents of images.
    */
-  name: "mnist" | "folder" | "emoji";
-  /** folder: the folder holding the images (one sub-folder per class, a metadata file, or just images). */
+  name: "mnist" | "folder" | "emoji" | "latents";
+  /**
+   * folder: the folder holding the images (one sub-folder per class, a metadata file, or just images); latents: the
+   * folder `sadm encode` wrote.
+   */
   path?: string;
   /** folder, emoji: side of the square images the model sees, in pixels. */
   resolution?: number;
@@ -30,7 +34,10 @@ export interface DataConfig {
    * rest with `background`; `stretch` resizes to the square ignoring the aspect ratio.
    */
   resize?: ResizeMode;
-  /** Random horizontal flips (DiT's augmentation; default on for folder and emoji data, off for digits). */
+  /**
+   * Random horizontal flips (DiT's augmentation; default on for folder, emoji and latent data, off for digits). For
+   * latents a flip picks the flipped crop's stored posterior.
+   */
   flip?: boolean;
   /** folder, emoji: colour that transparent pixels are composited onto (and `pad` fills with): `#rrggbb`, `white`, `black`. */
   background?: string;
@@ -97,6 +104,16 @@ export function dataFacts(cfg: DataConfig): DataFacts {
     }
     case "emoji":
       return imageFacts(cfg, emojiClassNames());
+    case "latents": {
+      if (cfg.path === undefined) throw new DataError("latent data needs a path (--data DIR, data.path): the folder sadm encode wrote");
+      const idx = readIndex(cfg.path);
+      return {
+        size: idx.latentSize,
+        channels: idx.vae.latentChannels,
+        numClasses: idx.source.classNames?.length ?? 0,
+        classNames: idx.source.classNames,
+      };
+    }
     default: {
       const name: never = cfg.name;
       throw new DataError(`unknown dataset "${String(name)}"`);
