@@ -9,6 +9,7 @@ import { CheckpointError, errorMessage } from "./errors.js";
 import { processAlive } from "./process.js";
 import type { CoreConfig, SadmConfig } from "./config.js";
 import type { DataPosition } from "./data/loader.js";
+import type { VaeIdentity } from "./data/latents.js";
 
 /** Name of the folder holding a run's checkpoints. */
 export const CHECKPOINTS_DIR = "checkpoints";
@@ -42,6 +43,8 @@ export interface DatasetInfo {
   fingerprint: string;
   /** Images in the dataset. */
   images: number;
+  /** For latents: the VAE they were encoded with (sampling and evaluation decode through it). */
+  vae?: VaeIdentity;
 }
 
 /** What the TS side stores in state.json's `extra`. */

@@ -17,6 +17,9 @@ import { readState, resolveCheckpoint } from "./checkpoint.js";
 import { TaskProgress } from "./logging.js";
 import { version } from "./version.js";
 import { INDEX_FILE } from "./data/latents.js";
+import { discoverClasses } from "./data/scan.js";
+import { encode } from "./latent/encode.js";
+import { decodeFile } from "./latent/decode.js";
 
 type PlainObject = { [key: string]: unknown };
 
@@ -122,6 +125,8 @@ interface TrainArgs {
   flip?: boolean;
   unconditional?: boolean;
   forceData?: boolean;
+  vae?: string;
+  classesFrom?: string;
 }
 
 /** Builds the config input of `sadm train` from a config file, `--set` overrides and flags (flags win). */
@@ -155,6 +160,12 @@ export function trainInputFromArgs(a: TrainArgs): SadmConfigInput {
   flag("data.resize", a.resize);
   flag("data.flip", a.flip);
   if (a.unconditional) flag("model.numClasses", 0);
+  flag("vae", a.vae);
+  if (a.classesFrom !== undefined) {
+    const names = discoverClasses(a.classesFrom, "auto").classNames;
+    if (!names) throw new ConfigError("--classes-from", `${a.classesFrom} has no classes (no sub-folders or metadata labels)`);
+    flag("data.classNames", names);
+  }
   flag("data.classes", a.classes !== undefined ? parseClassList(a.classes, "--classes") : undefined);
   flag("data.limit", a.limit);
   flag("sampler", a.sampler);
@@ -219,6 +230,8 @@ interface SampleArgs {
   outDir?: string;
   chunkSize?: number;
   quiet?: boolean;
+  vae?: string;
+  guidanceChannels?: number;
 }
 
 async function runSample(a: SampleArgs): Promise<number> {
@@ -241,6 +254,8 @@ async function runSample(a: SampleArgs): Promise<number> {
     device: a.device,
     useEma: a.ema,
     chunkSize: a.chunkSize,
+    vae: a.vae,
+    guidanceChannels: a.guidanceChannels,
     onProgress: (now, total) => {
       // A single native call needs no progress display.
       if (total <= (a.chunkSize ?? SAMPLE_CHUNK)) return;
@@ -263,6 +278,92 @@ async function runSample(a: SampleArgs): Promise<number> {
   return 0;
 }
 
+interface EncodeArgs {
+  data: string;
+  vae: string;
+  out: string;
+  resolution?: number;
+  resize?: string;
+  classes?: string;
+  limit?: number;
+  unconditional?: boolean;
+  shardSize?: number;
+  device?: string;
+  quiet?: boolean;
+}
+
+async function runEncode(a: EncodeArgs): Promise<number> {
+  const src = dataFromArg(a.data);
+  if (src.name === "latents") throw new ConfigError("--data", `${a.data} already holds latents (an index.json): give the image folder`);
+  if (src.name === "mnist") throw new ConfigError("--data", "the VAE encodes RGB images: give a folder of images or emoji, not mnist");
+  let bar: TaskProgress | undefined;
+  let last = 0;
+  const r = await encode({
+    data: {
+      ...src,
+      resolution: a.resolution ?? 256,
+      ...(a.resize !== undefined ? { resize: a.resize as "crop" | "pad" | "stretch" } : {}),
+      ...(a.classes !== undefined ? { classes: parseClassList(a.classes, "--classes") } : {}),
+      ...(a.limit !== undefined ? { limit: a.limit } : {}),
+      ...(a.unconditional ? { labels: "none" as const } : {}),
+    },
+    vae: a.vae,
+    out: a.out,
+    device: a.device,
+    shardSize: a.shardSize,
+    decode: { quiet: a.quiet },
+    onProgress: (done, total) => {
+      if (!bar) {
+        if (done > 0 && !a.quiet) process.stdout.write(`sadm: resuming the encode at image ${done} of ${total}\n`);
+        bar = new TaskProgress({ unit: "images", total, quiet: a.quiet });
+        last = done;
+        return;
+      }
+      bar.tick(done - last);
+      last = done;
+    },
+  });
+  bar?.stop();
+  const { index } = r;
+  process.stdout.write(
+    `sadm: ${r.encoded} image(s) encoded in ${r.seconds.toFixed(1)}s (${(r.encoded / Math.max(r.seconds, 1e-3)).toFixed(2)} images/s)` +
+      `${r.resumed > 0 ? `, ${r.resumed} from before` : ""}${r.badImages > 0 ? `, ${r.badImages} file(s) skipped (did not decode)` : ""}\n` +
+      `  latents: ${r.dir} (${index.source.images} × ${index.vae.latentChannels}×${index.latentSize}×${index.latentSize}, ` +
+      `${index.source.classNames ? `${index.source.classNames.length} classes` : "no labels"})\n` +
+      `  train:   sadm train --data ${r.dir}\n`,
+  );
+  return 0;
+}
+
+interface DecodeArgs {
+  latents: string;
+  tensor?: string;
+  vae: string;
+  out: string;
+  device?: string;
+  quiet?: boolean;
+}
+
+async function runDecode(a: DecodeArgs): Promise<number> {
+  let bar: TaskProgress | undefined;
+  let last = 0;
+  const r = await decodeFile({
+    latents: a.latents,
+    tensor: a.tensor,
+    vae: a.vae,
+    out: a.out,
+    device: a.device,
+    onProgress: (done, total) => {
+      bar ??= new TaskProgress({ unit: "images", total, quiet: a.quiet });
+      bar.tick(done - last);
+      last = done;
+    },
+  });
+  bar?.stop();
+  process.stdout.write(`sadm: wrote ${r.count} images (${r.shape[2]}×${r.shape[3]}) to ${r.dir}\n`);
+  return 0;
+}
+
 interface EvalArgs {
   checkpoint: string;
   samples?: number;
@@ -276,6 +377,7 @@ interface EvalArgs {
   append?: boolean;
   json?: boolean;
   real?: string;
+  vae?: string;
 }
 
 async function runEvalCommand(a: EvalArgs): Promise<number> {
@@ -292,7 +394,7 @@ async function runEvalCommand(a: EvalArgs): Promise<number> {
   put("seed", a.seed);
   if (a.extractor !== undefined || a.extractorWeights !== undefined)
     overrides.extractor = { arch: a.extractor ?? "lenet-mnist", ...(a.extractorWeights ? { weights: a.extractorWeights } : {}) };
-  const r = await evaluate({ checkpoint: a.checkpoint, eval: overrides, device: a.device, append: a.append, real: a.real });
+  const r = await evaluate({ checkpoint: a.checkpoint, eval: overrides, device: a.device, append: a.append, real: a.real, vae: a.vae });
   if (a.json) process.stdout.write(JSON.stringify(r, null, 2) + "\n");
   else
     process.stdout.write(
@@ -522,7 +624,8 @@ function withTrainOptions<T>(y: Argv<T>) {
     .option("keep", { type: "number", describe: "Keep the last K checkpoints" })
     .option("data", {
       type: "string",
-      describe: "Training data: mnist (built in, default), emoji (npm install emoji-datasource-google), or a folder of images",
+      describe:
+        "Training data: mnist (built in, default), emoji (npm install emoji-datasource-google), a folder of images, or latents (sadm encode)",
     })
     .option("resolution", { type: "number", describe: "Image folders and emoji: side of the square images (default 32)" })
     .option("channels", { type: "number", choices: [1, 3], describe: "Image folders and emoji: 3 = RGB (default), 1 = grey" })
@@ -533,6 +636,11 @@ function withTrainOptions<T>(y: Argv<T>) {
     })
     .option("flip", { type: "boolean", describe: "Random horizontal flips (default on for images, off for digits; --no-flip)" })
     .option("unconditional", { type: "boolean", describe: "Ignore the labels: one unconditional model" })
+    .option("vae", { type: "string", describe: "Latent data: the VAE for the grids and evaluations (default: the latents' own)" })
+    .option("classes-from", {
+      type: "string",
+      describe: "Check that the data's classes are this image folder's (latents of it, in its class order)",
+    })
     .option("force-data", { type: "boolean", describe: "Resume even though the data changed since the checkpoint" })
     .option("classes", { type: "string", describe: "Train on these classes only: labels (0,1,7) or names (cat,dog)" })
     .option("limit", { type: "number", describe: "Use at most N images" })
@@ -586,10 +694,12 @@ export function buildCli(argv: string[]): Argv {
           .option("from", {
             type: "string",
             demandOption: true,
-            describe: "Checkpoint or run dir (its EMA weights), or a DiT safetensors file in the reference names",
+            describe:
+              "Checkpoint or run dir (its EMA weights), or DiT weights in the reference names: a .pt/.pth (torch.save, e.g. DiT-XL-2-256x256.pt) or .safetensors",
           })
           .example("$0 finetune --from runs/digits04 --classes 5,6,7,8,9 --out runs/ft59", "new digits")
-          .example("$0 finetune --from runs/mnist --trainable efficient --lambda 0.05", "parameter-efficient SADM"),
+          .example("$0 finetune --from runs/mnist --trainable efficient --lambda 0.05", "parameter-efficient SADM")
+          .example("$0 finetune --from DiT-XL-2-256x256.pt --data latents/mine --lambda 0.1", "the paper's setting (a GPU)"),
       (a) => setResult(runTrain(a as TrainArgs)),
     )
     .command(
@@ -607,6 +717,7 @@ export function buildCli(argv: string[]): Argv {
           .option("extractor-weights", { type: "string", describe: "Its weights (safetensors); default: the shipped LeNet" })
           .option("device", { type: "string", describe: "cpu or cuda:N" })
           .option("real", { type: "string", describe: "Compare with this folder of images instead of the run's data" })
+          .option("vae", { type: "string", describe: "Latent runs: the VAE that decodes the samples (default: the latents' own)" })
           .option("append", { type: "boolean", default: true, describe: "Append to the run's metrics.jsonl (--no-append: don't)" })
           .option("json", { type: "boolean", describe: "Print JSON" })
           .example("$0 eval -k runs/mnist --samples 2000", "evaluate the latest checkpoint of runs/mnist"),
@@ -627,16 +738,23 @@ export function buildCli(argv: string[]): Argv {
       "Sample a class-conditional grid from a checkpoint (EMA weights), or any number of samples into a directory",
       (y) =>
         y
-          .option("checkpoint", { alias: "k", type: "string", demandOption: true, describe: "Checkpoint or run dir" })
+          .option("checkpoint", {
+            alias: "k",
+            type: "string",
+            demandOption: true,
+            describe: "Checkpoint or run dir, or DiT weights (.pt/.pth/.safetensors, e.g. DiT-XL-2-256x256.pt)",
+          })
+          .option("vae", { type: "string", describe: "Latent models: the VAE that decodes the samples (default: the run's)" })
+          .option("guidance-channels", { type: "number", describe: "Guide only the first N channels (DiT's sample.py: 3)" })
           .option("classes", {
             type: "string",
             describe: "Classes, one column each, by name or label, e.g. cat,dog or 0,1,2 (default: all)",
           })
           .option("per-class", { type: "number", describe: "Rows (samples per class), default 8" })
           .option("n", { type: "number", describe: "Samples for an unconditional model, default 64" })
-          .option("cfg", { type: "number", describe: "Classifier-free guidance scale, default 3" })
-          .option("steps", { type: "number", describe: "Sampling steps, default 50" })
-          .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler, default ddim" })
+          .option("cfg", { type: "number", describe: "Classifier-free guidance scale, default 3 (a .pt: 4)" })
+          .option("steps", { type: "number", describe: "Sampling steps, default 50 (a .pt: 250)" })
+          .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler, default ddim (a .pt: ddpm)" })
           .option("eta", { type: "number", describe: "DDIM η, default 0" })
           .option("seed", { type: "number", describe: "Noise seed, default 0" })
           .option("device", { type: "string", describe: "cpu or cuda:N" })
@@ -646,8 +764,42 @@ export function buildCli(argv: string[]): Argv {
           .option("chunk-size", { type: "number", describe: `Images per native sampling call, default ${SAMPLE_CHUNK}` })
           .option("quiet", { alias: "q", type: "boolean", describe: "No progress output" })
           .example("$0 sample -k runs/mnist --classes 0,1,2 --cfg 4 --out grid.png", "three columns of digits")
-          .example("$0 sample -k runs/pets --classes cat,dog --per-class 5000 --out-dir samples/", "10,000 PNGs"),
+          .example("$0 sample -k runs/pets --classes cat,dog --per-class 5000 --out-dir samples/", "10,000 PNGs")
+          .example("$0 sample -k DiT-XL-2-256x256.pt --vae sd-vae-ft-ema --classes 207,360,387,974,88 --per-class 1", "DiT's sample.py"),
       (a) => setResult(runSample(a as SampleArgs)),
+    )
+    .command(
+      "encode",
+      "Encode images into VAE latents for training (both flips' posteriors; resumes an interrupted encode)",
+      (y) =>
+        y
+          .option("data", { type: "string", demandOption: true, describe: "A folder of images, or emoji" })
+          .option("vae", { type: "string", demandOption: true, describe: "The VAE: a diffusers folder (config.json + safetensors) or a weights file" })
+          .option("out", { alias: "o", type: "string", demandOption: true, describe: "The latent dataset folder to write" })
+          .option("resolution", { type: "number", describe: "Side of the images the VAE sees (default 256)" })
+          .option("resize", { type: "string", choices: ["crop", "pad", "stretch"], describe: "crop (ADM centre crop, default), pad, stretch" })
+          .option("classes", { type: "string", describe: "Only these classes: labels or names" })
+          .option("limit", { type: "number", describe: "At most N images" })
+          .option("unconditional", { type: "boolean", describe: "Ignore the folders: no labels" })
+          .option("shard-size", { type: "number", describe: "Images per shard file (default 256)" })
+          .option("device", { type: "string", describe: "cpu or cuda:N" })
+          .option("quiet", { alias: "q", type: "boolean", describe: "No progress output" })
+          .example("$0 encode --data ./my-images --resolution 256 --vae ./sd-vae-ft-ema --out latents/mine", "then: sadm train --data latents/mine"),
+      (a) => setResult(runEncode(a as EncodeArgs)),
+    )
+    .command(
+      "decode",
+      "Decode latents (a safetensors file, scaled as a DiT samples them) into PNGs through the VAE",
+      (y) =>
+        y
+          .option("latents", { type: "string", demandOption: true, describe: "A safetensors file with an [N, C, h, w] tensor" })
+          .option("tensor", { type: "string", describe: "Its tensor (default: the only 4-D one, or latents/samples)" })
+          .option("vae", { type: "string", demandOption: true, describe: "The VAE: a diffusers folder or a weights file" })
+          .option("out", { alias: "o", type: "string", demandOption: true, describe: "Folder for the PNGs" })
+          .option("device", { type: "string", describe: "cpu or cuda:N" })
+          .option("quiet", { alias: "q", type: "boolean", describe: "No progress output" })
+          .example("$0 decode --latents x.safetensors --vae ./sd-vae-ft-ema --out imgs/", "one PNG per latent"),
+      (a) => setResult(runDecode(a as DecodeArgs)),
     )
     .command(
       "info",
@@ -663,7 +815,7 @@ export function buildCli(argv: string[]): Argv {
       (a) => setResult(runInfo(a)),
     )
     .command("presets", "List the presets", (y) => y, () => setResult(runPresets()))
-    .demandCommand(1, "give a command: train, finetune, sample, eval, info, presets or train-classifier")
+    .demandCommand(1, "give a command: train, finetune, sample, eval, encode, decode, info, presets or train-classifier")
     .strict()
     .recommendCommands()
     .help()

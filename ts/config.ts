@@ -185,6 +185,11 @@ export interface SadmConfig {
   precision: "fp32" | "bf16";
   /** Run directory. */
   outDir: string;
+  /**
+   * Latent data: the VAE that decodes the run's sample grids and evaluation samples (a diffusers folder or weights
+   * file). Default: the one the latents were encoded with, where it still is; it must be that VAE.
+   */
+  vae?: string;
   /** Sampler for the grids written during training (and the CLI default). */
   sampler: "ddpm" | "ddim";
   /** Sampling steps (respaced). */
@@ -580,6 +585,7 @@ export const configInputSchema = z.strictObject({
     .optional(),
   precision: oneOf(["fp32", "bf16"] as const).optional(),
   outDir: z.string({ error: "must be a path" }).min(1, { error: "must not be empty" }).optional(),
+  vae: z.string({ error: "must be the path of a VAE folder or file" }).min(1, { error: "must not be empty" }).optional(),
   sampler: oneOf(["ddpm", "ddim"] as const).optional(),
   sampleSteps: num(1, 100_000, true).optional(),
   cfgScale: num(0, 100).optional(),
@@ -847,6 +853,7 @@ export function resolveConfig(input: unknown): SadmConfig {
     device: normalizeDevice(requireField(m.device, "config.device")),
     precision: requireField(m.precision, "config.precision"),
     outDir: requireField(m.outDir, "config.outDir"),
+    ...(m.vae !== undefined ? { vae: path.resolve(m.vae) } : {}),
     sampler: requireField(m.sampler, "config.sampler"),
     sampleSteps: requireField(m.sampleSteps, "config.sampleSteps"),
     cfgScale: requireField(m.cfgScale, "config.cfgScale"),
@@ -868,6 +875,18 @@ export function resolveConfig(input: unknown): SadmConfig {
   };
   checkCrossFields(cfg, facts);
   return cfg;
+}
+
+/**
+ * Resolves a `data` config on its own (what `sadm encode` reads): validated as in a full config, defaults filled in,
+ * class names settled.
+ * @throws ConfigError naming the field (`config.data.…`); DataError when the data is not there.
+ */
+export function resolveDataConfig(input: unknown): DataConfig {
+  const user = parseConfigInput({ data: input });
+  const data = resolveData(deepMerge<PlainObject>(BASE_DEFAULTS.data as PlainObject, user.data as PlainObject), undefined);
+  settleClasses(data, dataFacts(data), user.data?.classNames);
+  return data;
 }
 
 /** The data's class names fill `data.classNames` (a user may not set them otherwise) and `data.classes` becomes indices. */
@@ -916,6 +935,8 @@ export function normalizeDevice(device: string): string {
 }
 
 function checkCrossFields(c: SadmConfig, facts: DataFacts): void {
+  if (c.vae !== undefined && c.data.name !== "latents")
+    throw new ConfigError("config.vae", `decodes latents; the ${c.data.name} data are images, so a run on them needs no VAE`);
   if (c.precision === "bf16" && c.device === "cpu")
     throw new ConfigError(
       "config.precision",

@@ -8,7 +8,7 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CheckpointError, ConfigError, NativeError, SadmError, errorMessage } from "./errors.js";
-import { deepMerge, resolveConfig, savedInput, type EvalConfig, type ExtractorConfig, type SadmConfig } from "./config.js";
+import { deepMerge, resolveConfig, resolveDataConfig, savedInput, type EvalConfig, type ExtractorConfig, type SadmConfig } from "./config.js";
 import {
   MnistDataset,
   cacheRoot,
@@ -25,6 +25,8 @@ import { readState, resolveCheckpoint, runDirOf } from "./checkpoint.js";
 import { METRICS_FILE, MetricsLog } from "./logging.js";
 import { writeFileAtomic } from "./image.js";
 import { gridLabels } from "./sampler.js";
+import { readIndex, type VaeIdentity } from "./data/latents.js";
+import { checkSameVae, decodeLatents, loadVae, type Vae } from "./latent/vae.js";
 
 /** The architecture of the extractor shipped with sadm. */
 export const BUILTIN_ARCH = "lenet-mnist";
@@ -198,13 +200,20 @@ export async function evaluateModel(
   model: Sampleable,
   cfg: SadmConfig,
   device = cfg.device,
-  real: RealImages = { source: findData(cfg.data) },
+  real?: RealImages,
+  vae?: Vae,
 ): Promise<EvalMetrics> {
   const t0 = Date.now();
   const e: EvalConfig = cfg.eval;
+  const latent = cfg.data.name === "latents";
+  if (latent && !vae)
+    throw new ConfigError("config.vae", "evaluating a run on latents decodes its samples: give the VAE (--vae DIR)");
+  real ??= latent ? latentSourceImages(cfg) : { source: findData(cfg.data) };
   const native = loadNative(device);
   const ex = openExtractor(e.extractor, device);
-  const shape = [cfg.model.inChannels, cfg.model.inputSize, cfg.model.inputSize];
+  const f = vae?.facts.downsample ?? 1;
+  const modelShape: [number, number, number] = [cfg.model.inChannels, cfg.model.inputSize, cfg.model.inputSize];
+  const shape = vae ? [3, cfg.model.inputSize * f, cfg.model.inputSize * f] : [...modelShape];
   if (e.extractor.arch === BUILTIN_ARCH && (shape[0] !== 1 || shape[1] !== 28))
     throw new ConfigError(
       "config.eval.extractor.arch",
@@ -242,12 +251,14 @@ export async function evaluateModel(
         eta: 0,
         // One seed per chunk, derived from the eval seed, so a chunk size change is the only thing that moves them.
         seed: e.seed + i,
-        clipDenoised: true,
+        // Latents are not in [-1, 1]: DiT samples them unclipped.
+        clipDenoised: !latent,
       });
     } catch (err) {
       throw NativeError.wrap(err, "sampling for the evaluation failed");
     }
-    images.set(x, i * per);
+    if (vae) await decodeLatents(vae, x, [part.length, ...modelShape], (first, img) => images.set(img, (i + first) * per));
+    else images.set(x, i * per);
   }
   const gen = await ex.run(images, shape);
   let m: FeatureMetrics;
@@ -307,6 +318,8 @@ export interface EvalRequest {
   eval?: Partial<EvalConfig>;
   /** Device, default "cpu". */
   device?: string;
+  /** A latent run's VAE (default: the one its latents were encoded with). */
+  vae?: string;
   /** Append the result to the run's metrics.jsonl (default true when the checkpoint is inside a run directory). */
   append?: boolean;
   /**
@@ -343,8 +356,9 @@ export async function evaluate(req: EvalRequest): Promise<EvalResult> {
   } catch (e) {
     throw NativeError.wrap(e, `cannot load checkpoint ${dir}`);
   }
-  const real = req.real !== undefined ? realFolder(req.real, cfg, state.extra.dataset?.classNames) : undefined;
-  const m = await evaluateModel(model, cfg, cfg.device, real);
+  const vae = runVae(req.vae !== undefined ? { ...cfg, vae: path.resolve(req.vae) } : cfg, state.extra.dataset?.vae);
+  const real = req.real !== undefined ? realFolder(req.real, cfg, state.extra.dataset?.classNames, vae) : undefined;
+  const m = await evaluateModel(model, cfg, cfg.device, real, vae);
   const runDir = runDirOf(dir);
   let metricsFile: string | undefined;
   if (req.append !== false && runDir !== undefined) {
@@ -354,21 +368,39 @@ export async function evaluate(req: EvalRequest): Promise<EvalResult> {
   return { ...m, checkpoint: dir, step: state.step, metricsFile };
 }
 
+/** The images a latent run's latents were encoded from, preprocessed as they were for the VAE. */
+function latentSourceImages(cfg: SadmConfig): RealImages {
+  const idx = readIndex(cfg.data.path ?? "");
+  if (!idx.source.data)
+    throw new ConfigError("real", `${cfg.data.path}: its index does not say how its images were read: compare with a folder (--real DIR)`);
+  return { source: findData(resolveDataConfig({ ...idx.source.data, flip: false })) };
+}
+
+/** The VAE of a latent run: `--vae`/`config.vae`, else the one its latents were encoded with; checked to be that one. */
+export function runVae(cfg: SadmConfig, trained: VaeIdentity | undefined): Vae | undefined {
+  if (cfg.data.name !== "latents") return undefined;
+  const where = cfg.vae ?? trained?.path;
+  if (where === undefined) return undefined;
+  const vae = loadVae(where, cfg.device);
+  if (trained) checkSameVae(vae, trained, "this run's latents");
+  return vae;
+}
+
 /** Another folder as the real images of an evaluation, preprocessed as the run's own images are. */
-function realFolder(folder: string, cfg: SadmConfig, runClassNames: string[] | undefined): RealImages {
+function realFolder(folder: string, cfg: SadmConfig, runClassNames: string[] | undefined, vae?: Vae): RealImages {
   const image = isImageFiles(cfg.data);
   const data: DataConfig = {
     name: "folder",
     path: path.resolve(folder),
-    resolution: cfg.model.inputSize,
-    channels: cfg.model.inChannels === 1 ? 1 : 3,
+    resolution: cfg.model.inputSize * (vae?.facts.downsample ?? 1),
+    channels: cfg.model.inChannels === 1 && !vae ? 1 : 3,
     resize: image ? (cfg.data.resize ?? "crop") : "crop",
     background: image ? (cfg.data.background ?? "white") : "white",
     labels: "auto",
     onBadImage: "skip",
     flip: false,
   };
-  if (cfg.model.inChannels !== 1 && cfg.model.inChannels !== 3)
+  if (!vae && cfg.model.inChannels !== 1 && cfg.model.inChannels !== 3)
     throw new ConfigError("real", `a model of ${cfg.model.inChannels} channels is not compared with image files`);
   const source = findData(data);
   const sameClasses = (source.classNames ?? []).join("\u0000") === (runClassNames ?? []).join("\u0000");

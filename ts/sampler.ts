@@ -14,6 +14,8 @@ import { readState, resolveCheckpoint, type CheckpointState } from "./checkpoint
 import { GridCanvas, assertGridFits, encodeImage, gridGeometry, writeFileAtomic } from "./image.js";
 import { normalizeDevice } from "./config.js";
 import { classIndices } from "./data/spec.js";
+import type { VaeIdentity } from "./data/latents.js";
+import { checkSameVae, decodeLatents, loadVae, type Vae } from "./latent/vae.js";
 
 /** Images per native sampling call: what bounds a sampling's memory (activations, the CFG-doubled batch). */
 export const SAMPLE_CHUNK = 256;
@@ -22,7 +24,11 @@ export const MAX_IN_MEMORY_VALUES = 2 ** 28;
 
 /** Options of {@link sample}, {@link sampleGrid} and {@link sampleToDir}. */
 export interface SampleRequest {
-  /** A checkpoint directory, or a run directory (its latest checkpoint). */
+  /**
+   * A checkpoint directory, a run directory (its latest checkpoint), or a DiT weights file (`.pt`/`.pth` as
+   * `torch.save` wrote it, or `.safetensors`, in the reference names), such as the published `DiT-XL-2-256x256.pt`.
+   * A weights file samples as DiT's `sample.py` by default: DDPM 250 steps, guidance 4 on 3 of 4 channels.
+   */
   checkpoint: string;
   /**
    * Classes, one grid column each (default: all classes; ignored for unconditional models): label numbers, or
@@ -50,8 +56,18 @@ export interface SampleRequest {
   device?: string;
   /** Use the EMA weights (default true). */
   useEma?: boolean;
-  /** Clip x̂0 to [-1, 1] at each step (default true). */
+  /** Clip x̂0 to [-1, 1] at each step (default true; false for latent models, as DiT samples latents). */
   clipDenoised?: boolean;
+  /**
+   * The VAE that decodes a latent model's samples to images (a diffusers folder or weights file); default: the one
+   * the run's latents were encoded with. A run trained on latents checks it is that one.
+   */
+  vae?: string;
+  /**
+   * Guide only the first this many channels. Default: all; for a published DiT checkpoint 3 of its 4, as DiT's
+   * `sample.py` does.
+   */
+  guidanceChannels?: number;
   /** Images per native call (default {@link SAMPLE_CHUNK}); larger is faster on a GPU and needs more memory. */
   chunkSize?: number;
   /** Called once the model is loaded with (0, total), then after each chunk with the images done so far. */
@@ -252,63 +268,123 @@ export async function sampleFrom(
   return { images, shape };
 }
 
-/** A request checked against its checkpoint, before the model is loaded. */
+/** A request checked against its model, before anything is sampled. */
 interface Prepared {
-  dir: string;
+  /** What is sampled from: a checkpoint dir, or a weights file (already loaded: its config comes from its tensors). */
+  source: { dir: string; model?: undefined } | { dir?: undefined; file: string; model: Sampleable };
   plan: SamplePlan;
+  /** The images the caller gets: [n, C, H, W] (after the VAE for a latent model). */
   shape: [number, number, number, number];
+  /** What the DiT makes per image, [C, h, w] (latents for a latent model). */
+  modelShape: [number, number, number];
   opts: SampleOptions;
   chunkSize: number;
   device: string;
+  /** The VAE that decodes a latent model's samples, and the one its run was trained with (checked on load). */
+  vae?: { path: string; want?: VaeIdentity };
 }
 
-/** Checks a request against the checkpoint's state.json (no weights are loaded, nothing is sampled). */
-function prepare(req: SampleRequest): Prepared {
+/** Whether `target` is a weights file (a `.pt`/`.pth`/`.ckpt` or `.safetensors` of DiT weights), not a checkpoint. */
+function isWeightsFile(target: string): boolean {
+  return /\.(pt|pth|ckpt|bin|safetensors)$/i.test(target) && fs.statSync(target, { throwIfNoEntry: false })?.isFile() === true;
+}
+
+/** The model a request names: its facts, class names, training VAE, and the loaded model for a weights file. */
+function findModel(req: SampleRequest, device: string): {
+  source: Prepared["source"];
+  facts: ModelFacts;
+  classNames: string[] | undefined;
+  trainedVae: VaeIdentity | undefined;
+} {
+  if (isWeightsFile(req.checkpoint)) {
+    const file = path.resolve(req.checkpoint);
+    let model: Sampleable;
+    try {
+      model = loadNative(device).NativeModel.fromWeights(file, device);
+    } catch (e) {
+      throw NativeError.wrap(e, `cannot load ${file}`);
+    }
+    return { source: { file, model }, facts: modelFacts(model.configJson()), classNames: undefined, trainedVae: undefined };
+  }
   const dir = resolveCheckpoint(req.checkpoint);
   const state = readState(dir);
   const facts = factsOf(state.config);
   if (!facts) throw new CheckpointError(`checkpoint ${dir}: state.json config has no model.inputSize/inChannels/numClasses`);
+  return { source: { dir }, facts, classNames: classNamesOf(state, dir), trainedVae: state.extra.dataset?.vae };
+}
+
+/** Checks a request against its model (a checkpoint's state.json, or a weights file's tensors); samples nothing. */
+function prepare(req: SampleRequest): Prepared {
   const device = normalizeDevice(req.device ?? "cpu");
-  const plan = planSamples({ ...facts, classNames: classNamesOf(state, dir) }, req.classes, req.perClass ?? 8, req.n ?? 64);
-  const steps = req.steps ?? 50;
+  const { source, facts, classNames, trainedVae } = findModel(req, device);
+  const reference = source.dir === undefined;
+  const plan = planSamples({ ...facts, classNames }, req.classes, req.perClass ?? 8, req.n ?? 64);
+  // A published DiT checkpoint samples as DiT's sample.py does by default.
+  const steps = req.steps ?? (reference ? 250 : 50);
   if (!Number.isInteger(steps) || steps < 1) throw new ConfigError("steps", `must be an integer ≥ 1 (got ${steps})`);
   const seed = req.seed ?? 0;
   if (!Number.isInteger(seed) || seed < 0 || seed + plan.labels.length > Number.MAX_SAFE_INTEGER)
     throw new ConfigError("seed", `must be an integer from 0 to ${Number.MAX_SAFE_INTEGER - plan.labels.length} (got ${seed})`);
   const chunkSize = req.chunkSize ?? SAMPLE_CHUNK;
   checkChunkSize(chunkSize);
+  const latent = facts.inChannels !== 1 && facts.inChannels !== 3;
+  const vaePath = req.vae ?? trainedVae?.path;
+  if (req.vae !== undefined && !latent)
+    throw new ConfigError("vae", `this model makes ${facts.inChannels}-channel images, not latents: sample it without --vae`);
+  const vae = latent && vaePath !== undefined ? { path: vaePath, ...(trainedVae ? { want: trainedVae } : {}) } : undefined;
+  const down = vae ? (trainedVae?.downsample ?? 8) : 1;
+  const imageChannels = vae ? 3 : facts.inChannels;
+  const guidance = req.guidanceChannels ?? (reference && facts.inChannels === 4 ? 3 : undefined);
   return {
-    dir,
+    source,
     plan,
-    shape: [plan.labels.length, facts.inChannels, facts.inputSize, facts.inputSize],
+    shape: [plan.labels.length, imageChannels, facts.inputSize * down, facts.inputSize * down],
+    modelShape: [facts.inChannels, facts.inputSize, facts.inputSize],
     opts: {
-      sampler: req.sampler ?? "ddim",
+      sampler: req.sampler ?? (reference ? "ddpm" : "ddim"),
       steps,
-      cfgScale: plan.conditional ? (req.cfgScale ?? 3) : 1,
+      cfgScale: plan.conditional ? (req.cfgScale ?? (reference ? 4 : 3)) : 1,
       eta: req.eta ?? 0,
       seed,
-      clipDenoised: req.clipDenoised ?? true,
+      // Latents are not in [-1, 1]: DiT samples them with clip_denoised=False.
+      clipDenoised: req.clipDenoised ?? !latent,
+      ...(guidance !== undefined ? { guidanceChannels: guidance } : {}),
     },
     chunkSize,
     device,
+    ...(vae ? { vae } : {}),
   };
 }
 
-/** Loads the model of a prepared request and samples it chunk by chunk, reporting progress. */
+/** Loads the model (and VAE) of a prepared request and samples it chunk by chunk, reporting progress. */
 async function* run(p: Prepared, req: SampleRequest): AsyncGenerator<{ first: number; images: Float32Array }> {
-  const native = loadNative(p.device);
   let model: Sampleable;
-  try {
-    model = native.NativeModel.load(p.dir, p.device, req.useEma ?? true);
-  } catch (e) {
-    throw NativeError.wrap(e, `cannot load ${p.dir}`);
+  if (p.source.dir === undefined) model = p.source.model;
+  else
+    try {
+      model = loadNative(p.device).NativeModel.load(p.source.dir, p.device, req.useEma ?? true);
+    } catch (e) {
+      throw NativeError.wrap(e, `cannot load ${p.source.dir}`);
+    }
+  let vae: Vae | undefined;
+  if (p.vae) {
+    vae = loadVae(p.vae.path, p.device);
+    if (p.vae.want) checkSameVae(vae, p.vae.want, "this run's data");
   }
   const [total, c, h, w] = p.shape;
   req.onProgress?.(0, total);
   for await (const chunk of sampleInChunks(model, p.plan.labels, p.opts, p.chunkSize)) {
-    yield chunk;
+    let images = chunk.images;
+    if (vae) {
+      const [mc, mh, mw] = p.modelShape;
+      const m = images.length / (mc * mh * mw);
+      const decoded = new Float32Array(m * c * h * w);
+      await decodeLatents(vae, images, [m, mc, mh, mw], (first, part) => decoded.set(part, first * c * h * w));
+      images = decoded;
+    }
+    yield { first: chunk.first, images };
     // After the consumer's work on the chunk (its files are written when this says they are done).
-    req.onProgress?.(chunk.first + chunk.images.length / (c * h * w), total);
+    req.onProgress?.(chunk.first + images.length / (c * h * w), total);
   }
 }
 
@@ -334,7 +410,7 @@ export async function sample(req: SampleRequest): Promise<SampleResult> {
 
 function assertPngChannels(c: number, field: string): void {
   if (c !== 1 && c !== 3)
-    throw new ConfigError(field, `cannot write ${c}-channel samples as PNG (latent models need a decoder)`);
+    throw new ConfigError(field, `cannot write ${c}-channel latents as PNG: give the VAE that decodes them (--vae DIR)`);
 }
 
 /** Creates a directory before the sampling, so that an unusable path fails in a moment, not after it. */

@@ -12,6 +12,7 @@ import { CHECKPOINTS_DIR, checkpointDir, listCheckpoints, pruneCheckpoints, type
 import { METRICS_FILE, MetricsLog, Progress, RunningMean } from "./logging.js";
 import { loadNative, type NativeTrainer, type ParamCounts, type StepStats } from "./native.js";
 import { saveLabelledGrid, writeFileAtomic } from "./image.js";
+import { checkSameVae, decodeLatents, loadVae, type Vae } from "./latent/vae.js";
 import { planSamples, sampleFrom } from "./sampler.js";
 import { version } from "./version.js";
 import { evalRecord, evaluateModel, formatMetrics, type EvalMetrics } from "./evaluate.js";
@@ -183,6 +184,8 @@ class Run {
   private step: number;
   private badInRow = 0;
   private skippedSteps = 0;
+  /** The grids' VAE of a latent run, once looked for (null: there is none). */
+  private vae: Vae | null | undefined;
 
   constructor(
     private readonly plan: RunPlan,
@@ -408,18 +411,51 @@ class Run {
     this.opts.onCheckpoint?.(dir, this.step);
   }
 
+  /**
+   * The VAE that turns a latent run's samples into a grid: the config's, else the one the latents were encoded with
+   * where it still is (checked to be that one); undefined, with one note, when there is none.
+   */
+  private gridVae(): Vae | undefined {
+    if (this.vae !== undefined || this.cfg.data.name !== "latents") return this.vae ?? undefined;
+    const trained = this.data.info.vae;
+    const where = this.cfg.vae ?? (trained && fs.existsSync(trained.path) ? trained.path : undefined);
+    if (where === undefined) {
+      this.progress.log(`sadm: note: no sample grids or evaluations: the latents' VAE ${trained?.path ?? ""} is not there; give it with --vae DIR`);
+      this.vae = null;
+      return undefined;
+    }
+    const vae = loadVae(where, this.cfg.device);
+    if (trained) checkSameVae(vae, trained, `${this.plan.data.description}`);
+    this.vae = vae;
+    return vae;
+  }
+
   private async writeSamples(): Promise<void> {
     const { cfg } = this;
+    const latent = cfg.data.name === "latents";
+    const vae = this.gridVae();
+    if (latent && !vae) return;
     const facts = { numClasses: cfg.model.numClasses, classNames: this.data.dataset.classNames };
     const plan = planSamples(facts, sampleClasses(cfg), cfg.samplesPerClass, 8 * cfg.samplesPerClass);
-    const { images, shape } = await sampleFrom(this.trainer, plan.labels, {
+    const sampled = await sampleFrom(this.trainer, plan.labels, {
       sampler: cfg.sampler,
       steps: cfg.sampleSteps,
       cfgScale: plan.conditional ? cfg.cfgScale : 1,
       eta: cfg.eta,
       seed: cfg.seed,
-      clipDenoised: true,
+      // Latents are not in [-1, 1]: DiT samples them unclipped.
+      clipDenoised: !latent,
     });
+    let { images, shape } = sampled;
+    if (vae) {
+      const f = vae.facts.downsample;
+      const out: [number, number, number, number] = [shape[0], 3, shape[2] * f, shape[3] * f];
+      const decoded = new Float32Array(out[0] * out[1] * out[2] * out[3]);
+      const per = out[1] * out[2] * out[3];
+      await decodeLatents(vae, images, shape, (first, part) => decoded.set(part, first * per));
+      images = decoded;
+      shape = out;
+    }
     const file = path.join(this.plan.outDir, SAMPLES_DIR, `step-${String(this.step).padStart(8, "0")}.png`);
     await saveLabelledGrid(file, images, shape[0], shape[1], shape[2], shape[3], plan.cols, plan.columnLabels);
     this.lastSampleStep = this.step;
@@ -428,7 +464,12 @@ class Run {
   }
 
   private async runEval(): Promise<void> {
-    const m = await evaluateModel(this.trainer, this.cfg, this.cfg.device, { source: this.plan.data, dataset: this.data.dataset });
+    const latent = this.cfg.data.name === "latents";
+    const vae = this.gridVae();
+    if (latent && !vae) return;
+    // A latent run is compared with the images its latents were encoded from, its samples decoded.
+    const real = latent ? undefined : { source: this.plan.data, dataset: this.data.dataset };
+    const m = await evaluateModel(this.trainer, this.cfg, this.cfg.device, real, vae);
     const record = evalRecord(this.step, m);
     this.metrics.append(record);
     this.history.push(record);

@@ -54,7 +54,14 @@ export interface LatentIndex {
   /** Latent side (resolution / downsample). */
   latentSize: number;
   /** The image data they were encoded from. */
-  source: { description: string; fingerprint: string; classNames?: string[]; images: number };
+  source: {
+    description: string;
+    fingerprint: string;
+    classNames?: string[];
+    images: number;
+    /** The resolved data config the images were read with (so evaluation can read them again the same way). */
+    data?: Record<string, unknown>;
+  };
   /** Images per full shard. */
   shardSize: number;
   shards: ShardInfo[];

@@ -208,6 +208,7 @@ function latentSource(cfg: DataConfig): DataSource {
         ...(idx.source.classNames ? { classNames: [...idx.source.classNames] } : {}),
         fingerprint,
         images: dataset.length,
+        vae: idx.vae,
       };
       const classText = idx.source.classNames ? `${idx.source.classNames.length} classes` : "no labels";
       const summary =

@@ -316,6 +316,10 @@ pub struct SampleOptions {
     pub eta: f64,
     pub clip_denoised: bool,
     pub seed: u64,
+    /// Guide only the first this many channels, the rest taken from the conditional half (None: all). DiT's
+    /// `sample.py` guides 3 of its 4 latent channels (`model_out[:, :3]`, "for exact reproducibility"), so its
+    /// published samples need `Some(3)`.
+    pub guidance_channels: Option<usize>,
 }
 
 impl SampleOptions {
@@ -331,8 +335,9 @@ impl SampleOptions {
     }
 }
 
-/// Classifier-free guided model output: ε = ε_∅ + s·(ε_c − ε_∅) from one doubled batch; the variance channels come
-/// from the conditional half. With s = 1 (or no labels) this is the plain conditional call, bit for bit.
+/// Classifier-free guided model output: ε = ε_∅ + s·(ε_c − ε_∅) from one doubled batch, on the first `guided`
+/// channels (all of x's when None); the other channels (and the variance channels) come from the conditional
+/// half. With s = 1 (or no labels) this is the plain conditional call, bit for bit.
 pub fn guided_output(
     model: &impl Denoiser,
     x: &Tensor,
@@ -340,11 +345,12 @@ pub fn guided_output(
     y: Option<&Tensor>,
     null_y: Option<&Tensor>,
     scale: f64,
+    guided: Option<usize>,
 ) -> Result<Tensor> {
     match (y, null_y) {
         (Some(y), Some(null_y)) if scale != 1.0 => {
             let b = x.dim(0)?;
-            let c = x.dim(1)?;
+            let c = guided.unwrap_or(x.dim(1)?).min(x.dim(1)?);
             let out = model.denoise(&Tensor::cat(&[x, x], 0)?, &Tensor::cat(&[t, t], 0)?, Some(&Tensor::cat(&[y, null_y], 0)?))?;
             let (cond, uncond) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
             let (eps_c, eps_u) = (cond.narrow(1, 0, c)?, uncond.narrow(1, 0, c)?);
@@ -378,7 +384,7 @@ pub fn sample(
     let mut x = rng.randn(&[n, c, h, w], device)?;
     for i in (0..process.num_timesteps()).rev() {
         let t = Tensor::new(vec![process.timestep_map[i] as f32; n], device)?;
-        let out = guided_output(model, &x, &t, y.as_ref(), null_y.as_ref(), opts.cfg_scale)?;
+        let out = guided_output(model, &x, &t, y.as_ref(), null_y.as_ref(), opts.cfg_scale, opts.guidance_channels)?;
         let noise = rng.randn(&[n, c, h, w], device)?;
         x = match opts.sampler {
             Sampler::Ddpm => process.p_sample(&out, &x, i, opts.clip_denoised, &noise)?,
@@ -530,7 +536,7 @@ mod tests {
         let dev = Device::Cpu;
         let target = Tensor::new(&[[[[0.5f32, -0.25], [0.0, 0.75]]]], &dev)?;
         for sampler in [Sampler::Ddim, Sampler::Ddpm] {
-            let opts = SampleOptions { sampler, steps: 50, cfg_scale: 1.0, eta: 0.0, clip_denoised: true, seed: 1 };
+            let opts = SampleOptions { sampler, steps: 50, cfg_scale: 1.0, eta: 0.0, clip_denoised: true, seed: 1, guidance_channels: None };
             let out = sample(&linear(), &Oracle(target.clone()), (1, 1, 2, 2), None, 0, &opts, &dev)?;
             let err = (out - &target)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(err < 1e-2, "{sampler:?}: {err}");
@@ -553,12 +559,25 @@ mod tests {
         let t = Tensor::new(&[5f32, 5.], &dev)?;
         let y = Tensor::new(&[3u32, 4], &dev)?;
         let null = Tensor::new(&[10u32, 10], &dev)?;
-        let out = guided_output(&ByLabel, &x, &t, Some(&y), Some(&null), 2.0)?.flatten_all()?.to_vec1::<f32>()?;
+        let out = guided_output(&ByLabel, &x, &t, Some(&y), Some(&null), 2.0, None)?.flatten_all()?.to_vec1::<f32>()?;
         // ε_u = 10x, ε_c = yx: ε = 10x + 2(yx - 10x); variance channel 1.
         assert_eq!(out, vec![10. + 2. * (3. - 10.), 1., 20. + 2. * (8. - 20.), 1.]);
         let plain = ByLabel.denoise(&x, &t, Some(&y))?;
-        let s1 = guided_output(&ByLabel, &x, &t, Some(&y), Some(&null), 1.0)?;
+        let s1 = guided_output(&ByLabel, &x, &t, Some(&y), Some(&null), 1.0, None)?;
         assert_eq!(plain.flatten_all()?.to_vec1::<f32>()?, s1.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    }
+
+    /// DiT's `forward_with_cfg`: guidance on the first 3 of 4 channels, the 4th (and the variance) conditional.
+    #[test]
+    fn guidance_on_the_first_channels_only_as_dit_samples() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[[[1f32]], [[2.]], [[3.]], [[4.]]]], &dev)?;
+        let t = Tensor::new(&[5f32], &dev)?;
+        let (y, null) = (Tensor::new(&[3u32], &dev)?, Tensor::new(&[10u32], &dev)?);
+        let out = guided_output(&ByLabel, &x, &t, Some(&y), Some(&null), 2.0, Some(3))?.flatten_all()?.to_vec1::<f32>()?;
+        // ε_u = 10x, ε_c = 3x: guided channels 10x + 2(3x − 10x) = −4x; channel 3 stays ε_c = 12; variance 1s.
+        assert_eq!(out, vec![-4., -8., -12., 12., 1., 1., 1., 1.]);
         Ok(())
     }
 }

@@ -83,6 +83,8 @@ pub struct SampleOptions {
     /// An integer from 0 to `Number.MAX_SAFE_INTEGER`.
     pub seed: f64,
     pub clip_denoised: bool,
+    /// Guide only the first this many channels (DiT's `sample.py`: 3 of 4); omitted: all.
+    pub guidance_channels: Option<f64>,
 }
 
 #[napi(object)]
@@ -107,7 +109,8 @@ fn core_sample_options(o: &SampleOptions, num_timesteps: usize) -> sadm_core::Re
     };
     let steps = check_integer("sample: steps", o.steps, 1, num_timesteps as u64)? as usize;
     let seed = check_integer("sample: seed", o.seed, 0, MAX_SAFE_INTEGER)?;
-    Ok(CoreSampleOptions { sampler, steps, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, seed })
+    let guidance_channels = o.guidance_channels.map(|g| check_integer("sample: guidanceChannels", g, 1, 1 << 16)).transpose()?.map(|g| g as usize);
+    Ok(CoreSampleOptions { sampler, steps, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, seed, guidance_channels })
 }
 
 fn to_vec(t: &Tensor) -> sadm_core::Result<Vec<f32>> {
