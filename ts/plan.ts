@@ -7,7 +7,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CheckpointError, ConfigError, DataError } from "./errors.js";
+import { CheckpointError, ConfigError, DataError, NativeError } from "./errors.js";
+import { loadNative } from "./native.js";
 import { deepMerge, parseConfigInput, resolveConfig, savedInput, toCoreConfig, type SadmConfig, type SadmConfigInput } from "./config.js";
 import {
   CHECKPOINTS_DIR,
@@ -131,7 +132,11 @@ function resumedConfig(resume: { dir: string; state: CheckpointState }, input: S
  * sadm checkpoint and the input names no preset) under the user's input.
  */
 function finetuneConfig(from: string, input: SadmConfigInput): { cfg: SadmConfig; source: string; dataset?: DatasetInfo } {
-  if (fs.existsSync(from) && fs.statSync(from).isFile()) return { cfg: resolveConfig(input), source: path.resolve(from) };
+  if (fs.existsSync(from) && fs.statSync(from).isFile()) {
+    const source = path.resolve(from);
+    if (input.preset !== undefined || input.model?.hiddenSize !== undefined) return { cfg: resolveConfig(input), source };
+    return { cfg: resolveConfig(deepMerge(weightsArchitecture(source, input), input as Record<string, unknown>)), source };
+  }
   const dir = resolveCheckpoint(from);
   const extra = assertComplete(dir).extra;
   const saved = extra.config;
@@ -139,6 +144,27 @@ function finetuneConfig(from: string, input: SadmConfigInput): { cfg: SadmConfig
   if (!saved || input.preset !== undefined) return { cfg: resolveConfig(input), source: dir, dataset };
   const base: Record<string, unknown> = { preset: saved.preset, model: saved.model, diffusion: saved.diffusion };
   return { cfg: resolveConfig(deepMerge(base, input as Record<string, unknown>)), source: dir, dataset };
+}
+
+/**
+ * A weights file's DiT architecture, read from its tensors by the core (a published DiT checkpoint is recognised
+ * as its preset), as the base config of a run fine-tuned from it: the new data decide the input size and the class
+ * table, DiT's diffusion settings (ε-prediction, learned Σ) come with it.
+ * @throws ConfigError when the width is not a reference one and the input names no model.numHeads.
+ */
+function weightsArchitecture(file: string, input: SadmConfigInput): Record<string, unknown> {
+  let arch: { preset: string | null; model: Record<string, unknown> };
+  try {
+    arch = JSON.parse(loadNative().inspectWeights(file, input.model?.numHeads ?? null)) as typeof arch;
+  } catch (e) {
+    throw NativeError.wrap(e, `cannot read ${file}`);
+  }
+  const { patchSize, hiddenSize, depth, numHeads, mlpRatio, learnSigma } = arch.model;
+  return {
+    ...(arch.preset ? { preset: arch.preset } : {}),
+    model: { patchSize, hiddenSize, depth, numHeads, mlpRatio, learnSigma },
+    diffusion: { prediction: "epsilon" },
+  };
 }
 
 /**
