@@ -1,3 +1,4 @@
-//! The networks: the DiT denoiser and the structure discriminator.
+//! The networks: the DiT denoiser, the structure discriminator and Stable Diffusion's VAE.
 pub mod discriminator;
 pub mod dit;
+pub mod vae;
