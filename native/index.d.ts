@@ -21,6 +21,12 @@ export declare class NativeExtractor {
 /** A trained DiT for sampling only (the EMA weights of a checkpoint by default). */
 export declare class NativeModel {
   static load(dir: string, device: string, useEma: boolean): NativeModel
+  /**
+   * A DiT weights file (`torch.save`'s `.pt`/`.pth`, or safetensors, in the reference names, e.g. the published
+   * `DiT-XL-2-256x256.pt`), its architecture read from the tensors and DiT's diffusion settings with it.
+   * `numHeads` is needed only for a width that is no reference DiT size.
+   */
+  static fromWeights(path: string, device: string, numHeads?: number | undefined | null): NativeModel
   sample(labels: Int32Array, opts: SampleOptions): Promise<Float32Array>
   configJson(): string
 }
@@ -56,6 +62,30 @@ export declare class NativeTrainer {
   /** Names of the DiT parameters the optimizer updates (all of them unless `trainable` restricts it). */
   trainableNames(): Array<string>
   paramCounts(): ParamCounts
+}
+
+/**
+ * Stable Diffusion's VAE (diffusers' `AutoencoderKL`), inference only: images ↔ latents, one image at a time
+ * through the network so a batch never holds more than one image's activations.
+ */
+export declare class NativeVae {
+  /**
+   * Loads a diffusers VAE folder (`config.json` + `diffusion_pytorch_model.safetensors`) or a single
+   * `.safetensors` file of Stable Diffusion's VAE.
+   */
+  static load(path: string, device: string): NativeVae
+  /**
+   * `{ latentChannels, scalingFactor, downsample, latentShift, latentMultiplier, files, config }`: the latents
+   * the diffusion model sees are `(z − latentShift[c]) · latentMultiplier[c]` of the posterior's z.
+   */
+  configJson(): string
+  /**
+   * The posterior of n images of `shape` = [n, 3, H, W] in [-1, 1]: per image its mean then its log-variance
+   * (clamped to [-30, 20] as diffusers does), each [latentChannels, H/f, W/f], unscaled.
+   */
+  encode(images: Float32Array, shape: Array<number>): Promise<Float32Array>
+  /** Images [n, 3, h·f, w·f] (about [-1, 1], unclamped) of the diffusion model's latents [n, C, h, w] (scaled). */
+  decode(latents: Float32Array, shape: Array<number>): Promise<Float32Array>
 }
 
 /** Version, compiled features and usable devices of this binary. */
@@ -111,6 +141,12 @@ export interface FeatureMetrics {
   recall: number
 }
 
+/**
+ * The DiT architecture of a weights file, read from its tensors: `{ model, preset }` (`preset` is the reference
+ * name, e.g. "DiT-XL/2", or null). `numHeads` is needed only for a width that is no reference DiT size.
+ */
+export declare function inspectWeights(path: string, numHeads?: number | undefined | null): string
+
 export interface ParamCounts {
   dit: number
   discriminator: number
@@ -150,6 +186,8 @@ export interface SampleOptions {
   /** An integer from 0 to `Number.MAX_SAFE_INTEGER`. */
   seed: number
   clipDenoised: boolean
+  /** Guide only the first this many channels (DiT's `sample.py`: 3 of 4); omitted: all. */
+  guidanceChannels?: number
 }
 
 export interface StepOptions {

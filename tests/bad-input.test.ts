@@ -290,3 +290,72 @@ describe("bad data (image folders, through the CLI)", () => {
     expect(r.stderr).toMatch(/^error: cannot read the folder .*locked: permission denied; fix its permissions or move it out of the data\n$/);
   }, 120_000);
 });
+
+describe("bad latents and VAEs (through the CLI)", () => {
+  const VAE = path.join(process.cwd(), "tests", "data", "tiny-vae");
+  const IMAGES = path.join(process.cwd(), "tests", "data", "tiny-vae-images");
+  let root = "";
+  let cache = "";
+  let latents = "";
+  let latents16 = "";
+  let otherVae = "";
+  let run = "";
+  const cli = (args: string[]) => runCliAsync(args, { timeoutMs: 120_000, env: { SADM_CACHE_DIR: cache } });
+  const vaeFolder = (files: Record<string, string | Buffer>): string => {
+    const d = fs.mkdtempSync(path.join(root, "vae-"));
+    for (const [name, content] of Object.entries(files)) fs.writeFileSync(path.join(d, name), content);
+    return d;
+  };
+  const config = (): Record<string, unknown> => JSON.parse(fs.readFileSync(path.join(VAE, "config.json"), "utf8")) as Record<string, unknown>;
+  const weights = (): Buffer => fs.readFileSync(path.join(VAE, "diffusion_pytorch_model.safetensors"));
+  const TRAIN = ["train", "--steps", "1", "--batch-size", "1", "--lambda", "0", "--set", "model.hiddenSize=32", "--set", "model.depth=1",
+    "--set", "model.numHeads=2", "--set", "sampleEvery=0"];
+  const CASES: Array<[name: string, args: () => string[], expected: RegExp]> = [
+    ["a VAE folder without weights", () => ["encode", "--data", IMAGES, "--resolution", "64", "--vae", vaeFolder({ "config.json": JSON.stringify(config()) }), "--out", path.join(root, "o1")],
+      /the VAE folder has config\.json but no weights: download diffusion_pytorch_model\.safetensors next to config\.json/],
+    ["a VAE of another kind", () => ["encode", "--data", IMAGES, "--resolution", "64", "--vae", vaeFolder({ "config.json": JSON.stringify({ ...config(), _class_name: "UNet2DModel" }), "diffusion_pytorch_model.safetensors": weights() }), "--out", path.join(root, "o2")],
+      /config\.json: the model is a UNet2DModel, not an AutoencoderKL/],
+    ["VAE weights of another architecture", () => ["encode", "--data", IMAGES, "--resolution", "64", "--vae", vaeFolder({ "config.json": JSON.stringify({ ...config(), block_out_channels: [8, 8, 16, 32] }), "diffusion_pytorch_model.safetensors": weights() }), "--out", path.join(root, "o3")],
+      /diffusion_pytorch_model\.safetensors: .*(shape|missing|unexpected).*the weights do not match/],
+    ["a resolution the VAE cannot encode", () => ["encode", "--data", IMAGES, "--resolution", "60", "--vae", VAE, "--out", path.join(root, "o4")],
+      /--resolution 60 is not a multiple of the VAE's downsampling factor 8/],
+    ["encoding into a folder that holds other latents", () => ["encode", "--data", IMAGES, "--resolution", "128", "--vae", VAE, "--out", latents],
+      /holds latents of something else: the resolution \(64 then, 128 now\).*use another --out folder/],
+    ["encoding into a folder of other files", () => ["encode", "--data", IMAGES, "--resolution", "64", "--vae", VAE, "--out", IMAGES],
+      /is not empty and holds no latent index: give sadm encode an empty or new --out folder/],
+    ["a folder that is not latents", () => [...TRAIN, "--set", "data.name=latents", "--set", `data.path=${root}`, "--out", path.join(root, "r1")],
+      /has no index\.json, so it is not a latent dataset: make one with sadm encode/],
+    ["sampling a latent run with another VAE", () => ["sample", "-k", run, "--vae", otherVae, "--steps", "1", "--out", path.join(root, "s.png")],
+      /this run's data was encoded with the VAE .*tiny-vae .*but .* is another .*decode with the same VAE/],
+    ["resuming a latent run on latents of another resolution", () => [...TRAIN, "--data", latents16, "--steps", "2", "--resume", "--out", run],
+      /(config\.model\.inputSize: differs from the checkpoint|the data differs from the checkpoint)/],
+    ["latents with a VAE on an image run", () => [...TRAIN, "--data", IMAGES, "--resolution", "16", "--vae", VAE, "--out", path.join(root, "r2")],
+      /config\.vae: decodes latents; the folder data are images/],
+    ["decoding a file without latents", () => ["decode", "--latents", path.join(VAE, "diffusion_pytorch_model.safetensors"), "--vae", VAE, "--out", path.join(root, "d1")],
+      /has several \[N, C, h, w\] tensors .*: name the latents with --tensor/],
+  ];
+
+  beforeAll(async () => {
+    root = tmpDir("sadm-bad-latents-");
+    cache = tmpDir("sadm-bad-latents-cache-");
+    latents = path.join(root, "latents");
+    latents16 = path.join(root, "latents16");
+    for (const [out, res] of [[latents, "64"], [latents16, "128"]] as const) {
+      const r = await cli(["encode", "--data", IMAGES, "--resolution", res, "--vae", VAE, "--out", out]);
+      expect(r.status, r.stderr).toBe(0);
+    }
+    run = path.join(root, "run");
+    const t = await cli([...TRAIN, "--data", latents, "--checkpoint-every", "1", "--out", run]);
+    expect(t.status, t.stderr).toBe(0);
+    const w = weights();
+    w[w.length - 3] ^= 0x01;
+    otherVae = vaeFolder({ "config.json": JSON.stringify(config()), "diffusion_pytorch_model.safetensors": w });
+  }, 300_000);
+
+  it.each(CASES)("%s", async (_name, args, expected) => {
+    const r = await cli(args());
+    expect(r.status, `stdout: ${r.stdout}\nstderr: ${r.stderr}`).toBe(1);
+    expect(r.stderr).toMatch(/^error: [^\n]*\n$/);
+    expect(r.stderr).toMatch(expected);
+  }, 120_000);
+});

@@ -124,7 +124,7 @@ describe("latent diffusion end to end (tiny VAE, real addon)", () => {
   it("fine-tunes a DiT saved by torch.save into the latents' classes, its architecture read from the tensors", async () => {
     const out = path.join(dir, "ft");
     const r = await cli(["finetune", "--from", DIT_PT, "--data", latents, "--classes-from", emoji, "--steps", "2", "--batch-size", "4",
-      "--set", "sampleEvery=0", "--set", "discriminator.width=32", "--set", "discriminator.numHeads=2", "--set", "discriminator.projDim=16",
+      "--set", "sampleEvery=0", "--set", "model.numHeads=4", "--set", "discriminator.width=32", "--set", "discriminator.numHeads=2", "--set", "discriminator.projDim=16",
       "--lambda", "0.1", "--adv-warmup", "1", "--adv-ramp", "1", "--out", out]);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/fine-tuning .*pth_dit_small\.pt/);
@@ -135,7 +135,7 @@ describe("latent diffusion end to end (tiny VAE, real addon)", () => {
 
   it("samples a torch.save DiT as DiT's sample.py does, through the VAE", async () => {
     const png = path.join(dir, "pt.png");
-    const r = await cli(["sample", "-k", DIT_PT, "--vae", VAE, "--classes", "1,2", "--per-class", "1", "--steps", "3", "--out", png]);
+    const r = await cli(["sample", "-k", DIT_PT, "--vae", VAE, "--classes", "1,2", "--per-class", "1", "--steps", "3", "--num-heads", "4", "--out", png]);
     expect(r.status, r.stderr).toBe(0);
     expect(PNG.sync.read(fs.readFileSync(png)).width).toBe(gridGeometry(2, 64, 64, 2, true).width);
   });

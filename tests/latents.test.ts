@@ -50,7 +50,15 @@ function makeLatents(n: number, shardSize: number, opts: { complete?: boolean; c
   const idx: LatentIndex = {
     format: LATENTS_FORMAT,
     version: LATENTS_VERSION,
-    vae: { path: "/vae", sha256: "ab".repeat(32), scalingFactor: 0.5, latentChannels: C, downsample: 8 },
+    vae: {
+      path: "/vae",
+      sha256: "ab".repeat(32),
+      scalingFactor: 0.5,
+      latentShift: [0, 0, 0, 0],
+      latentMultiplier: [0.5, 0.5, 0.5, 0.5],
+      latentChannels: C,
+      downsample: 8,
+    },
     resolution: S * 8,
     latentSize: S,
     source: { description: "folder /imgs", fingerprint: "f".repeat(64), classNames: opts.classNames ?? ["a", "b", "c"], images: n },

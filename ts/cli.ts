@@ -232,6 +232,7 @@ interface SampleArgs {
   quiet?: boolean;
   vae?: string;
   guidanceChannels?: number;
+  numHeads?: number;
 }
 
 async function runSample(a: SampleArgs): Promise<number> {
@@ -256,6 +257,7 @@ async function runSample(a: SampleArgs): Promise<number> {
     chunkSize: a.chunkSize,
     vae: a.vae,
     guidanceChannels: a.guidanceChannels,
+    numHeads: a.numHeads,
     onProgress: (now, total) => {
       // A single native call needs no progress display.
       if (total <= (a.chunkSize ?? SAMPLE_CHUNK)) return;
@@ -329,7 +331,7 @@ async function runEncode(a: EncodeArgs): Promise<number> {
     `sadm: ${r.encoded} image(s) encoded in ${r.seconds.toFixed(1)}s (${(r.encoded / Math.max(r.seconds, 1e-3)).toFixed(2)} images/s)` +
       `${r.resumed > 0 ? `, ${r.resumed} from before` : ""}${r.badImages > 0 ? `, ${r.badImages} file(s) skipped (did not decode)` : ""}\n` +
       `  latents: ${r.dir} (${index.source.images} × ${index.vae.latentChannels}×${index.latentSize}×${index.latentSize}, ` +
-      `${index.source.classNames ? `${index.source.classNames.length} classes` : "no labels"})\n` +
+      `${index.source.classNames ? `${index.source.classNames.length} class${index.source.classNames.length === 1 ? "" : "es"}` : "no labels"})\n` +
       `  train:   sadm train --data ${r.dir}\n`,
   );
   return 0;
@@ -746,6 +748,7 @@ export function buildCli(argv: string[]): Argv {
           })
           .option("vae", { type: "string", describe: "Latent models: the VAE that decodes the samples (default: the run's)" })
           .option("guidance-channels", { type: "number", describe: "Guide only the first N channels (DiT's sample.py: 3)" })
+          .option("num-heads", { type: "number", describe: "A weights file of no reference DiT width: its attention heads" })
           .option("classes", {
             type: "string",
             describe: "Classes, one column each, by name or label, e.g. cat,dog or 0,1,2 (default: all)",

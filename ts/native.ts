@@ -22,6 +22,7 @@ export type {
   NativeTrainer,
   NativeModel,
   NativeExtractor,
+  NativeVae,
   Extracted,
   FeatureMetrics,
   ClassifierTraining,

@@ -155,7 +155,7 @@ function finetuneConfig(from: string, input: SadmConfigInput): { cfg: SadmConfig
 function weightsArchitecture(file: string, input: SadmConfigInput): Record<string, unknown> {
   let arch: { preset: string | null; model: Record<string, unknown> };
   try {
-    arch = JSON.parse(loadNative().inspectWeights(file, input.model?.numHeads ?? null)) as typeof arch;
+    arch = JSON.parse(loadNative().inspectWeights(file, input.model?.numHeads)) as typeof arch;
   } catch (e) {
     throw NativeError.wrap(e, `cannot read ${file}`);
   }

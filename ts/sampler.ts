@@ -68,6 +68,8 @@ export interface SampleRequest {
    * `sample.py` does.
    */
   guidanceChannels?: number;
+  /** A weights file of a width that is no reference DiT size: its attention heads (not readable from the tensors). */
+  numHeads?: number;
   /** Images per native call (default {@link SAMPLE_CHUNK}); larger is faster on a GPU and needs more memory. */
   chunkSize?: number;
   /** Called once the model is loaded with (0, total), then after each chunk with the images done so far. */
@@ -300,7 +302,7 @@ function findModel(req: SampleRequest, device: string): {
     const file = path.resolve(req.checkpoint);
     let model: Sampleable;
     try {
-      model = loadNative(device).NativeModel.fromWeights(file, device);
+      model = loadNative(device).NativeModel.fromWeights(file, device, req.numHeads);
     } catch (e) {
       throw NativeError.wrap(e, `cannot load ${file}`);
     }

@@ -30,8 +30,11 @@ export interface VaeIdentity {
   path: string;
   /** SHA-256 over its config and weight files. */
   sha256: string;
-  /** The latents are `sample × scalingFactor`. */
+  /** The latents are `sample × scalingFactor` (with a per-channel shift and multiplier for VAEs that have them). */
   scalingFactor: number;
+  /** Per channel: the diffusion model's latent is `(z − latentShift[c]) · latentMultiplier[c]` (SD's VAE: 0, 0.18215). */
+  latentShift: number[];
+  latentMultiplier: number[];
   latentChannels: number;
   /** Image pixels per latent pixel (8 for SD's VAE). */
   downsample: number;
@@ -160,7 +163,8 @@ export class LatentDataset implements Dataset {
   readonly numClasses: number;
   readonly classNames?: readonly string[];
   readonly drawsItself = true;
-  readonly scalingFactor: number;
+  private readonly shift: number[];
+  private readonly multiplier: number[];
   private readonly files: SafetensorsFile[];
   private readonly rows: Row[];
   private readonly labels: Int32Array;
@@ -184,7 +188,10 @@ export class LatentDataset implements Dataset {
     this.channels = lc;
     this.height = this.width = index.latentSize;
     this.per = lc * index.latentSize * index.latentSize;
-    this.scalingFactor = index.vae.scalingFactor;
+    this.shift = index.vae.latentShift;
+    this.multiplier = index.vae.latentMultiplier;
+    if (this.shift.length !== lc || this.multiplier.length !== lc)
+      throw new DataError(`${dir}: its index has ${this.shift.length} latent shifts for ${lc} channels: encode it again`);
     this.numClasses = index.source.classNames?.length ?? 0;
     if (index.source.classNames) this.classNames = index.source.classNames;
     this.files = index.shards.map((s) => openShard(dir, s, [s.count, lc, index.latentSize, index.latentSize]));
@@ -228,16 +235,20 @@ export class LatentDataset implements Dataset {
     const { shard, row } = this.rows[index];
     const flip = draw?.flip ?? false;
     const mean = this.moment(shard, row, flip ? 2 : 0);
-    const s = this.scalingFactor;
+    const plane = this.per / this.channels;
     if (!draw) {
-      for (let i = 0; i < this.per; i++) out[offset + i] = mean[i] * s;
+      for (let i = 0; i < this.per; i++) {
+        const c = Math.floor(i / plane);
+        out[offset + i] = (mean[i] - this.shift[c]) * this.multiplier[c];
+      }
     } else {
       const logvar = this.moment(shard, row, flip ? 3 : 1);
       gaussians(this.noise, 0, this.per, draw.key);
       // diffusers' DiagonalGaussianDistribution clamps the log-variance the same way.
       for (let i = 0; i < this.per; i++) {
+        const c = Math.floor(i / plane);
         const lv = Math.min(20, Math.max(-30, logvar[i]));
-        out[offset + i] = (mean[i] + Math.exp(0.5 * lv) * this.noise[i]) * s;
+        out[offset + i] = (mean[i] + Math.exp(0.5 * lv) * this.noise[i] - this.shift[c]) * this.multiplier[c];
       }
     }
     return this.labels[index];

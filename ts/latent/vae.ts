@@ -14,6 +14,8 @@ export interface VaeFacts {
   latentChannels: number;
   scalingFactor: number;
   downsample: number;
+  latentShift: number[];
+  latentMultiplier: number[];
   /** The files it was read from (config and weights). */
   files: string[];
 }
@@ -64,6 +66,8 @@ export function loadVae(vaePath: string, device: string): Vae {
     path: abs,
     sha256: digest(facts.files),
     scalingFactor: facts.scalingFactor,
+    latentShift: facts.latentShift,
+    latentMultiplier: facts.latentMultiplier,
     latentChannels: facts.latentChannels,
     downsample: facts.downsample,
   };

@@ -4,7 +4,8 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 // candle is reached through sadm-core so that both crates always agree on its version.
 use sadm_core::candle::{Device, Tensor};
-use sadm_core::io::checkpoint;
+use sadm_core::io::{checkpoint, weights};
+use sadm_core::model::vae::{self, AutoencoderKL};
 use sadm_core::classifier::{self, Extractor, LeNetTraining};
 use sadm_core::metrics;
 use sadm_core::diffusion::{SampleOptions as CoreSampleOptions, Sampler};
@@ -241,6 +242,18 @@ impl NativeModel {
         })
     }
 
+    /// A DiT weights file (`torch.save`'s `.pt`/`.pth`, or safetensors, in the reference names, e.g. the published
+    /// `DiT-XL-2-256x256.pt`), its architecture read from the tensors and DiT's diffusion settings with it.
+    /// `numHeads` is needed only for a width that is no reference DiT size.
+    #[napi(factory, catch_unwind)]
+    pub fn from_weights(path: String, device: String, num_heads: Option<u32>) -> Result<Self> {
+        guarded("NativeModel.fromWeights", || {
+            let dev = device::parse_device(&device)?;
+            let (cfg, w) = weights::load_dit_weights(&PathBuf::from(path), num_heads.map(|h| h as usize), &dev)?;
+            Ok(Self { cfg, weights: Arc::new(w), device: dev })
+        })
+    }
+
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
     pub fn sample(&self, labels: Int32Array, opts: SampleOptions) -> AsyncTask<SampleTask> {
         let source = Source::Weights(self.cfg.clone(), self.weights.clone(), self.device.clone());
@@ -251,6 +264,18 @@ impl NativeModel {
     pub fn config_json(&self) -> String {
         serde_json::to_string(&self.cfg).expect("config serialises")
     }
+}
+
+/// The DiT architecture of a weights file, read from its tensors: `{ model, preset }` (`preset` is the reference
+/// name, e.g. "DiT-XL/2", or null). `numHeads` is needed only for a width that is no reference DiT size.
+#[napi(catch_unwind)]
+pub fn inspect_weights(path: String, num_heads: Option<u32>) -> Result<String> {
+    guarded("inspectWeights", || {
+        let p = PathBuf::from(path);
+        let tensors = checkpoint::load_pretrained(&p, &Device::Cpu)?;
+        let arch = weights::infer_architecture(&tensors, &p, None, num_heads.map(|h| h as usize))?;
+        Ok(serde_json::json!({ "model": arch.model, "preset": arch.preset }).to_string())
+    })
 }
 
 /// Version, compiled features and usable devices of this binary.
@@ -636,5 +661,100 @@ impl Task for DecodeImageFileTask {
 
     fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
         Ok(out.map(Uint8Array::new))
+    }
+}
+
+/// Stable Diffusion's VAE (diffusers' `AutoencoderKL`), inference only: images ↔ latents, one image at a time
+/// through the network so a batch never holds more than one image's activations.
+#[napi]
+pub struct NativeVae {
+    inner: Arc<AutoencoderKL>,
+    files: Vec<String>,
+}
+
+#[napi]
+impl NativeVae {
+    /// Loads a diffusers VAE folder (`config.json` + `diffusion_pytorch_model.safetensors`) or a single
+    /// `.safetensors` file of Stable Diffusion's VAE.
+    #[napi(factory, catch_unwind)]
+    pub fn load(path: String, device: String) -> Result<Self> {
+        guarded("NativeVae.load", || {
+            let dev = device::parse_device(&device)?;
+            let p = PathBuf::from(&path);
+            let files = vae::source_files(&p)?.iter().map(|f| f.display().to_string()).collect();
+            Ok(Self { inner: Arc::new(AutoencoderKL::load(&p, &dev)?), files })
+        })
+    }
+
+    /// `{ latentChannels, scalingFactor, downsample, latentShift, latentMultiplier, files, config }`: the latents
+    /// the diffusion model sees are `(z − latentShift[c]) · latentMultiplier[c]` of the posterior's z.
+    #[napi]
+    pub fn config_json(&self) -> String {
+        let c = self.inner.config();
+        let (shift, mult) = c.latent_affine();
+        serde_json::json!({
+            "latentChannels": c.latent_channels,
+            "scalingFactor": c.scaling_factor,
+            "downsample": c.downscale(),
+            "latentShift": shift,
+            "latentMultiplier": mult,
+            "files": self.files,
+            "config": c,
+        })
+        .to_string()
+    }
+
+    /// The posterior of n images of `shape` = [n, 3, H, W] in [-1, 1]: per image its mean then its log-variance
+    /// (clamped to [-30, 20] as diffusers does), each [latentChannels, H/f, W/f], unscaled.
+    #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
+    pub fn encode(&self, images: Float32Array, shape: Vec<u32>) -> AsyncTask<VaeTask> {
+        AsyncTask::new(VaeTask { inner: self.inner.clone(), input: images.to_vec(), shape, encode: true })
+    }
+
+    /// Images [n, 3, h·f, w·f] (about [-1, 1], unclamped) of the diffusion model's latents [n, C, h, w] (scaled).
+    #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
+    pub fn decode(&self, latents: Float32Array, shape: Vec<u32>) -> AsyncTask<VaeTask> {
+        AsyncTask::new(VaeTask { inner: self.inner.clone(), input: latents.to_vec(), shape, encode: false })
+    }
+}
+
+pub struct VaeTask {
+    inner: Arc<AutoencoderKL>,
+    input: Vec<f32>,
+    shape: Vec<u32>,
+    encode: bool,
+}
+
+impl VaeTask {
+    fn run(&self) -> sadm_core::Result<Vec<f32>> {
+        let dims: Vec<usize> = match *self.shape.as_slice() {
+            [n, c, h, w] => vec![n as usize, c as usize, h as usize, w as usize],
+            _ => return Err(sadm_core::Error::Input(format!("a batch shape is [n, channels, height, width], not {:?}", self.shape))),
+        };
+        if dims.iter().product::<usize>() != self.input.len() {
+            return Err(sadm_core::Error::Input(format!("{} values do not make a batch of shape {:?}", self.input.len(), self.shape)));
+        }
+        let x = Tensor::from_slice(&self.input, dims.as_slice(), self.inner.device())?;
+        let chunks = vae::Chunks::default();
+        let out = if self.encode {
+            let p = self.inner.encode(&x, &chunks)?;
+            Tensor::cat(&[&p.mean, &p.logvar], 1)?
+        } else {
+            self.inner.decode_latents(&x, &chunks)?
+        };
+        Ok(out.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+impl Task for VaeTask {
+    type Output = Vec<f32>;
+    type JsValue = Float32Array;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        guarded(if self.encode { "NativeVae.encode" } else { "NativeVae.decode" }, || self.run())
+    }
+
+    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
+        Ok(Float32Array::new(out))
     }
 }

@@ -197,7 +197,7 @@ pub fn check_shapes(path: &Path, expected: &[(String, Vec<usize>)], tensors: &Ha
     Ok(())
 }
 
-pub(crate) fn expected(vars: &[(String, Var)]) -> Vec<(String, Vec<usize>)> {
+pub fn expected(vars: &[(String, Var)]) -> Vec<(String, Vec<usize>)> {
     vars.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect()
 }
 

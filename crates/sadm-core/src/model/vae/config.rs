@@ -102,7 +102,7 @@ impl VaeConfig {
     }
 
     /// The per-channel (shift, multiplier) of [`VaeConfig::scaling_factor`]'s doc.
-    pub(crate) fn latent_affine(&self) -> (Vec<f64>, Vec<f64>) {
+    pub fn latent_affine(&self) -> (Vec<f64>, Vec<f64>) {
         let n = self.latent_channels;
         let shift = match (&self.latents_mean, self.shift_factor) {
             (Some(m), _) => m.clone(),

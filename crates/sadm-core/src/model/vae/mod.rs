@@ -16,7 +16,7 @@ mod tests;
 mod weights;
 
 pub use config::VaeConfig;
-pub use weights::{parameter_shapes, NameScheme};
+pub use weights::{parameter_shapes, source_files, NameScheme};
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;

@@ -246,3 +246,14 @@ impl AutoencoderKL {
         Self::new(config, VarBuilder::from_tensors(tensors, DType::F32, device))
     }
 }
+
+/// The files a VAE at `path` is read from (a folder's config.json and weights, or the one file), in that order:
+/// what identifies it, so latents and runs can check they are decoded by the VAE that encoded them.
+pub fn source_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let dir = if !path.join("config.json").is_file() && path.join("vae").join("config.json").is_file() { path.join("vae") } else { path.to_path_buf() };
+        Ok(vec![dir.join("config.json"), folder_weights(&dir)?])
+    } else {
+        Ok(vec![path.to_path_buf()])
+    }
+}
