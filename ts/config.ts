@@ -944,6 +944,12 @@ function checkCrossFields(c: SadmConfig, facts: DataFacts): void {
     );
   const m = c.model;
   const what = c.data.name === "folder" ? "folder" : c.data.name;
+  if (m.inputSize !== facts.size && c.data.name === "latents")
+    throw new ConfigError(
+      "config.model.inputSize",
+      `must match the latents, which are ${facts.size}×${facts.size} (got ${m.inputSize}): ` +
+        "encode the images at the run's resolution, or start a new run",
+    );
   if (m.inputSize !== facts.size)
     throw new ConfigError(
       "config.model.inputSize",

@@ -74,10 +74,13 @@ function startIndex(dir: string, fresh: LatentIndex): LatentIndex {
     return fresh;
   }
   const old = readIndex(dir);
+  // The images' fingerprint covers their preprocessing, so it is named only when the resolution is the same.
   const differs = [
-    old.source.fingerprint !== fresh.source.fingerprint && "the images (the folder changed, or other preprocessing)",
-    old.vae.sha256 !== fresh.vae.sha256 && `the VAE (${old.vae.path} then, ${fresh.vae.path} now)`,
     old.resolution !== fresh.resolution && `the resolution (${old.resolution} then, ${fresh.resolution} now)`,
+    old.resolution === fresh.resolution &&
+      old.source.fingerprint !== fresh.source.fingerprint &&
+      "the images (the folder changed, or other preprocessing)",
+    old.vae.sha256 !== fresh.vae.sha256 && `the VAE (${old.vae.path} then, ${fresh.vae.path} now)`,
     old.shardSize !== fresh.shardSize && `the shard size (${old.shardSize} then, ${fresh.shardSize} now)`,
   ].filter((d): d is string => typeof d === "string");
   if (differs.length > 0)
