@@ -10,7 +10,7 @@ import type { Argv } from "yargs";
 import { ConfigError, SadmError, errorMessage, fsError, isFsError } from "./errors.js";
 import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, setPath, type SadmConfigInput } from "./config.js";
 import { train } from "./trainer.js";
-import { SAMPLE_CHUNK, classNamesOf, sampleGrid, sampleToDir, type SampleRequest } from "./sampler.js";
+import { SAMPLE_CHUNK, classNamesOf, isWeightsFile, sampleGrid, sampleToDir, type SampleRequest } from "./sampler.js";
 import { evaluate, formatMetrics, trainClassifier } from "./evaluate.js";
 import { cpuBinary, cudaBinaryCandidates, loadNative } from "./native.js";
 import { readState, resolveCheckpoint } from "./checkpoint.js";
@@ -260,12 +260,20 @@ async function runSample(a: SampleArgs): Promise<number> {
     numHeads: a.numHeads,
     onProgress: (now, total) => {
       // A single native call needs no progress display.
-      if (total <= (a.chunkSize ?? SAMPLE_CHUNK)) return;
+      if (total <= (a.chunkSize ?? (isWeightsFile(a.checkpoint) ? 1 : SAMPLE_CHUNK))) return;
       progress ??= new TaskProgress({ unit: "images", total, quiet: a.quiet });
       progress.tick(now - done);
       done = now;
     },
   };
+  if (isWeightsFile(a.checkpoint) && !a.quiet) {
+    const steps = a.steps ?? 250;
+    const evals = steps * ((a.cfg ?? 4) === 1 ? 1 : 2);
+    process.stdout.write(
+      `sadm: sampling a weights file: ${evals} network evaluations per image (${steps} steps${evals > steps ? ", doubled by guidance" : ""}); ` +
+        "a DiT-XL/2 takes minutes per image on a CPU\n",
+    );
+  }
   try {
     if (a.outDir !== undefined) {
       const r = await sampleToDir(req, a.outDir);

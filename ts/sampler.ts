@@ -287,7 +287,7 @@ interface Prepared {
 }
 
 /** Whether `target` is a weights file (a `.pt`/`.pth`/`.ckpt` or `.safetensors` of DiT weights), not a checkpoint. */
-function isWeightsFile(target: string): boolean {
+export function isWeightsFile(target: string): boolean {
   return /\.(pt|pth|ckpt|bin|safetensors)$/i.test(target) && fs.statSync(target, { throwIfNoEntry: false })?.isFile() === true;
 }
 
@@ -327,7 +327,8 @@ function prepare(req: SampleRequest): Prepared {
   const seed = req.seed ?? 0;
   if (!Number.isInteger(seed) || seed < 0 || seed + plan.labels.length > Number.MAX_SAFE_INTEGER)
     throw new ConfigError("seed", `must be an integer from 0 to ${Number.MAX_SAFE_INTEGER - plan.labels.length} (got ${seed})`);
-  const chunkSize = req.chunkSize ?? SAMPLE_CHUNK;
+  // A published DiT takes minutes per image on a CPU: one image per call makes the progress bar move.
+  const chunkSize = req.chunkSize ?? (reference ? 1 : SAMPLE_CHUNK);
   checkChunkSize(chunkSize);
   const latent = facts.inChannels !== 1 && facts.inChannels !== 3;
   const vaePath = req.vae ?? trainedVae?.path;
