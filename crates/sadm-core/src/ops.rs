@@ -51,7 +51,7 @@ pub(crate) fn exp_fast(x: f32) -> f32 {
 /// loops inlined into it then run eight floats per instruction instead of four. (The GEMM dispatches itself.)
 /// Mark the closure `#[inline(always)]`: a closure LLVM leaves out of line keeps the baseline code.
 #[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]

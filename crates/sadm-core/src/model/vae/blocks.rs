@@ -1,23 +1,18 @@
 //! The blocks of diffusers' `Encoder` and `Decoder` as `AutoencoderKL` builds them (no time embedding, GroupNorm
 //! with ε = 1e-6 everywhere, SiLU, output scale 1), under diffusers' module names.
+use super::conv::Conv2d;
+use super::norm::GroupNorm;
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 const EPS: f64 = 1e-6;
 
 pub(super) fn conv2d(cin: usize, cout: usize, kernel: usize, padding: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig { padding, stride, ..Default::default() };
-    let weight = vb.get((cout, cin, kernel, kernel), "weight")?;
-    Ok(Conv2d::new(weight, Some(vb.get(cout, "bias")?), cfg))
+    Ok(Conv2d::new(vb.get((cout, cin, kernel, kernel), "weight")?, vb.get(cout, "bias")?, stride, padding))
 }
 
 pub(super) fn group_norm(groups: usize, channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    GroupNorm::new(vb.get(channels, "weight")?, vb.get(channels, "bias")?, channels, groups, EPS)
-}
-
-/// `SiLU(GroupNorm(x))`, the pre-activation of every resnet and of both `conv_out`s.
-pub(super) fn norm_silu(norm: &GroupNorm, x: &Tensor) -> Result<Tensor> {
-    norm.forward(x)?.silu()
+    GroupNorm::new(vb.get(channels, "weight")?, vb.get(channels, "bias")?, groups, EPS)
 }
 
 fn linear(dim: usize, vb: VarBuilder) -> Result<Linear> {
@@ -47,8 +42,8 @@ impl ResnetBlock2D {
 
 impl Module for ResnetBlock2D {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&norm_silu(&self.norm1, x)?)?;
-        let h = self.conv2.forward(&norm_silu(&self.norm2, &h)?)?;
+        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
         match &self.conv_shortcut {
             Some(c) => c.forward(x)? + h,
             None => x + h,
@@ -81,7 +76,7 @@ impl Attention {
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let tokens = self.group_norm.forward(x)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let tokens = self.group_norm.forward(x, false)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;

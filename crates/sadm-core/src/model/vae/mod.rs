@@ -11,6 +11,8 @@
 //! as diffusers' `tiled_decode` does, so that peak memory follows the tile, not the batch or the image.
 mod blocks;
 mod config;
+mod conv;
+mod norm;
 #[cfg(test)]
 mod tests;
 mod weights;
@@ -20,9 +22,11 @@ pub use weights::{parameter_shapes, source_files, NameScheme};
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use blocks::{conv2d, group_norm, norm_silu, DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D};
+use blocks::{conv2d, group_norm, DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+use conv::Conv2d;
+use norm::GroupNorm;
 
 /// diffusers' `Encoder` with `double_z`: conv_in, the down blocks, the mid block, norm → SiLU → conv_out to the
 /// posterior's 2 × latent channels.
@@ -65,7 +69,7 @@ impl Module for Encoder {
             x = b.forward(&x)?;
         }
         let x = self.mid_block.forward(&x)?;
-        self.conv_out.forward(&norm_silu(&self.conv_norm_out, &x)?)
+        self.conv_out.forward(&self.conv_norm_out.forward(&x, true)?)
     }
 }
 
@@ -109,7 +113,7 @@ impl Module for Decoder {
         for b in &self.up_blocks {
             x = b.forward(&x)?;
         }
-        self.conv_out.forward(&norm_silu(&self.conv_norm_out, &x)?)
+        self.conv_out.forward(&self.conv_norm_out.forward(&x, true)?)
     }
 }
 
