@@ -1,2 +1,3 @@
 //! Weights on disk: sadm's checkpoint directories.
 pub mod checkpoint;
+pub mod pth;
