@@ -241,11 +241,14 @@ pub fn load_weights(dir: &Path, device: &Device, use_ema: bool) -> Result<(CoreC
     Ok((state.config, tensors))
 }
 
-/// Weights to start a fine-tuning run from: a checkpoint directory (its EMA weights) or a safetensors file of DiT
+/// Weights to start a fine-tuning run from: a checkpoint directory (its EMA weights), or a `torch.save` file
+/// (`.pt`/`.pth`, e.g. DiT's published checkpoints or a `train.py` checkpoint's EMA) or safetensors file of DiT
 /// weights in the reference names. They are checked against the new model by `Trainer::from_pretrained`.
 pub fn load_pretrained(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     if path.is_dir() {
         Ok(load_weights(path, device, true)?.1)
+    } else if path.is_file() && crate::io::pth::is_torch_file(path)? {
+        Ok(crate::io::pth::load_pth(path, None, device)?.tensors)
     } else if path.is_file() {
         load_tensors(path, device)
     } else {

@@ -91,6 +91,9 @@ pub fn infer_architecture(
             )))
         }
     };
+    if let Some(pos) = tensors.get("pos_embed") {
+        check_pos_embed(pos, hidden, input_size / p, path)?;
+    }
     let preset = reference
         .filter(|&(h, _, d)| h == num_heads && d == depth && mlp_ratio == 4.0 && matches!(p, 2 | 4 | 8))
         .map(|(_, size, _)| format!("DiT-{size}/{p}"));
@@ -109,6 +112,25 @@ pub fn infer_architecture(
     Ok(Architecture { model, preset })
 }
 
+/// sadm computes DiT's fixed 2-D sin-cos position embedding instead of loading it, so a file whose `pos_embed`
+/// is another (learned, or of another layout) would run wrongly: refused.
+fn check_pos_embed(pos: &Tensor, hidden: usize, grid: usize, path: &Path) -> Result<()> {
+    let ours = crate::nn::sincos_pos_embed(hidden, grid, &Device::Cpu)?.unsqueeze(0)?;
+    let theirs = pos.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?;
+    if theirs.dims() != ours.dims() {
+        return Err(Error::checkpoint(path, format!("tensor 'pos_embed' has shape {:?}, not {:?}", theirs.dims(), ours.dims())));
+    }
+    let diff = (theirs - &ours)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    // fp16 storage rounds the embedding (values in [-1, 1]) by up to 5e-4.
+    if diff > 1e-3 {
+        return Err(Error::checkpoint(
+            path,
+            format!("tensor 'pos_embed' is not DiT's fixed sin-cos embedding (off by {diff:.3}): sadm cannot run a DiT with another position embedding"),
+        ));
+    }
+    Ok(())
+}
+
 /// DiT weights from a file (torch.save or safetensors), with their architecture; DiT's own diffusion settings
 /// (1,000 linear-β steps, ε-prediction) come with them, as DiT trained them.
 pub fn load_dit_weights(path: &Path, num_heads: Option<usize>, device: &Device) -> Result<(CoreConfig, HashMap<String, Tensor>)> {
@@ -122,4 +144,88 @@ pub fn load_dit_weights(path: &Path, num_heads: Option<usize>, device: &Device) 
     crate::model::dit::DiT::new(&cfg.model, candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu))?;
     checkpoint::check_shapes(path, &checkpoint::expected(&crate::nn::sorted_vars(&varmap)), &tensors, &["pos_embed"])?;
     Ok((cfg, tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::dit::DiT;
+    use candle_core::DType;
+    use candle_nn::VarBuilder;
+    use std::path::PathBuf;
+
+    fn testdata(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    }
+
+    /// Zero tensors of the published checkpoints' names and shapes (dumped from DiT's models.py), with the real
+    /// sin-cos `pos_embed`.
+    fn published(layout: &str) -> HashMap<String, Tensor> {
+        let text = std::fs::read_to_string(testdata("dit_xl2_state_dict_shapes.json")).unwrap();
+        let all: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let shapes: Vec<(String, Vec<usize>)> = serde_json::from_value(all[layout].clone()).unwrap();
+        shapes
+            .into_iter()
+            .map(|(name, dims)| {
+                let t = if name == "pos_embed" {
+                    let grid = (dims[1] as f64).sqrt() as usize;
+                    crate::nn::sincos_pos_embed(dims[2], grid, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+                } else {
+                    Tensor::zeros(dims.as_slice(), DType::F32, &Device::Cpu).unwrap()
+                };
+                (name, t)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_published_checkpoints_are_dit_xl_2_at_latent_32_and_64() {
+        for (layout, size) in [("DiT-XL-2-256x256", 32), ("DiT-XL-2-512x512", 64)] {
+            let t = published(layout);
+            let a = infer_architecture(&t, Path::new(layout), None, None).unwrap();
+            assert_eq!(a.preset.as_deref(), Some("DiT-XL/2"), "{layout}");
+            let want = ModelConfig { class_dropout_prob: 0.1, ..ModelConfig::preset("DiT-XL/2", size, 4, 1000).unwrap() };
+            assert_eq!(a.model, want, "{layout}");
+            // Every tensor is one sadm's DiT-XL/2 has, and the other way round.
+            let varmap = candle_nn::VarMap::new();
+            DiT::new(&a.model, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+            checkpoint::check_shapes(Path::new(layout), &checkpoint::expected(&crate::nn::sorted_vars(&varmap)), &t, &["pos_embed"]).unwrap();
+        }
+    }
+
+    #[test]
+    fn what_does_not_fit_a_dit_is_named() {
+        let p = Path::new("x.pt");
+        let mut t = published("DiT-XL-2-256x256");
+        t.insert("pos_embed".into(), Tensor::zeros((1, 256, 1152), DType::F32, &Device::Cpu).unwrap());
+        let e = infer_architecture(&t, p, None, None).unwrap_err().to_string();
+        assert!(e.contains("tensor 'pos_embed' is not DiT's fixed sin-cos embedding"), "{e}");
+        let mut t = published("DiT-XL-2-256x256");
+        t.remove("x_embedder.proj.weight");
+        let e = infer_architecture(&t, p, None, None).unwrap_err().to_string();
+        assert!(e.contains("tensor 'x_embedder.proj.weight' is missing: these are not DiT weights"), "{e}");
+        let mut t = published("DiT-XL-2-256x256");
+        t.insert("x_embedder.proj.weight".into(), Tensor::zeros((96, 4, 2, 2), DType::F32, &Device::Cpu).unwrap());
+        let e = infer_architecture(&t, p, Some(32), None).unwrap_err().to_string();
+        assert!(e.contains("a DiT 96 wide is no reference size, so its heads cannot be read from the tensors: give model.numHeads"), "{e}");
+    }
+
+    /// The reference DiT (DiT's models.py, in testdata/pth_reference.py) saved with torch.save and run by sadm.
+    #[test]
+    fn a_torch_save_dit_runs_as_dit_models_py_does() {
+        let dev = Device::Cpu;
+        let (cfg, tensors) = load_dit_weights(&testdata("pth_dit_small.pt"), Some(4), &dev).unwrap();
+        assert_eq!((cfg.model.input_size, cfg.model.in_channels, cfg.model.depth, cfg.model.num_classes), (8, 4, 2, 10));
+        assert!(cfg.model.learn_sigma);
+        let refs = checkpoint::load_tensors(&testdata("pth_dit_small_reference.safetensors"), &dev).unwrap();
+        let f32s: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::F32).unwrap())).collect();
+        let model = DiT::new(&cfg.model, VarBuilder::from_tensors(f32s, DType::F32, &dev)).unwrap();
+        let y = refs["y"].to_dtype(DType::U32).unwrap();
+        let out = model.forward(&refs["x"], &refs["t"], Some(&y)).unwrap();
+        let want = &refs["out"];
+        let err = (out - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(scale > 0.1, "the reference output is not trivially small ({scale})");
+        assert!(err <= 1e-5 * scale, "max |sadm − DiT models.py| = {err} against max |out| = {scale}");
+    }
 }

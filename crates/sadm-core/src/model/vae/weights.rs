@@ -194,10 +194,8 @@ fn folder_weights(dir: &Path) -> Result<PathBuf> {
 fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => load_tensors(path, device),
-        Some("ckpt" | "pt" | "pth" | "bin") => Err(Error::checkpoint(
-            path,
-            "PyTorch pickle checkpoints are not read here yet: use the .safetensors release of the same VAE (e.g. vae-ft-mse-840000-ema-pruned.safetensors)",
-        )),
+        // The original VAE releases are LDM checkpoints ({"state_dict": …}); whole SD checkpoints hold it under a prefix.
+        Some("ckpt" | "pt" | "pth" | "bin") => Ok(crate::io::pth::load_pth(path, None, device)?.tensors),
         _ => Err(Error::checkpoint(path, "not a .safetensors file nor a diffusers VAE folder: pass the folder with config.json, or a .safetensors file")),
     }
 }
