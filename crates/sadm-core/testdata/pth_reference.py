@@ -15,7 +15,7 @@ Files (all small; the values are formulas the Rust tests recompute):
   without data.pkl), pth_torchscript.pt (torch.jit.save).
 - pth_dit_small.pt: the state dict (pos_embed included, as DiT saves it) of the reference DiT below at depth 2,
   hidden 64, 4 heads, patch 2, input 8, 4 channels, learned sigma, 10 classes, with seeded weights (the
-  zero-initialised adaLN and final layers re-randomised); pth_dit_small_reference.safetensors: inputs x, t, y and
+  zero-initialised adaLN and final layers and all biases re-randomised); pth_dit_small_reference.safetensors: inputs x, t, y and
   the reference output `out` (computed in float64 from the same float32 weights).
 - dit_xl2_state_dict_shapes.json: the reference DiT-XL/2's state-dict names and shapes at latent 32 and 64 (the
   layouts of the published DiT-XL-2-256x256.pt and DiT-XL-2-512x512.pt), built on the meta device.
@@ -386,7 +386,8 @@ def dit_small():
     model = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, num_classes=10)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "adaLN_modulation" in name or name.startswith("final_layer.linear"):
+            # The layers DiT starts at zero, and every bias (zero too), so that each tensor shows in the output.
+            if "adaLN_modulation" in name or name.startswith("final_layer.linear") or name.endswith("bias"):
                 p.normal_(0.0, 0.05)
     model.eval()
     sd = model.state_dict()

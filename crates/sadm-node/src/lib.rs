@@ -273,7 +273,8 @@ pub fn inspect_weights(path: String, num_heads: Option<u32>) -> Result<String> {
     guarded("inspectWeights", || {
         let p = PathBuf::from(path);
         let tensors = checkpoint::load_pretrained(&p, &Device::Cpu)?;
-        let arch = weights::infer_architecture(&tensors, &p, None, num_heads.map(|h| h as usize))?;
+        let hints = sadm_core::model::dit::ConfigHints { input_size: None, num_heads: num_heads.map(|h| h as usize) };
+        let arch = weights::infer_architecture(&tensors, &p, hints)?;
         Ok(serde_json::json!({ "model": arch.model, "preset": arch.preset }).to_string())
     })
 }

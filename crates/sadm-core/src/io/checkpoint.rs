@@ -5,6 +5,7 @@
 //! every load: a file changed after it was written (a bad disk, a copy gone wrong) is refused, not used.
 use crate::config::CoreConfig;
 use crate::error::{Error, Result};
+use crate::io::pth::{self, PthWeights};
 use crate::rng::{Rng, RngState};
 use crate::train::Trainer;
 use candle_core::{DType, Device, Tensor, Var};
@@ -241,19 +242,36 @@ pub fn load_weights(dir: &Path, device: &Device, use_ema: bool) -> Result<(CoreC
     Ok((state.config, tensors))
 }
 
-/// Weights to start a fine-tuning run from: a checkpoint directory (its EMA weights), or a `torch.save` file
-/// (`.pt`/`.pth`, e.g. DiT's published checkpoints or a `train.py` checkpoint's EMA) or safetensors file of DiT
-/// weights in the reference names. They are checked against the new model by `Trainer::from_pretrained`.
+/// Weights to start a fine-tuning run from: a checkpoint directory (its EMA weights), or a safetensors or PyTorch
+/// (`torch.save`, e.g. the published `DiT-XL-2-256x256.pt`) file of DiT weights in the reference names. They are
+/// checked against the new model by `Trainer::from_pretrained`.
 pub fn load_pretrained(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    if path.is_dir() {
-        Ok(load_weights(path, device, true)?.1)
-    } else if path.is_file() && crate::io::pth::is_torch_file(path)? {
-        Ok(crate::io::pth::load_pth(path, None, device)?.tensors)
-    } else if path.is_file() {
-        load_tensors(path, device)
-    } else {
-        Err(Error::checkpoint(path, "no such checkpoint directory or weights file"))
+    Ok(load_pretrained_with(path, None, device)?.tensors)
+}
+
+/// [`load_pretrained`], reading the entry `key` of a `torch.save` dict (by default its `ema`, `model` or
+/// `state_dict`, as DiT's `sample.py`) and saying which entry it read (None for a flat state dict, a safetensors
+/// file or a checkpoint directory). A file's float tensors come as F32, and a `pos_embed` in it must be DiT's
+/// sin-cos table, which sadm computes instead of loading.
+pub fn load_pretrained_with(path: &Path, key: Option<&str>, device: &Device) -> Result<PthWeights> {
+    if !path.exists() {
+        return Err(Error::checkpoint(path, "no such checkpoint directory or weights file"));
     }
+    let torch = path.is_file() && pth::is_torch_file(path)?;
+    if let (Some(k), false) = (key, torch) {
+        return Err(Error::checkpoint(path, format!("is not a PyTorch .pt file, whose entries a key ('{k}') selects")));
+    }
+    if path.is_dir() {
+        return Ok(PthWeights { tensors: load_weights(path, device, true)?.1, key: None });
+    }
+    let mut weights = if torch { pth::load_pth(path, key, device)? } else { PthWeights { tensors: load_tensors(path, device)?, key: None } };
+    for t in weights.tensors.values_mut() {
+        if t.dtype().is_float() {
+            *t = t.to_dtype(DType::F32)?;
+        }
+    }
+    crate::model::dit::check_pos_embed(&weights.tensors, path)?;
+    Ok(weights)
 }
 
 #[cfg(test)]
@@ -369,6 +387,50 @@ mod tests {
         let mut none = CoreConfig::tiny_mnist();
         none.trainable = vec!["decoder.*".into()];
         assert!(Trainer::new(none, &Device::Cpu).err().unwrap().to_string().contains("matches no DiT parameter"));
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn fine_tuning_starts_from_a_pytorch_file() -> Result<()> {
+        let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        // The reference DiT's torch.save(model.state_dict()) (testdata/pth_reference.py), pos_embed included.
+        let file = testdata.join("pth_dit_small.pt");
+        let w = load_pretrained(&file, &Device::Cpu)?;
+        let mut cfg = CoreConfig::tiny_mnist();
+        cfg.model = crate::model::dit::infer_config(&w, &file, crate::model::dit::ConfigHints { num_heads: Some(4), input_size: None })?;
+        cfg.discriminator.patch_size = 2;
+        let (ft, notes) = Trainer::from_pretrained(cfg, &w, &file, &Device::Cpu)?;
+        assert!(notes.is_empty(), "{notes:?}");
+        let value = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let torch = pth::load_pth(&file, None, &Device::Cpu)?.tensors;
+        for (name, var) in &ft.dit_vars {
+            assert_eq!(value(var.as_tensor()), value(&torch[name]), "{name} not taken from the file");
+        }
+        // Nested files say which entry they read; their floats come as F32, other dtypes as stored.
+        let nested = load_pretrained_with(&testdata.join("pth_train_style.pt"), None, &Device::Cpu)?;
+        assert_eq!(nested.key.as_deref(), Some("ema"));
+        let model = load_pretrained_with(&testdata.join("pth_train_style.pt"), Some("model"), &Device::Cpu)?;
+        assert_eq!(model.key.as_deref(), Some("model"));
+        let dtypes = load_pretrained(&testdata.join("pth_dtypes.pt"), &Device::Cpu)?;
+        for (name, dtype) in [("f16", DType::F32), ("bf16", DType::F32), ("f64", DType::F32), ("f8e4m3fn", DType::F32), ("i64", DType::I64), ("bool", DType::U8)] {
+            assert_eq!(dtypes[name].dtype(), dtype, "{name}");
+        }
+        // A key only selects in a .pt file; a .pt file's own errors come through.
+        let dir = tmpdir("pt");
+        let st = dir.join("dit.safetensors");
+        candle_core::safetensors::save(&torch, &st)?;
+        assert_eq!(load_pretrained(&st, &Device::Cpu)?.len(), torch.len());
+        let e = load_pretrained_with(&st, Some("ema"), &Device::Cpu).err().unwrap().to_string();
+        assert!(e.ends_with("is not a PyTorch .pt file, whose entries a key ('ema') selects"), "{e}");
+        let e = load_pretrained(&testdata.join("pth_os_system.pt"), &Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("refused: its pickle calls os.system"), "{e}");
+        // A position table that is not DiT's sin-cos one would make sadm run another model.
+        let mut learned = torch.clone();
+        learned.insert("pos_embed".into(), (&torch["pos_embed"] + 0.01)?);
+        candle_core::safetensors::save(&learned, &st)?;
+        let e = load_pretrained(&st, &Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("tensor 'pos_embed' is not DiT's fixed sin-cos embedding"), "{e}");
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! DiT weights as users have them (a `torch.save` file such as the published `DiT-XL-2-256x256.pt`, or a
 //! safetensors file in the reference names), turned into a model sadm can sample or fine-tune: the architecture is
-//! read from the tensors' shapes, so nothing but the file is needed.
+//! read from the tensors' shapes ([`dit::infer_config`]), so nothing but the file is needed.
 use crate::config::{CoreConfig, ModelConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io::checkpoint;
-use crate::model::dit::CLASS_TABLE;
+use crate::model::dit::{self, ConfigHints};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,133 +16,28 @@ pub struct Architecture {
     pub preset: Option<String>,
 }
 
-/// Heads of the reference DiT sizes by width (their head size is 64, except S's).
-fn reference_heads(hidden: usize) -> Option<(usize, &'static str, usize)> {
-    match hidden {
-        384 => Some((6, "S", 12)),
-        768 => Some((12, "B", 12)),
-        1024 => Some((16, "L", 24)),
-        1152 => Some((16, "XL", 28)),
-        _ => None,
-    }
-}
-
-/// The architecture of DiT weights in the reference names: width, patch and channels from the patch embedding,
-/// depth from the blocks, MLP ratio from `fc1`, classes from the label table, learned Σ from the final layer's
-/// width, the input size from `pos_embed` (else `input_size`), heads from the reference sizes (else `num_heads`).
-/// @throws a checkpoint error naming the tensor that is missing or does not fit a DiT.
-pub fn infer_architecture(
-    tensors: &HashMap<String, Tensor>,
-    path: &Path,
-    input_size: Option<usize>,
-    num_heads: Option<usize>,
-) -> Result<Architecture> {
-    let bad = |msg: String| Error::checkpoint(path, msg);
-    let dims = |name: &str| -> Result<Vec<usize>> {
-        tensors
-            .get(name)
-            .map(|t| t.dims().to_vec())
-            .ok_or_else(|| bad(format!("tensor '{name}' is missing: these are not DiT weights in the reference names")))
-    };
-    let patch = dims("x_embedder.proj.weight")?;
-    let [hidden, in_channels, p, q] = patch[..] else {
-        return Err(bad(format!("tensor 'x_embedder.proj.weight' has shape {patch:?}, not [hidden, channels, patch, patch]")));
-    };
-    if p != q {
-        return Err(bad(format!("tensor 'x_embedder.proj.weight' has a {p}×{q} patch; DiT's are square")));
-    }
-    let depth = (0..).take_while(|i| tensors.contains_key(&format!("blocks.{i}.attn.qkv.weight"))).count();
-    if depth == 0 {
-        return Err(bad("tensor 'blocks.0.attn.qkv.weight' is missing: these are not DiT weights in the reference names".into()));
-    }
-    let fc1 = dims("blocks.0.mlp.fc1.weight")?;
-    let mlp_ratio = fc1[0] as f64 / hidden as f64;
-    let out = dims("final_layer.linear.weight")?[0];
-    let learn_sigma = match out / (p * p) {
-        c if c == 2 * in_channels => true,
-        c if c == in_channels => false,
-        _ => return Err(bad(format!("tensor 'final_layer.linear.weight' has {out} outputs, neither {p}²×{in_channels} nor twice that"))),
-    };
-    let num_classes = match tensors.get(CLASS_TABLE) {
-        Some(t) => t.dim(0)?.saturating_sub(1),
-        None => 0,
-    };
-    let from_pos = match tensors.get("pos_embed") {
-        Some(t) => {
-            let n = t.dims().get(1).copied().unwrap_or(0);
-            let g = (n as f64).sqrt().round() as usize;
-            if g * g != n {
-                return Err(bad(format!("tensor 'pos_embed' has {n} positions, not a square grid")));
-            }
-            Some(g * p)
-        }
-        None => None,
-    };
-    let input_size = input_size.or(from_pos).ok_or_else(|| {
-        bad("the weights have no 'pos_embed' to tell the input size: give the model's input size (model.inputSize)".into())
-    })?;
-    let reference = reference_heads(hidden);
-    let num_heads = match (num_heads, reference) {
-        (Some(h), _) => h,
-        (None, Some((h, _, _))) => h,
-        (None, None) => {
-            return Err(bad(format!(
-                "a DiT {hidden} wide is no reference size, so its heads cannot be read from the tensors: give model.numHeads"
-            )))
-        }
-    };
-    if let Some(pos) = tensors.get("pos_embed") {
-        check_pos_embed(pos, hidden, input_size / p, path)?;
-    }
-    let preset = reference
-        .filter(|&(h, _, d)| h == num_heads && d == depth && mlp_ratio == 4.0 && matches!(p, 2 | 4 | 8))
-        .map(|(_, size, _)| format!("DiT-{size}/{p}"));
-    let model = ModelConfig {
-        input_size,
-        in_channels,
-        patch_size: p,
-        hidden_size: hidden,
-        depth,
-        num_heads,
-        mlp_ratio,
-        num_classes,
-        learn_sigma,
-        class_dropout_prob: 0.1,
-    };
+/// The architecture of DiT weights ([`dit::infer_config`]), named by its reference preset when it is one.
+pub fn infer_architecture(tensors: &HashMap<String, Tensor>, path: &Path, hints: ConfigHints) -> Result<Architecture> {
+    let model = dit::infer_config(tensors, path, hints)?;
+    let preset = ["S", "B", "L", "XL"]
+        .iter()
+        .map(|size| format!("DiT-{size}/{}", model.patch_size))
+        .find(|name| {
+            ModelConfig::preset(name, model.input_size, model.in_channels, model.num_classes)
+                .is_ok_and(|p| ModelConfig { learn_sigma: model.learn_sigma, class_dropout_prob: model.class_dropout_prob, ..p } == model)
+        });
     Ok(Architecture { model, preset })
-}
-
-/// sadm computes DiT's fixed 2-D sin-cos position embedding instead of loading it, so a file whose `pos_embed`
-/// is another (learned, or of another layout) would run wrongly: refused.
-fn check_pos_embed(pos: &Tensor, hidden: usize, grid: usize, path: &Path) -> Result<()> {
-    let ours = crate::nn::sincos_pos_embed(hidden, grid, &Device::Cpu)?.unsqueeze(0)?;
-    let theirs = pos.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?;
-    if theirs.dims() != ours.dims() {
-        return Err(Error::checkpoint(path, format!("tensor 'pos_embed' has shape {:?}, not {:?}", theirs.dims(), ours.dims())));
-    }
-    let diff = (theirs - &ours)?.abs()?.max_all()?.to_scalar::<f32>()?;
-    // fp16 storage rounds the embedding (values in [-1, 1]) by up to 5e-4.
-    if diff > 1e-3 {
-        return Err(Error::checkpoint(
-            path,
-            format!("tensor 'pos_embed' is not DiT's fixed sin-cos embedding (off by {diff:.3}): sadm cannot run a DiT with another position embedding"),
-        ));
-    }
-    Ok(())
 }
 
 /// DiT weights from a file (torch.save or safetensors), with their architecture; DiT's own diffusion settings
 /// (1,000 linear-β steps, ε-prediction) come with them, as DiT trained them.
 pub fn load_dit_weights(path: &Path, num_heads: Option<usize>, device: &Device) -> Result<(CoreConfig, HashMap<String, Tensor>)> {
     let tensors = checkpoint::load_pretrained(path, device)?;
-    let arch = infer_architecture(&tensors, path, None, num_heads)?;
+    let arch = infer_architecture(&tensors, path, ConfigHints { input_size: None, num_heads })?;
     // tiny_mnist's diffusion settings are DiT's; the discriminator is not used for sampling.
     let mut cfg = CoreConfig::tiny_mnist();
     cfg.discriminator.patch_size = arch.model.patch_size;
     cfg.model = arch.model;
-    let varmap = candle_nn::VarMap::new();
-    crate::model::dit::DiT::new(&cfg.model, candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu))?;
-    checkpoint::check_shapes(path, &checkpoint::expected(&crate::nn::sorted_vars(&varmap)), &tensors, &["pos_embed"])?;
     Ok((cfg, tensors))
 }
 
@@ -182,7 +77,7 @@ mod tests {
     fn the_published_checkpoints_are_dit_xl_2_at_latent_32_and_64() {
         for (layout, size) in [("DiT-XL-2-256x256", 32), ("DiT-XL-2-512x512", 64)] {
             let t = published(layout);
-            let a = infer_architecture(&t, Path::new(layout), None, None).unwrap();
+            let a = infer_architecture(&t, Path::new(layout), ConfigHints::default()).unwrap();
             assert_eq!(a.preset.as_deref(), Some("DiT-XL/2"), "{layout}");
             let want = ModelConfig { class_dropout_prob: 0.1, ..ModelConfig::preset("DiT-XL/2", size, 4, 1000).unwrap() };
             assert_eq!(a.model, want, "{layout}");
@@ -198,16 +93,16 @@ mod tests {
         let p = Path::new("x.pt");
         let mut t = published("DiT-XL-2-256x256");
         t.insert("pos_embed".into(), Tensor::zeros((1, 256, 1152), DType::F32, &Device::Cpu).unwrap());
-        let e = infer_architecture(&t, p, None, None).unwrap_err().to_string();
-        assert!(e.contains("tensor 'pos_embed' is not DiT's fixed sin-cos embedding"), "{e}");
+        let e = infer_architecture(&t, p, ConfigHints::default()).unwrap_err().to_string();
+        assert!(e.contains("pos_embed"), "{e}");
         let mut t = published("DiT-XL-2-256x256");
         t.remove("x_embedder.proj.weight");
-        let e = infer_architecture(&t, p, None, None).unwrap_err().to_string();
+        let e = infer_architecture(&t, p, ConfigHints::default()).unwrap_err().to_string();
         assert!(e.contains("tensor 'x_embedder.proj.weight' is missing: these are not DiT weights"), "{e}");
         let mut t = published("DiT-XL-2-256x256");
         t.insert("x_embedder.proj.weight".into(), Tensor::zeros((96, 4, 2, 2), DType::F32, &Device::Cpu).unwrap());
-        let e = infer_architecture(&t, p, Some(32), None).unwrap_err().to_string();
-        assert!(e.contains("a DiT 96 wide is no reference size, so its heads cannot be read from the tensors: give model.numHeads"), "{e}");
+        let e = infer_architecture(&t, p, ConfigHints { input_size: Some(32), num_heads: None }).unwrap_err().to_string();
+        assert!(e.contains("its hidden size 96 is not a reference DiT's"), "{e}");
     }
 
     /// The reference DiT (DiT's models.py, in testdata/pth_reference.py) saved with torch.save and run by sadm.

@@ -4,8 +4,13 @@
 use crate::config::{ModelConfig, Precision};
 use crate::nn::{self, ada_layer_norm, gated_residual, Attention, Init, Linear, Mlp, LN_EPS};
 use crate::rng::Rng;
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use crate::error::Error;
+use candle_core::{DType, Device, Module, Result, Shape, Tensor, D};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Embedding, VarBuilder, VarMap};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
 
 const FREQ_EMBED_SIZE: usize = 256;
 
@@ -184,6 +189,157 @@ pub fn new_trainable(cfg: &ModelConfig, rng: &mut Rng, device: &Device) -> Resul
     Ok((model, varmap))
 }
 
+/// Records the names and shapes a model asks for and hands out zero-stride views, so that a model is described
+/// without allocating it.
+struct ShapeRecorder<'a>(&'a Mutex<Vec<(String, Vec<usize>)>>);
+
+impl SimpleBackend for ShapeRecorder<'_> {
+    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), s.dims().to_vec()));
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
+        candle_core::bail!("{name}: a parameter without a shape")
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// The names and shapes of the parameters of a DiT of `cfg`, sorted by name: what its weights must hold. Nothing
+/// is allocated (DiT-XL/2 has 675 M parameters).
+pub fn parameter_shapes(cfg: &ModelConfig) -> Result<Vec<(String, Vec<usize>)>> {
+    let shapes = Mutex::new(vec![]);
+    DiT::new(cfg, VarBuilder::from_backend(Box::new(ShapeRecorder(&shapes)), DType::F32, Device::Cpu))?;
+    let mut shapes = shapes.into_inner().unwrap_or_else(|e| e.into_inner());
+    shapes.sort();
+    Ok(shapes)
+}
+
+/// The head counts of the reference presets (DiT-S, B, L, XL) by hidden size: weights do not record them.
+fn reference_heads(hidden_size: usize) -> Option<usize> {
+    match hidden_size {
+        384 => Some(6),
+        768 => Some(12),
+        1024 => Some(16),
+        1152 => Some(16),
+        _ => None,
+    }
+}
+
+/// What [`infer_config`] cannot read from the weights: the latent side when they have no `pos_embed`, and the
+/// head count of a hidden size that is not a reference preset's. A hint the weights contradict is an error.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConfigHints {
+    pub input_size: Option<usize>,
+    pub num_heads: Option<usize>,
+}
+
+/// The architecture of DiT weights in the reference names (a published or converted checkpoint, e.g. the
+/// `DiT-XL-2-256x256.pt` state dict is DiT-XL/2 on 32² × 4 latents, 1,000 classes, learned Σ), read from their
+/// shapes; every tensor is then checked against that architecture, and a `pos_embed` against sadm's fixed sin-cos
+/// table ([`check_pos_embed`]). The class-dropout probability is not in the weights: DiT's 0.1.
+pub fn infer_config(tensors: &HashMap<String, Tensor>, path: &Path, hints: ConfigHints) -> crate::Result<ModelConfig> {
+    let err = |msg: String| Error::checkpoint(path, msg);
+    let dims = |name: &str| {
+        tensors.get(name).map(|t| t.dims()).ok_or_else(|| err(format!("tensor '{name}' is missing: these are not DiT weights in the reference names")))
+    };
+    let (hidden_size, in_channels, patch_size) = match *dims("x_embedder.proj.weight")? {
+        [d, c, p, q] if p == q && d > 0 && c > 0 && p > 0 => (d, c, p),
+        ref other => return Err(err(format!("tensor 'x_embedder.proj.weight' has shape {other:?}, not a DiT patch embedding's [hidden, channels, patch, patch]"))),
+    };
+    let depth = (0..).take_while(|i| tensors.contains_key(&format!("blocks.{i}.attn.qkv.weight"))).count();
+    let mlp_hidden = dims("blocks.0.attn.qkv.weight").and_then(|_| dims("blocks.0.mlp.fc1.weight"))?[0];
+    let num_classes = match tensors.get(CLASS_TABLE) {
+        Some(table) if table.dim(0)? > 0 => table.dim(0)? - 1,
+        Some(_) => return Err(err(format!("tensor '{CLASS_TABLE}' has no rows"))),
+        None => 0,
+    };
+    let out = dims("final_layer.linear.weight")?[0];
+    let per_channel = patch_size * patch_size * in_channels;
+    let learn_sigma = match out {
+        o if o == 2 * per_channel => true,
+        o if o == per_channel => false,
+        o => {
+            return Err(err(format!(
+                "tensor 'final_layer.linear.weight' has {o} outputs, neither patch² × channels ({per_channel}) nor twice that (a learned Σ): not a DiT's final layer"
+            )))
+        }
+    };
+    let input_size = match (tensors.get("pos_embed"), hints.input_size) {
+        (Some(pe), hint) => {
+            let size = pos_embed_grid(pe, hidden_size, path)? * patch_size;
+            if let Some(h) = hint.filter(|&h| h != size) {
+                return Err(err(format!("its pos_embed is for latents of side {size}, not the {h} asked for")));
+            }
+            size
+        }
+        (None, Some(h)) => h,
+        (None, None) => return Err(err("has no pos_embed to tell the latent size: give the input size (the latent side, e.g. 32 for 256×256 images)".into())),
+    };
+    let num_heads = hints.num_heads.or(reference_heads(hidden_size)).ok_or_else(|| {
+        err(format!("its hidden size {hidden_size} is not a reference DiT's (384, 768, 1024 or 1152), so its head count is unknown: give the number of heads"))
+    })?;
+    if hidden_size % num_heads != 0 || hidden_size % 4 != 0 || input_size % patch_size != 0 {
+        return Err(err(format!(
+            "hidden size {hidden_size}, {num_heads} heads, patch {patch_size} and latent side {input_size} do not make a DiT (the heads and 4 must divide the hidden size, the patch the side)"
+        )));
+    }
+    let cfg = ModelConfig {
+        input_size,
+        in_channels,
+        patch_size,
+        hidden_size,
+        depth,
+        num_heads,
+        mlp_ratio: mlp_hidden as f64 / hidden_size as f64,
+        num_classes,
+        learn_sigma,
+        class_dropout_prob: 0.1,
+    };
+    crate::io::checkpoint::check_shapes(path, &parameter_shapes(&cfg)?, tensors, &["pos_embed"])?;
+    check_pos_embed(tensors, path)?;
+    Ok(cfg)
+}
+
+/// The side of the token grid of a `pos_embed` [1, grid², hidden].
+fn pos_embed_grid(pe: &Tensor, hidden_size: usize, path: &Path) -> crate::Result<usize> {
+    match *pe.dims() {
+        [1, n, d] if d == hidden_size && n.isqrt() * n.isqrt() == n && n > 0 => Ok(n.isqrt()),
+        ref other => Err(Error::checkpoint(path, format!("tensor 'pos_embed' has shape {other:?}, not [1, grid², {hidden_size}]"))),
+    }
+}
+
+/// A `pos_embed` in the weights must be the fixed 2-D sin-cos table sadm computes instead of loading (to 1e-5, or
+/// to the rounding of the format it was saved in): another table (learned, or laid out otherwise) would make sadm
+/// run a different model than the checkpoint's.
+pub fn check_pos_embed(tensors: &HashMap<String, Tensor>, path: &Path) -> crate::Result<()> {
+    let Some(pe) = tensors.get("pos_embed") else { return Ok(()) };
+    let hidden_size = pe.dims().last().copied().unwrap_or(0);
+    let grid = pos_embed_grid(pe, hidden_size, path)?;
+    if hidden_size % 4 != 0 {
+        return Err(Error::checkpoint(path, format!("tensor 'pos_embed' has width {hidden_size}, not a multiple of 4 as a 2-D sin-cos table's")));
+    }
+    let ours = nn::sincos_pos_embed(hidden_size, grid, &Device::Cpu)?;
+    let theirs = pe.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.squeeze(0)?;
+    let diff = (theirs - ours)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    // About four times the largest rounding error of values in [-1, 1] in each narrow format.
+    let tolerance = match pe.dtype() {
+        DType::F16 => 1e-3,
+        DType::BF16 => 8e-3,
+        DType::F8E4M3 => 0.13,
+        _ => 1e-5,
+    };
+    // NaN compares false: a table with NaNs fails too.
+    if !(diff <= tolerance) {
+        return Err(Error::checkpoint(
+            path,
+            format!("tensor 'pos_embed' is not DiT's fixed sin-cos embedding (it differs by up to {diff}), which sadm computes instead of loading: sadm would run this model wrongly"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +461,111 @@ mod tests {
                 / ((a.sqr()?.sum_all()?.sqrt()? * b.sqr()?.sum_all()?.sqrt()?)?.to_scalar::<f32>()? + 1e-12);
             assert!(cos > 0.99, "{name}: gradient cosine {cos} between bf16 and fp32");
         }
+        Ok(())
+    }
+
+    /// Weights of `shapes` that take no memory (zero-stride zeros), with the sin-cos `pos_embed` for `cfg`.
+    fn fake_weights(shapes: &[(String, Vec<usize>)], cfg: &ModelConfig) -> HashMap<String, Tensor> {
+        let zero = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+        let mut w: HashMap<String, Tensor> = shapes.iter().map(|(n, s)| (n.clone(), zero.broadcast_as(s.as_slice()).unwrap())).collect();
+        w.insert("pos_embed".into(), sincos_pos_embed_for(cfg, &Device::Cpu).unwrap());
+        w
+    }
+
+    fn testdata(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    }
+
+    #[test]
+    fn the_published_dit_xl2_layouts_are_recognised() -> crate::Result<()> {
+        // The reference models.py's state dicts of DiT-XL/2 at 256² and 512² (pth_reference.py).
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(testdata("dit_xl2_state_dict_shapes.json")).unwrap()).unwrap();
+        for (file, latent) in [("DiT-XL-2-256x256", 32), ("DiT-XL-2-512x512", 64)] {
+            let mut reference: Vec<(String, Vec<usize>)> = json[file]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e[0].as_str().unwrap().to_string(), e[1].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+                .collect();
+            reference.sort();
+            let preset = ModelConfig::preset("DiT-XL/2", latent, 4, 1000)?;
+            let grid = latent / 2;
+            let (pos, ours): (Vec<_>, Vec<_>) = reference.iter().cloned().partition(|(n, _)| n == "pos_embed");
+            assert_eq!(pos, [("pos_embed".to_string(), vec![1, grid * grid, 1152])]);
+            assert_eq!(ours, parameter_shapes(&preset)?, "{file}: sadm's DiT-XL/2 is not the reference's");
+            let mut w = fake_weights(&ours, &preset);
+            let path = Path::new(file);
+            assert_eq!(infer_config(&w, path, ConfigHints::default())?, preset);
+            // A hint the weights contradict, a missing or extra tensor, another position table: each named.
+            let e = |w: &HashMap<String, Tensor>, hints| infer_config(w, path, hints).unwrap_err().to_string();
+            let wrong = ConfigHints { input_size: Some(2 * latent), ..Default::default() };
+            assert!(e(&w, wrong).ends_with(&format!("its pos_embed is for latents of side {latent}, not the {} asked for", 2 * latent)));
+            let table = w.remove("blocks.3.mlp.fc2.bias").unwrap();
+            assert_eq!(e(&w, ConfigHints::default()), format!("checkpoint {file}: tensor 'blocks.3.mlp.fc2.bias' is missing"));
+            w.insert("blocks.3.mlp.fc2.bias".into(), table);
+            w.insert("blocks.28.attn.proj.bias".into(), Tensor::zeros(1152, DType::F32, &Device::Cpu)?);
+            assert!(e(&w, ConfigHints::default()).contains("unexpected tensor 'blocks.28.attn.proj.bias': the checkpoint is of another architecture"));
+            w.remove("blocks.28.attn.proj.bias");
+            let pe = w["pos_embed"].clone();
+            w.insert("pos_embed".into(), (&pe * 1.001)?);
+            assert!(e(&w, ConfigHints::default()).contains("tensor 'pos_embed' is not DiT's fixed sin-cos embedding"));
+            // In half precision, its rounding is not a difference.
+            w.insert("pos_embed".into(), pe.to_dtype(DType::BF16)?);
+            assert_eq!(infer_config(&w, path, ConfigHints::default())?, preset);
+            w.remove("pos_embed");
+            assert!(e(&w, ConfigHints::default()).contains("has no pos_embed to tell the latent size: give the input size"));
+            assert_eq!(infer_config(&w, path, ConfigHints { input_size: Some(latent), num_heads: None })?, preset);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn configs_are_read_back_from_their_weights() -> crate::Result<()> {
+        let mut uncond = ModelConfig::preset("DiT-B/4", 16, 3, 0)?;
+        uncond.learn_sigma = false;
+        let mut narrow = ModelConfig::preset("DiT-S/8", 64, 4, 5)?;
+        narrow.mlp_ratio = 2.0;
+        let mut custom = CoreConfig::tiny_mnist().model;
+        custom.class_dropout_prob = 0.1;
+        for cfg in [ModelConfig::preset("DiT-L/2", 32, 4, 1000)?, uncond, narrow, custom.clone()] {
+            let w = fake_weights(&parameter_shapes(&cfg)?, &cfg);
+            let hints = ConfigHints { num_heads: reference_heads(cfg.hidden_size).is_none().then_some(cfg.num_heads), ..Default::default() };
+            assert_eq!(infer_config(&w, Path::new("w"), hints)?, cfg);
+        }
+        let w = fake_weights(&parameter_shapes(&custom)?, &custom);
+        let e = infer_config(&w, Path::new("w"), ConfigHints::default()).unwrap_err().to_string();
+        assert!(e.contains("its hidden size 64 is not a reference DiT's (384, 768, 1024 or 1152), so its head count is unknown"), "{e}");
+        let mut other = w.clone();
+        other.insert("final_layer.linear.weight".into(), Tensor::zeros((48, 64), DType::F32, &Device::Cpu)?);
+        let e = infer_config(&other, Path::new("w"), ConfigHints::default()).unwrap_err().to_string();
+        assert!(e.contains("tensor 'final_layer.linear.weight' has 48 outputs, neither patch² × channels (16) nor twice that"), "{e}");
+        let mut other = w.clone();
+        other.remove("x_embedder.proj.weight");
+        let e = infer_config(&other, Path::new("w"), ConfigHints::default()).unwrap_err().to_string();
+        assert_eq!(e, "checkpoint w: tensor 'x_embedder.proj.weight' is missing: these are not DiT weights in the reference names");
+        Ok(())
+    }
+
+    #[test]
+    fn the_reference_dit_runs_the_same_from_its_pt_file() -> crate::Result<()> {
+        // DiT's models.py at depth 2, hidden 64, 4 heads, patch 2, 8² × 4 latents, 10 classes, learned Σ, with
+        // every layer random; its torch.save(model.state_dict()) and its float64 output (pth_reference.py).
+        let path = testdata("pth_dit_small.pt");
+        let w = crate::io::pth::load_pth(&path, None, &Device::Cpu)?;
+        assert!(w.key.is_none() && w.tensors.contains_key("pos_embed"));
+        let e = infer_config(&w.tensors, &path, ConfigHints::default()).unwrap_err().to_string();
+        assert!(e.contains("give the number of heads"), "{e}");
+        let cfg = infer_config(&w.tensors, &path, ConfigHints { num_heads: Some(4), input_size: None })?;
+        let want = ModelConfig { input_size: 8, in_channels: 4, patch_size: 2, hidden_size: 64, depth: 2, num_heads: 4, mlp_ratio: 4.0, num_classes: 10, learn_sigma: true, class_dropout_prob: 0.1 };
+        assert_eq!(cfg, want);
+        let dit = DiT::new(&cfg, VarBuilder::from_tensors(w.tensors, DType::F32, &Device::Cpu))?;
+        let r = candle_core::safetensors::load(testdata("pth_dit_small_reference.safetensors"), &Device::Cpu)?;
+        let y = r["y"].to_dtype(DType::U32)?;
+        let out = dit.forward(&r["x"], &r["t"], Some(&y))?;
+        let scale = r["out"].abs()?.max_all()?.to_scalar::<f32>()?;
+        let err = (&out - &r["out"])?.abs()?.max_all()?.to_scalar::<f32>()? / scale;
+        assert!(scale > 0.5, "a trivial reference (max |out| = {scale})");
+        assert!(err <= 1e-5, "max |sadm - reference| / max |reference| = {err}");
         Ok(())
     }
 
