@@ -291,7 +291,7 @@ describe("bad data (image folders, through the CLI)", () => {
   }, 120_000);
 });
 
-describe("bad latents and VAEs (through the CLI)", () => {
+describe("bad latents, VAEs and .pt files (through the CLI)", () => {
   const VAE = path.join(process.cwd(), "tests", "data", "tiny-vae");
   const IMAGES = path.join(process.cwd(), "tests", "data", "tiny-vae-images");
   let root = "";
@@ -308,6 +308,12 @@ describe("bad latents and VAEs (through the CLI)", () => {
   };
   const config = (): Record<string, unknown> => JSON.parse(fs.readFileSync(path.join(VAE, "config.json"), "utf8")) as Record<string, unknown>;
   const weights = (): Buffer => fs.readFileSync(path.join(VAE, "diffusion_pytorch_model.safetensors"));
+  const pt = (name: string): string => path.join(process.cwd(), "crates", "sadm-core", "testdata", name);
+  const truncatedPt = (): string => {
+    const f = path.join(root, "cut.pt");
+    fs.writeFileSync(f, fs.readFileSync(pt("pth_dit_small.pt")).subarray(0, 3000));
+    return f;
+  };
   const TRAIN = ["train", "--steps", "1", "--batch-size", "1", "--lambda", "0", "--set", "model.hiddenSize=32", "--set", "model.depth=1",
     "--set", "model.numHeads=2", "--set", "sampleEvery=0"];
   const CASES: Array<[name: string, args: () => string[], expected: RegExp]> = [
@@ -331,6 +337,18 @@ describe("bad latents and VAEs (through the CLI)", () => {
       /config\.model\.inputSize: must match the latents, which are 16×16 \(got 8\): encode the images at the run's resolution, or start a new run/],
     ["latents with a VAE on an image run", () => [...TRAIN, "--data", IMAGES, "--resolution", "16", "--vae", VAE, "--out", path.join(root, "r2")],
       /config\.vae: decodes latents; the folder data are images/],
+    ["a .pt that is not a state dict", () => ["sample", "-k", pt("pth_list.pt"), "--out", path.join(root, "p1.png")],
+      /pth_list\.pt: holds a list, not a state dict \(a dict of named tensors\): save one with torch\.save\(model\.state_dict\(\), path\)/],
+    ["a truncated .pt", () => ["sample", "-k", truncatedPt(), "--out", path.join(root, "p2.png")],
+      /cut\.pt: is truncated or damaged: .*download or copy it again/],
+    ["a .pt whose pickle asks to run code", () => ["finetune", "--from", pt("pth_os_system.pt"), "--data", latents, "--out", path.join(root, "p3")],
+      /pth_os_system\.pt: refused: its pickle calls os\.system, and sadm never runs code from a checkpoint/],
+    ["a whole module saved with torch.save(model)", () => ["sample", "-k", pt("pth_module.pt"), "--out", path.join(root, "p4.png")],
+      /pth_module\.pt: refused: its pickle calls __main__\.TinyNet.*save only the weights with torch\.save\(model\.state_dict\(\), path\)/],
+    ["a .pt in PyTorch's legacy format", () => ["sample", "-k", pt("pth_legacy.pt"), "--out", path.join(root, "p5.png")],
+      /pth_legacy\.pt: is in PyTorch's legacy format .*re-save it/],
+    ["a .pt of no reference DiT width without its heads", () => ["sample", "-k", pt("pth_dit_small.pt"), "--out", path.join(root, "p6.png")],
+      /pth_dit_small\.pt: its hidden size 64 is not a reference DiT's .*give the number of heads/],
     ["decoding a file without latents", () => ["decode", "--latents", path.join(VAE, "diffusion_pytorch_model.safetensors"), "--vae", VAE, "--out", path.join(root, "d1")],
       /has several \[N, C, h, w\] tensors .*: name the latents with --tensor/],
   ];

@@ -304,7 +304,8 @@ function findModel(req: SampleRequest, device: string): {
     try {
       model = loadNative(device).NativeModel.fromWeights(file, device, req.numHeads);
     } catch (e) {
-      throw NativeError.wrap(e, `cannot load ${file}`);
+      // The core's message names the file already.
+      throw NativeError.wrap(e);
     }
     return { source: { file, model }, facts: modelFacts(model.configJson()), classNames: undefined, trainedVae: undefined };
   }
