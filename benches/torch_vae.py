@@ -55,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     vae = AutoencoderKL(**SD).eval()
-    weights_rss = rss_mib("VmRSS:")
+    loaded_rss = rss_mib("VmRSS:")
     row = {"side": "torch", "mode": mode, "threads": threads, "torch": torch.__version__}
     with torch.inference_mode():
         if mode == "throughput":
@@ -77,7 +77,7 @@ def main() -> None:
             assert tuple(out.shape) == (1, 3, 512, 512)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
-    row |= {"peakRssMiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "weightsRssMiB": weights_rss}
+    row |= {"peakRssMiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "loadedRssMiB": loaded_rss}
     print(json.dumps(row))
 
 
