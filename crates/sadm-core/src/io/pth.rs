@@ -82,9 +82,10 @@ fn read(path: &Path, key: Option<&str>, device: &Device) -> std::result::Result<
     let prefix = archive.prefix()?;
     archive.check_byte_order(&prefix)?;
 
-    let pickle = archive.entry(&format!("{prefix}/data.pkl"))?;
+    let mut buf = vec![];
+    let mut pickle = archive.entry(&format!("{prefix}/data.pkl"), &mut buf)?;
     let mut stack = Stack::empty();
-    stack.read_loop(&mut pickle.as_slice()).map_err(|e| {
+    stack.read_loop(&mut pickle).map_err(|e| {
         format!(
             "its data.pkl is not a pickle sadm reads ({}): sadm reads pickle protocol 2, torch.save's default; \
              re-save it with torch.save(state_dict, path) without pickle_protocol",
@@ -105,9 +106,9 @@ fn read(path: &Path, key: Option<&str>, device: &Device) -> std::result::Result<
     }
     let mut tensors = HashMap::new();
     for (storage, views) in by_storage {
-        let bytes = archive.entry(&format!("{prefix}/data/{storage}"))?;
+        let bytes = archive.entry(&format!("{prefix}/data/{storage}"), &mut buf)?;
         for (name, r) in views {
-            let t = r.tensor(&bytes, device).map_err(|e| format!("tensor '{name}' (storage data/{storage}): {e}"))?;
+            let t = r.tensor(bytes, device).map_err(|e| format!("tensor '{name}' (storage data/{storage}): {e}"))?;
             tensors.insert(name, t);
         }
     }
@@ -163,8 +164,8 @@ impl Archive {
         if self.zip.index_for_name(&name).is_none() {
             return Ok(());
         }
-        let order = self.entry(&name)?;
-        match String::from_utf8_lossy(&order).trim() {
+        let mut order = vec![];
+        match String::from_utf8_lossy(self.entry(&name, &mut order)?).trim() {
             "little" => Ok(()),
             order => Err(format!(
                 "was written on a {order}-endian machine (its byteorder record says '{order}'), and sadm reads \
@@ -173,8 +174,9 @@ impl Archive {
         }
     }
 
-    /// The bytes of one entry, checked against its CRC-32 as they are read.
-    fn entry(&mut self, name: &str) -> std::result::Result<Vec<u8>, String> {
+    /// The bytes of one entry, read into `buf` and checked against their CRC-32. `buf` only grows, so that reading
+    /// entry after entry neither zeroes nor maps fresh memory for each.
+    fn entry<'b>(&mut self, name: &str, buf: &'b mut Vec<u8>) -> std::result::Result<&'b [u8], String> {
         let rewritten = |how: String| {
             format!(
                 "its entry '{name}' is {how}, and torch.save stores entries as they are: the archive was rewritten \
@@ -192,14 +194,20 @@ impl Archive {
         if f.size() > self.len {
             return Err(format!("its entry '{name}' claims {} bytes, more than the file has: the archive is damaged", f.size()));
         }
-        let mut bytes = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut bytes).map_err(|e| {
-            let why = if e.kind() == std::io::ErrorKind::InvalidData { "its CRC-32 does not match" } else { "it cannot be read" };
+        let size = f.size() as usize;
+        if buf.len() < size {
+            buf.resize(size, 0);
+        }
+        let bytes = &mut buf[..size];
+        // The CRC-32 is checked when the reader meets the entry's end, which the last read reaches.
+        f.read_exact(bytes).and_then(|_| f.read(&mut [0]).map(drop)).map_err(|e| {
+            let why = match e.kind() {
+                std::io::ErrorKind::InvalidData => "its CRC-32 does not match",
+                std::io::ErrorKind::UnexpectedEof => "it is shorter than its record says",
+                _ => "it cannot be read",
+            };
             format!("its entry '{name}' is corrupt ({why}: {e}): download or copy it again")
         })?;
-        if bytes.len() as u64 != f.size() {
-            return Err(format!("its entry '{name}' is truncated ({} of {} bytes): download or copy it again", bytes.len(), f.size()));
-        }
         Ok(bytes)
     }
 }
