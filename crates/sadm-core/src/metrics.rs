@@ -235,7 +235,8 @@ mod tests {
         let mean: f64 = mu1.iter().zip(&mu2).map(|(p, q)| (p - q).powi(2)).sum();
         let want = mean + (0..d).map(|i| s1[(i, i)] + s2[(i, i)]).sum::<f64>() - 2.0 * tr_sqrt;
         let fd = frechet_distance(&x, &y, d).unwrap();
-        assert!((fd - want).abs() < 1e-8 * want, "{fd} vs {want}");
+        // The two forms sum ~10³ products in different orders, and FD is a difference of terms ~10× its size.
+        assert!((fd - want).abs() < 1e-7 * want, "{fd} vs {want}");
         // The null space's eigenvalues are rounding noise (~1e-16) whose square roots (~1e-8) add up.
         let same = frechet_distance(&x, &x, d).unwrap();
         assert!(same.abs() < 1e-5 * (0..d).map(|i| s1[(i, i)]).sum::<f64>(), "{same}");
