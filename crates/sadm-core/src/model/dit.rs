@@ -14,10 +14,10 @@ use std::sync::Mutex;
 
 const FREQ_EMBED_SIZE: usize = 256;
 
-/// Sinusoidal timestep features (cos then sin), [B] → [B, dim], max period 10000.
 /// The class-embedding table's name (its row count is numClasses + 1, the last row the null class).
 pub const CLASS_TABLE: &str = "y_embedder.embedding_table.weight";
 
+/// Sinusoidal timestep features (cos then sin), [B] → [B, dim], max period 10000.
 pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half).map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32).collect();
