@@ -13,6 +13,8 @@ Files (all small; the values are formulas the Rust tests recompute):
   tensor), pth_list.pt, pth_no_tensors.pt, pth_protocol4.pt (pickle protocol 4), pth_big_endian.pt (a copy whose
   byteorder record says "big"), pth_deflated.pt (a copy with compressed entries), pth_no_data_pkl.pt (a zip
   without data.pkl), pth_torchscript.pt (torch.jit.save).
+- hand-made archives laid out as torch.save's: pth_huge_stride.pt (a size-1 dimension with stride 2⁶², which
+  loads) and pth_out_of_bounds.pt (a view reaching past its storage's end, refused).
 - pth_dit_small.pt: the state dict (pos_embed included, as DiT saves it) of the reference DiT below at depth 2,
   hidden 64, 4 heads, patch 2, input 8, 4 channels, learned sigma, 10 classes, with seeded weights (the
   zero-initialised adaLN and final layers and all biases re-randomised); pth_dit_small_reference.safetensors: inputs x, t, y and
@@ -26,11 +28,13 @@ the timm versions DiT used compute them.
     ~/.cache/sadm-torch-venv/bin/python crates/sadm-core/testdata/pth_reference.py
 """
 import argparse
+import collections
 import copy
 import io
 import json
 import math
 import os
+import pickle
 import zipfile
 
 import numpy as np
@@ -381,6 +385,42 @@ def refused():
                 dst.writestr(info.filename, edit(info.filename, src.read(info.filename)))
 
 
+class _Storage:
+    """Stands for storage data/0 in a hand-made archive."""
+
+
+class _View:
+    """A tensor record as torch pickles one, with any offset, size and stride (torch refuses to make bad ones)."""
+
+    def __init__(self, offset, size, stride):
+        self.args = (_Storage(), offset, size, stride, False, collections.OrderedDict())
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+def hand_made(name, views, storage):
+    """An archive laid out as torch.save's, whose data/0 is `storage` (float32) and whose tensors are `views`."""
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", len(storage)) if isinstance(obj, _Storage) else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump(views)
+    with zipfile.ZipFile(out(name), "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/version", "3\n")
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/data/0", np.asarray(storage, dtype="<f4").tobytes())
+
+
+def crafted():
+    # A size-1 dimension's stride does not matter, however large; a view past its storage's end is damage.
+    hand_made("pth_huge_stride.pt", {"w": _View(1, (1, 3), (2**62, 1))}, [0.0, 1.0, 2.0, 3.0])
+    hand_made("pth_out_of_bounds.pt", {"w": _View(2, (2, 2), (2, 1))}, [0.0, 1.0, 2.0, 3.0])
+
+
 def dit_small():
     torch.manual_seed(0)
     model = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, num_classes=10)
@@ -424,6 +464,7 @@ def main():
     views()
     nested()
     refused()
+    crafted()
     dit_small()
     dit_xl2_shapes()
 

@@ -15,6 +15,12 @@ use std::path::Path;
 use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive};
 
+/// A failure's message, without the file's path, which [`load_pth`] puts first.
+type Fallible<T> = std::result::Result<T, String>;
+
+/// A pickled dict's (key, value) pairs.
+type Entries = Vec<(Object, Object)>;
+
 /// The tensors of a `torch.save` file, and where in it they were.
 pub struct PthWeights {
     pub tensors: HashMap<String, Tensor>,
@@ -58,13 +64,16 @@ pub fn load_pth(path: &Path, key: Option<&str>, device: &Device) -> Result<PthWe
     read(path, key, device).map_err(|msg| Error::checkpoint(path, msg))
 }
 
-fn read(path: &Path, key: Option<&str>, device: &Device) -> std::result::Result<PthWeights, String> {
+fn read(path: &Path, key: Option<&str>, device: &Device) -> Fallible<PthWeights> {
     let mut file = File::open(path).map_err(|e| format!("cannot be opened: {e}"))?;
     let len = file.metadata().map_err(|e| format!("cannot be read: {e}"))?.len();
     let mut head = Vec::with_capacity(LEGACY_MAGIC.len());
     (&mut file).take(LEGACY_MAGIC.len() as u64).read_to_end(&mut head).map_err(|e| format!("cannot be read: {e}"))?;
     if head.starts_with(&LEGACY_MAGIC) {
         return Err(legacy_format(path));
+    }
+    if head.get(8) == Some(&b'{') {
+        return Err("is a safetensors file, not a torch.save one: read it as safetensors".into());
     }
     if head.first() == Some(&0x80) {
         return Err("is a pickle but not a torch.save file (neither a zip archive nor PyTorch's legacy format): \
@@ -143,7 +152,7 @@ struct Archive {
 
 impl Archive {
     /// The archive's top folder (torch names it after the file), from its `<prefix>/data.pkl`.
-    fn prefix(&mut self) -> std::result::Result<String, String> {
+    fn prefix(&mut self) -> Fallible<String> {
         let names: Vec<String> = self.zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
         let prefix = names
             .iter()
@@ -159,7 +168,7 @@ impl Archive {
 
     /// Storages are written in the saving machine's byte order, which newer archives record (older ones were
     /// all little-endian).
-    fn check_byte_order(&mut self, prefix: &str) -> std::result::Result<(), String> {
+    fn check_byte_order(&mut self, prefix: &str) -> Fallible<()> {
         let name = format!("{prefix}/byteorder");
         if self.zip.index_for_name(&name).is_none() {
             return Ok(());
@@ -176,7 +185,7 @@ impl Archive {
 
     /// The bytes of one entry, read into `buf` and checked against their CRC-32. `buf` only grows, so that reading
     /// entry after entry neither zeroes nor maps fresh memory for each.
-    fn entry<'b>(&mut self, name: &str, buf: &'b mut Vec<u8>) -> std::result::Result<&'b [u8], String> {
+    fn entry<'b>(&mut self, name: &str, buf: &'b mut Vec<u8>) -> Fallible<&'b [u8]> {
         let rewritten = |how: String| {
             format!(
                 "its entry '{name}' is {how}, and torch.save stores entries as they are: the archive was rewritten \
@@ -225,7 +234,7 @@ fn display_name(module: &str, name: &str) -> String {
 /// Refuses every global the pickle names that is not a torch tensor, storage or dtype, an `OrderedDict`, or the
 /// `argparse.Namespace` of DiT's `train.py` checkpoints: nothing is ever called, but a pickle that would call
 /// something else is not a checkpoint of weights.
-fn check_callables(obj: &Object, depth: usize) -> std::result::Result<(), String> {
+fn check_callables(obj: &Object, depth: usize) -> Fallible<()> {
     if depth > MAX_DEPTH {
         return Err(format!("its pickle nests objects deeper than {MAX_DEPTH} levels: it is not a state dict"));
     }
@@ -253,12 +262,21 @@ fn check_callables(obj: &Object, depth: usize) -> std::result::Result<(), String
     }
 }
 
+/// The functions torch pickles a tensor with (`Tensor.__reduce_ex__`, `Parameter.__reduce_ex__`).
+const TENSOR_REBUILDERS: [(&str, &str); 5] = [
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor_v3"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+];
+
 fn allowed(module: &str, name: &str) -> bool {
+    if TENSOR_REBUILDERS.contains(&(module, name)) {
+        return true;
+    }
     match module {
-        "torch._utils" => {
-            matches!(name, "_rebuild_tensor_v2" | "_rebuild_tensor_v3" | "_rebuild_parameter" | "_rebuild_parameter_with_state")
-        }
-        "torch._tensor" => matches!(name, "_rebuild_from_type_v2" | "Tensor"),
+        "torch._tensor" => name == "Tensor",
         "torch" => name.ends_with("Storage") || name == "Tensor" || element(name).is_some(),
         "torch.storage" => name == "UntypedStorage",
         "torch.nn.parameter" => name == "Parameter",
@@ -337,14 +355,7 @@ fn class_name(obj: &Object) -> Option<(&str, &str)> {
 }
 
 fn rebuilds_tensor(obj: &Object) -> bool {
-    match obj {
-        Object::Reduce { callable, .. } => matches!(
-            class_name(callable),
-            Some(("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor_v3" | "_rebuild_parameter" | "_rebuild_parameter_with_state"))
-                | Some(("torch._tensor", "_rebuild_from_type_v2"))
-        ),
-        _ => false,
-    }
+    matches!(obj, Object::Reduce { callable, .. } if class_name(callable).is_some_and(|c| TENSOR_REBUILDERS.contains(&c)))
 }
 
 fn unicode(obj: &Object) -> Option<&str> {
@@ -361,7 +372,7 @@ fn keys_of(entries: &[(Object, Object)]) -> String {
 }
 
 /// The state dict in the file's object, and the top-level key it was under.
-fn select(root: Object, key: Option<&str>) -> std::result::Result<(Vec<(Object, Object)>, Option<String>), String> {
+fn select(root: Object, key: Option<&str>) -> Fallible<(Entries, Option<String>)> {
     let Object::Dict(mut entries) = root else {
         return Err(format!(
             "holds {}, not a state dict (a dict of named tensors): save one with torch.save(model.state_dict(), path)",
@@ -395,7 +406,7 @@ fn select(root: Object, key: Option<&str>) -> std::result::Result<(Vec<(Object, 
     ))
 }
 
-fn tensor_refs(entries: Vec<(Object, Object)>, key: Option<&str>) -> std::result::Result<Vec<(String, TensorRef)>, String> {
+fn tensor_refs(entries: Entries, key: Option<&str>) -> Fallible<Vec<(String, TensorRef)>> {
     let at = key.map(|k| format!(" under '{k}'")).unwrap_or_default();
     let mut refs = Vec::with_capacity(entries.len());
     for (name, value) in entries {
@@ -429,21 +440,23 @@ struct TensorRef {
     stride: Vec<usize>,
 }
 
-fn tensor_ref(obj: &Object) -> std::result::Result<Option<TensorRef>, String> {
+fn tensor_ref(obj: &Object) -> Fallible<Option<TensorRef>> {
     match obj {
         Object::Reduce { callable, args } => rebuild(callable, args),
         _ => Ok(None),
     }
 }
 
-fn items(obj: &Object) -> std::result::Result<&[Object], String> {
+fn items(obj: &Object) -> Fallible<&[Object]> {
     match obj {
         Object::Tuple(v) => Ok(v),
         other => Err(format!("malformed record: expected a tuple, found {}", kind(other))),
     }
 }
 
-fn index(obj: &Object) -> std::result::Result<usize, String> {
+/// A size, offset or stride: at most `i64::MAX` (pickle ints are signed), so that the view arithmetic cannot
+/// overflow once the view's extent is checked.
+fn index(obj: &Object) -> Fallible<usize> {
     match obj {
         Object::Int(i) if *i >= 0 => Ok(*i as usize),
         Object::Long(i) if *i >= 0 => usize::try_from(*i).map_err(|_| format!("malformed record: {i} is too large")),
@@ -451,12 +464,12 @@ fn index(obj: &Object) -> std::result::Result<usize, String> {
     }
 }
 
-fn indices(obj: &Object) -> std::result::Result<Vec<usize>, String> {
+fn indices(obj: &Object) -> Fallible<Vec<usize>> {
     items(obj)?.iter().map(index).collect()
 }
 
 /// Follows torch's rebuilding functions (`torch/_utils.py`) down to the storage view they restore.
-fn rebuild(callable: &Object, args: &Object) -> std::result::Result<Option<TensorRef>, String> {
+fn rebuild(callable: &Object, args: &Object) -> Fallible<Option<TensorRef>> {
     let Some(name) = class_name(callable) else { return Ok(None) };
     let args = || items(args);
     match name {
@@ -507,10 +520,11 @@ fn rebuild(callable: &Object, args: &Object) -> std::result::Result<Option<Tenso
 }
 
 impl TensorRef {
-    fn tensor(&self, storage: &[u8], device: &Device) -> std::result::Result<Tensor, String> {
+    fn tensor(&self, storage: &[u8], device: &Device) -> Fallible<Tensor> {
         let es = self.element.size();
         if matches!(self.element, Element::Unsupported) {
-            return Err(format!("its dtype is torch.{}, which sadm does not load (it loads float, int and bool tensors)", self.element_name));
+            let dtype = &self.element_name;
+            return Err(format!("its dtype is torch.{dtype}, which sadm does not load (it loads float, int and bool tensors)"));
         }
         if self.shape.len() != self.stride.len() {
             return Err(format!("malformed record: shape {:?} with strides {:?}", self.shape, self.stride));
@@ -524,7 +538,8 @@ impl TensorRef {
             return Tensor::zeros(self.shape.as_slice(), dtype, device).map_err(message);
         }
         // The furthest element the view reaches must lie in the storage.
-        let last = self.shape.iter().zip(&self.stride).try_fold(self.offset, |end, (&d, &s)| end.checked_add((d - 1).checked_mul(s)?));
+        let reach = |end: usize, (&d, &s): (&usize, &usize)| end.checked_add((d - 1).checked_mul(s)?);
+        let last = self.shape.iter().zip(&self.stride).try_fold(self.offset, reach);
         let end = last.and_then(|l| l.checked_add(1)?.checked_mul(es));
         if end.is_none_or(|end| end > storage.len()) {
             return Err(format!(
@@ -538,7 +553,10 @@ impl TensorRef {
             Cow::Owned(self.gather(storage, numel, es))
         };
         match self.element {
-            Element::Int8 => Tensor::from_vec(bytes.iter().map(|&b| b as i8 as i16).collect::<Vec<_>>(), self.shape.as_slice(), device),
+            Element::Int8 => {
+                let widened: Vec<i16> = bytes.iter().map(|&b| b as i8 as i16).collect();
+                Tensor::from_vec(widened, self.shape.as_slice(), device)
+            }
             _ => Tensor::from_raw_buffer(&bytes, dtype, &self.shape, device),
         }
         .map_err(message)
@@ -673,6 +691,12 @@ mod tests {
         assert_eq!(v("attr"), (vec![2], vec![4.0, 5.0]));
         // Loaded tensors are plain contiguous candle tensors, whatever view torch saved.
         assert!(w.tensors.values().all(|t| t.is_contiguous()));
+        // Hand-made records (pth_reference.py): a size-1 dimension of stride 2⁶² reads as torch reads it, a view past
+        // its storage's end is refused.
+        let w = load("pth_huge_stride.pt");
+        assert_eq!((w.tensors["w"].dims(), f64s(&w.tensors["w"])), (&[1, 3][..], vec![1., 2., 3.]));
+        let e = error("pth_out_of_bounds.pt", None);
+        assert!(e.ends_with("tensor 'w' (storage data/0): its view (offset 2, shape [2, 2], strides [2, 1]) reaches past the end of its storage (16 bytes): the file is damaged"), "{e}");
     }
 
     #[test]
@@ -787,6 +811,7 @@ mod tests {
         candle_core::safetensors::save(&HashMap::from([("w".to_string(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap())]), &st)
             .unwrap();
         assert!(!is_torch_file(&st).unwrap(), "a safetensors file named .pt");
+        assert!(error_at(&st, None).ends_with("is a safetensors file, not a torch.save one: read it as safetensors"));
         let zip = dir.join("weights.safetensors");
         std::fs::copy(testdata("pth_views.pt"), &zip).unwrap();
         assert!(is_torch_file(&zip).unwrap(), "a torch.save file named .safetensors");

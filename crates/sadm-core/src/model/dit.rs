@@ -14,10 +14,10 @@ use std::sync::Mutex;
 
 const FREQ_EMBED_SIZE: usize = 256;
 
-/// Sinusoidal timestep features (cos then sin), [B] → [B, dim], max period 10000.
 /// The class-embedding table's name (its row count is numClasses + 1, the last row the null class).
 pub const CLASS_TABLE: &str = "y_embedder.embedding_table.weight";
 
+/// Sinusoidal timestep features (cos then sin), [B] → [B, dim], max period 10000.
 pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half).map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32).collect();
@@ -242,27 +242,35 @@ pub struct ConfigHints {
 pub fn infer_config(tensors: &HashMap<String, Tensor>, path: &Path, hints: ConfigHints) -> crate::Result<ModelConfig> {
     let err = |msg: String| Error::checkpoint(path, msg);
     let dims = |name: &str| {
-        tensors.get(name).map(|t| t.dims()).ok_or_else(|| err(format!("tensor '{name}' is missing: these are not DiT weights in the reference names")))
+        let missing = || err(format!("tensor '{name}' is missing: these are not DiT weights in the reference names"));
+        tensors.get(name).map(|t| t.dims()).ok_or_else(missing)
     };
+    // A malformed tensor's 0 is refused below or by the shape check, never indexed.
+    let rows = |name: &str| dims(name).map(|d| d.first().copied().unwrap_or(0));
     let (hidden_size, in_channels, patch_size) = match *dims("x_embedder.proj.weight")? {
         [d, c, p, q] if p == q && d > 0 && c > 0 && p > 0 => (d, c, p),
-        ref other => return Err(err(format!("tensor 'x_embedder.proj.weight' has shape {other:?}, not a DiT patch embedding's [hidden, channels, patch, patch]"))),
+        ref other => {
+            return Err(err(format!(
+                "tensor 'x_embedder.proj.weight' has shape {other:?}, not a patch embedding's [hidden, channels, patch, patch]"
+            )))
+        }
     };
+    dims("blocks.0.attn.qkv.weight")?;
     let depth = (0..).take_while(|i| tensors.contains_key(&format!("blocks.{i}.attn.qkv.weight"))).count();
-    let mlp_hidden = dims("blocks.0.attn.qkv.weight").and_then(|_| dims("blocks.0.mlp.fc1.weight"))?[0];
-    let num_classes = match tensors.get(CLASS_TABLE) {
-        Some(table) if table.dim(0)? > 0 => table.dim(0)? - 1,
-        Some(_) => return Err(err(format!("tensor '{CLASS_TABLE}' has no rows"))),
+    let mlp_hidden = rows("blocks.0.mlp.fc1.weight")?;
+    let num_classes = match tensors.get(CLASS_TABLE).map(|t| t.dims()) {
+        Some(&[rows, _]) if rows > 0 => rows - 1,
+        Some(other) => return Err(err(format!("tensor '{CLASS_TABLE}' has shape {other:?}, not [classes + 1, hidden]"))),
         None => 0,
     };
-    let out = dims("final_layer.linear.weight")?[0];
     let per_channel = patch_size * patch_size * in_channels;
-    let learn_sigma = match out {
+    let learn_sigma = match rows("final_layer.linear.weight")? {
         o if o == 2 * per_channel => true,
         o if o == per_channel => false,
         o => {
             return Err(err(format!(
-                "tensor 'final_layer.linear.weight' has {o} outputs, neither patch² × channels ({per_channel}) nor twice that (a learned Σ): not a DiT's final layer"
+                "tensor 'final_layer.linear.weight' has {o} outputs, neither patch² × channels ({per_channel}) nor twice \
+                 that (a learned Σ): not a DiT's final layer"
             )))
         }
     };
@@ -275,14 +283,22 @@ pub fn infer_config(tensors: &HashMap<String, Tensor>, path: &Path, hints: Confi
             size
         }
         (None, Some(h)) => h,
-        (None, None) => return Err(err("has no pos_embed to tell the latent size: give the input size (the latent side, e.g. 32 for 256×256 images)".into())),
+        (None, None) => {
+            return Err(err(
+                "has no pos_embed to tell the latent size: give the input size (the latent side, e.g. 32 for 256×256 images)".into(),
+            ))
+        }
     };
     let num_heads = hints.num_heads.or(reference_heads(hidden_size)).ok_or_else(|| {
-        err(format!("its hidden size {hidden_size} is not a reference DiT's (384, 768, 1024 or 1152), so its head count is unknown: give the number of heads"))
+        err(format!(
+            "its hidden size {hidden_size} is not a reference DiT's (384, 768, 1024 or 1152), so its head count is \
+             unknown: give the number of heads"
+        ))
     })?;
-    if hidden_size % num_heads != 0 || hidden_size % 4 != 0 || input_size % patch_size != 0 {
+    if num_heads == 0 || hidden_size % num_heads != 0 || hidden_size % 4 != 0 || input_size % patch_size != 0 {
         return Err(err(format!(
-            "hidden size {hidden_size}, {num_heads} heads, patch {patch_size} and latent side {input_size} do not make a DiT (the heads and 4 must divide the hidden size, the patch the side)"
+            "hidden size {hidden_size}, {num_heads} heads, patch {patch_size} and latent side {input_size} do not make a \
+             DiT (the heads and 4 must divide the hidden size, the patch the side)"
         )));
     }
     let cfg = ModelConfig {
@@ -318,7 +334,8 @@ pub fn check_pos_embed(tensors: &HashMap<String, Tensor>, path: &Path) -> crate:
     let hidden_size = pe.dims().last().copied().unwrap_or(0);
     let grid = pos_embed_grid(pe, hidden_size, path)?;
     if hidden_size % 4 != 0 {
-        return Err(Error::checkpoint(path, format!("tensor 'pos_embed' has width {hidden_size}, not a multiple of 4 as a 2-D sin-cos table's")));
+        let msg = format!("tensor 'pos_embed' has width {hidden_size}, not a multiple of 4 as a 2-D sin-cos table's");
+        return Err(Error::checkpoint(path, msg));
     }
     let ours = nn::sincos_pos_embed(hidden_size, grid, &Device::Cpu)?;
     let theirs = pe.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.squeeze(0)?;
@@ -330,12 +347,12 @@ pub fn check_pos_embed(tensors: &HashMap<String, Tensor>, path: &Path) -> crate:
         DType::F8E4M3 => 0.13,
         _ => 1e-5,
     };
-    // NaN compares false: a table with NaNs fails too.
-    if !(diff <= tolerance) {
-        return Err(Error::checkpoint(
-            path,
-            format!("tensor 'pos_embed' is not DiT's fixed sin-cos embedding (it differs by up to {diff}), which sadm computes instead of loading: sadm would run this model wrongly"),
-        ));
+    if diff.is_nan() || diff > tolerance {
+        let msg = format!(
+            "tensor 'pos_embed' is not DiT's fixed sin-cos embedding (it differs by up to {diff}), which sadm computes \
+             instead of loading: sadm would run this model wrongly"
+        );
+        return Err(Error::checkpoint(path, msg));
     }
     Ok(())
 }
@@ -556,7 +573,8 @@ mod tests {
         let e = infer_config(&w.tensors, &path, ConfigHints::default()).unwrap_err().to_string();
         assert!(e.contains("give the number of heads"), "{e}");
         let cfg = infer_config(&w.tensors, &path, ConfigHints { num_heads: Some(4), input_size: None })?;
-        let want = ModelConfig { input_size: 8, in_channels: 4, patch_size: 2, hidden_size: 64, depth: 2, num_heads: 4, mlp_ratio: 4.0, num_classes: 10, learn_sigma: true, class_dropout_prob: 0.1 };
+        let mut want = ModelConfig::preset("DiT-S/2", 8, 4, 10)?;
+        (want.hidden_size, want.depth, want.num_heads) = (64, 2, 4);
         assert_eq!(cfg, want);
         let dit = DiT::new(&cfg, VarBuilder::from_tensors(w.tensors, DType::F32, &Device::Cpu))?;
         let r = candle_core::safetensors::load(testdata("pth_dit_small_reference.safetensors"), &Device::Cpu)?;
