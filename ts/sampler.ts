@@ -15,7 +15,7 @@ import { GridCanvas, assertGridFits, encodeImage, gridGeometry, writeFileAtomic 
 import { normalizeDevice } from "./config.js";
 import { classIndices } from "./data/spec.js";
 import type { VaeIdentity } from "./data/latents.js";
-import { checkSameVae, decodeLatents, loadVae, type Vae } from "./latent/vae.js";
+import { checkSameVae, decodeAll, loadVae, type Vae } from "./latent/vae.js";
 
 /** Images per native sampling call: what bounds a sampling's memory (activations, the CFG-doubled batch). */
 export const SAMPLE_CHUNK = 256;
@@ -381,10 +381,7 @@ async function* run(p: Prepared, req: SampleRequest): AsyncGenerator<{ first: nu
     let images = chunk.images;
     if (vae) {
       const [mc, mh, mw] = p.modelShape;
-      const m = images.length / (mc * mh * mw);
-      const decoded = new Float32Array(m * c * h * w);
-      await decodeLatents(vae, images, [m, mc, mh, mw], (first, part) => decoded.set(part, first * c * h * w));
-      images = decoded;
+      images = (await decodeAll(vae, images, [images.length / (mc * mh * mw), mc, mh, mw])).images;
     }
     yield { first: chunk.first, images };
     // After the consumer's work on the chunk (its files are written when this says they are done).

@@ -12,10 +12,10 @@ import { CHECKPOINTS_DIR, checkpointDir, listCheckpoints, pruneCheckpoints, type
 import { METRICS_FILE, MetricsLog, Progress, RunningMean } from "./logging.js";
 import { loadNative, type NativeTrainer, type ParamCounts, type StepStats } from "./native.js";
 import { saveLabelledGrid, writeFileAtomic } from "./image.js";
-import { checkSameVae, decodeLatents, loadVae, type Vae } from "./latent/vae.js";
+import { decodeAll, type Vae } from "./latent/vae.js";
 import { planSamples, sampleFrom } from "./sampler.js";
 import { version } from "./version.js";
-import { evalRecord, evaluateModel, formatMetrics, type EvalMetrics } from "./evaluate.js";
+import { evalRecord, evaluateModel, formatMetrics, runVae, type EvalMetrics } from "./evaluate.js";
 import { coreDifferences, planRun, type PlanOptions, type RunPlan } from "./plan.js";
 
 /** File name of the resolved config saved in the run directory. */
@@ -418,16 +418,13 @@ class Run {
   private gridVae(): Vae | undefined {
     if (this.vae !== undefined || this.cfg.data.name !== "latents") return this.vae ?? undefined;
     const trained = this.data.info.vae;
-    const where = this.cfg.vae ?? (trained && fs.existsSync(trained.path) ? trained.path : undefined);
-    if (where === undefined) {
+    if (this.cfg.vae === undefined && !(trained && fs.existsSync(trained.path))) {
       this.progress.log(`sadm: note: no sample grids or evaluations: the latents' VAE ${trained?.path ?? ""} is not there; give it with --vae DIR`);
       this.vae = null;
       return undefined;
     }
-    const vae = loadVae(where, this.cfg.device);
-    if (trained) checkSameVae(vae, trained, `${this.plan.data.description}`);
-    this.vae = vae;
-    return vae;
+    this.vae = runVae(this.cfg, trained);
+    return this.vae;
   }
 
   private async writeSamples(): Promise<void> {
@@ -446,16 +443,7 @@ class Run {
       // Latents are not in [-1, 1]: DiT samples them unclipped.
       clipDenoised: !latent,
     });
-    let { images, shape } = sampled;
-    if (vae) {
-      const f = vae.facts.downsample;
-      const out: [number, number, number, number] = [shape[0], 3, shape[2] * f, shape[3] * f];
-      const decoded = new Float32Array(out[0] * out[1] * out[2] * out[3]);
-      const per = out[1] * out[2] * out[3];
-      await decodeLatents(vae, images, shape, (first, part) => decoded.set(part, first * per));
-      images = decoded;
-      shape = out;
-    }
+    const { images, shape } = vae ? await decodeAll(vae, sampled.images, sampled.shape) : sampled;
     const file = path.join(this.plan.outDir, SAMPLES_DIR, `step-${String(this.step).padStart(8, "0")}.png`);
     await saveLabelledGrid(file, images, shape[0], shape[1], shape[2], shape[3], plan.cols, plan.columnLabels);
     this.lastSampleStep = this.step;

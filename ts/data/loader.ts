@@ -36,7 +36,7 @@ export function flipped(seed: number, epoch: number, index: number): boolean {
 }
 
 /** Reverses every row of a CHW image in place. */
-function flipRows(x: Float32Array, offset: number, rows: number, width: number): void {
+export function flipRows(x: Float32Array, offset: number, rows: number, width: number): void {
   for (let r = 0; r < rows; r++) {
     const row = x.subarray(offset + r * width, offset + (r + 1) * width);
     row.reverse();

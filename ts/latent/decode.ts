@@ -8,6 +8,7 @@ import { ConfigError, DataError, fsError, isFsError } from "../errors.js";
 import { SafetensorsFile } from "../io/safetensors.js";
 import { encodeImage, writeFileAtomic } from "../image.js";
 import { decodeLatents, loadVae } from "./vae.js";
+import { sampleFileName } from "../sampler.js";
 
 /** What to decode. */
 export interface DecodeRequest {
@@ -61,8 +62,7 @@ export async function decodeFile(req: DecodeRequest): Promise<{ dir: string; cou
     } catch (e) {
       throw isFsError(e) ? fsError(e, `cannot create ${dir}`) : e;
     }
-    const digits = Math.max(8, String(n - 1).length);
-    const fileOf = (k: number): string => path.join(dir, `${String(k).padStart(digits, "0")}.png`);
+    const fileOf = (k: number): string => path.join(dir, sampleFileName(k, n));
     const clash = [0, n - 1].map(fileOf).find((p) => fs.existsSync(p));
     if (clash) throw new ConfigError("out", `${clash} exists: choose another folder, or remove the images there`);
     const side = h * vae.facts.downsample;

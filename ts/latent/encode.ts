@@ -9,6 +9,7 @@ import * as path from "node:path";
 import { DataError, NativeError, fsError, isFsError } from "../errors.js";
 import { resolveDataConfig, type DataConfig, type DeepPartial } from "../config.js";
 import { findData, type OpenOptions } from "../data/source.js";
+import { flipRows } from "../data/loader.js";
 import {
   INDEX_FILE,
   LATENTS_FORMAT,
@@ -54,16 +55,6 @@ export interface EncodeResult {
 }
 
 const DEFAULT_SHARD = 256;
-
-/** Mirrors every row of a CHW image. */
-function mirrored(src: Float32Array, channels: number, size: number): Float32Array {
-  const out = new Float32Array(src.length);
-  for (let r = 0; r < channels * size; r++) {
-    const o = r * size;
-    for (let x = 0; x < size; x++) out[o + x] = src[o + size - 1 - x];
-  }
-  return out;
-}
 
 /** The index of a fresh encode, or the existing one when it is an interrupted encode of the same thing. */
 function startIndex(dir: string, fresh: LatentIndex): LatentIndex {
@@ -181,7 +172,8 @@ async function encodeRange(
       const img = new Float32Array(pix);
       out.labels[i + j] = ds.read(first + i + j, img, 0);
       batch.set(img, j * pix);
-      batch.set(mirrored(img, ds.channels, size), (m + j) * pix);
+      batch.set(img, (m + j) * pix);
+      flipRows(batch, (m + j) * pix, ds.channels * size, size);
     }
     let moments: Float32Array;
     try {

@@ -86,6 +86,20 @@ export function checkSameVae(vae: Vae, want: VaeIdentity, what: string): void {
     );
 }
 
+/** Decodes scaled latents [n, C, h, w] (see {@link decodeLatents}) into one array of images [n, 3, h·f, w·f]. */
+export async function decodeAll(
+  vae: Vae,
+  latents: Float32Array,
+  shape: readonly [number, number, number, number],
+): Promise<{ images: Float32Array; shape: [number, number, number, number] }> {
+  const f = vae.facts.downsample;
+  const out: [number, number, number, number] = [shape[0], 3, shape[2] * f, shape[3] * f];
+  const per = out[1] * out[2] * out[3];
+  const images = new Float32Array(out[0] * per);
+  await decodeLatents(vae, latents, shape, (first, part) => images.set(part, first * per));
+  return { images, shape: out };
+}
+
 /**
  * Decodes scaled latents [n, C, h, w] (what the DiT samples) to images [n, 3, h·f, w·f] in [-1, 1], chunk by chunk.
  * `onChunk` gets each chunk's first index and images as it is done.
