@@ -27,7 +27,11 @@ export declare class NativeModel {
    * `numHeads` is needed only for a width that is no reference DiT size.
    */
   static fromWeights(path: string, device: string, numHeads?: number | undefined | null): NativeModel
-  sample(labels: Int32Array, opts: SampleOptions): Promise<Float32Array>
+  /**
+   * Samples one image per label; resolves with n·C·H·W floats (NCHW). `progress` counts the steps as they are
+   * done.
+   */
+  sample(labels: Int32Array, opts: SampleOptions, progress?: SampleProgress | undefined | null): Promise<Float32Array>
   configJson(): string
 }
 
@@ -45,8 +49,11 @@ export declare class NativeTrainer {
   static load(dir: string, device: string): NativeTrainer
   /** One SADM step on a batch: x0 is batch·C·H·W floats in [-1, 1] (NCHW), labels are class indices. */
   step(x0: Float32Array, labels: Int32Array, opts: StepOptions): Promise<StepStats>
-  /** Samples one image per label from the EMA weights; resolves with n·C·H·W floats (NCHW). */
-  sample(labels: Int32Array, opts: SampleOptions): Promise<Float32Array>
+  /**
+   * Samples one image per label from the EMA weights; resolves with n·C·H·W floats (NCHW). `progress` counts
+   * the steps as they are done.
+   */
+  sample(labels: Int32Array, opts: SampleOptions, progress?: SampleProgress | undefined | null): Promise<Float32Array>
   /** Writes a complete checkpoint directory atomically; `extraJson` is stored as state.json's `extra`. */
   save(dir: string, extraJson: string): Promise<void>
   get stepCount(): number
@@ -86,6 +93,13 @@ export declare class NativeVae {
   encode(images: Float32Array, shape: Array<number>): Promise<Float32Array>
   /** Images [n, 3, h·f, w·f] (about [-1, 1], unclamped) of the diffusion model's latents [n, C, h, w] (scaled). */
   decode(latents: Float32Array, shape: Array<number>): Promise<Float32Array>
+}
+
+/** Counts a sampling's denoising steps while it runs: pass one to `sample` and read `steps` from a timer. */
+export declare class SampleProgress {
+  constructor()
+  /** Denoising steps done so far, over every sampling this counter was given to. */
+  get steps(): number
 }
 
 /** Version, compiled features and usable devices of this binary. */

@@ -124,6 +124,14 @@ describe("end to end (native addon)", () => {
     const sg = gridGeometry(6, 28, 28, 3, true);
     expect(pngSize(png)).toEqual([sg.width, sg.height]);
     expect([sg.width, sg.height - sg.stripHeight]).toEqual([3 * 30 + 2, 2 * 30 + 2]);
+
+    // The native step counter sees every step of every call it is given to.
+    const model = native.NativeModel.load(ck, "cpu", true);
+    const counter = new native.SampleProgress();
+    const opts = { sampler: "ddim", steps: 5, cfgScale: 2, eta: 0, seed: 0, clipDenoised: true };
+    await model.sample(new Int32Array([0, 1]), opts, counter);
+    await model.sample(new Int32Array([2]), { ...opts, steps: 3 }, counter);
+    expect(counter.steps).toBe(8);
   }, 600_000);
 
   it("the loss goes down on one fixed batch", async () => {

@@ -102,8 +102,9 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
       };
     }
 
-    async sample(labels: Int32Array, opts: SampleOptions): Promise<Float32Array> {
+    async sample(labels: Int32Array, opts: SampleOptions, progress?: FakeProgress): Promise<Float32Array> {
       log.samples.push({ labels: Array.from(labels), opts: { ...opts } });
+      if (progress) progress.steps += opts.steps;
       const m = (JSON.parse(this.cfg) as { model: { inChannels: number; inputSize: number } }).model;
       const out = new Float32Array(labels.length * m.inChannels * m.inputSize * m.inputSize);
       for (let i = 0; i < out.length; i++) out[i] = Math.sin(i) * 0.9;
@@ -198,6 +199,11 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
   const preprocessImage = (): Promise<Uint8Array> => Promise.reject(new Error("the fake addon cannot preprocess images"));
   const decodeImageFile = (): Promise<Uint8Array | null> => Promise.reject(new Error("the fake addon cannot decode images"));
 
+  /** The native step counter: the fake's sampling counts all of a call's steps at once. */
+  class FakeProgress {
+    steps = 0;
+  }
+
   class FakeModel {
     private inner = new FakeTrainer();
     static load(dir: string, device: string, useEma: boolean): FakeModel {
@@ -206,19 +212,44 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
       m.inner = FakeTrainer.load(dir, device);
       return m;
     }
-    sample(labels: Int32Array, opts: SampleOptions): Promise<Float32Array> {
-      return this.inner.sample(labels, opts);
+    static fromWeights(): FakeModel {
+      throw new Error("the fake addon reads no weights files");
+    }
+    sample(labels: Int32Array, opts: SampleOptions, progress?: FakeProgress): Promise<Float32Array> {
+      return this.inner.sample(labels, opts, progress);
     }
     configJson(): string {
       return this.inner.configJson();
     }
   }
 
+  /** The fake has no VAE: latent paths are tested through the real addon (tests/latent-train.test.ts). */
+  class FakeVae {
+    static load(): FakeVae {
+      throw new Error("the fake addon has no VAE");
+    }
+    configJson(): string {
+      return "{}";
+    }
+    encode(): Promise<Float32Array> {
+      return Promise.reject(new Error("the fake addon has no VAE"));
+    }
+    decode(): Promise<Float32Array> {
+      return Promise.reject(new Error("the fake addon has no VAE"));
+    }
+  }
+  const inspectWeights = (): string => {
+    throw new Error("the fake addon reads no weights files");
+  };
+
   const buildInfo = (): BuildInfo => ({ version: "0.0.0-fake", features: [], devices: ["cpu"] });
   const native = {
     NativeTrainer: FakeTrainer,
     NativeModel: FakeModel,
     NativeExtractor: FakeExtractor,
+    NativeVae: FakeVae,
+    SampleProgress: FakeProgress,
+    inspectWeights,
     buildInfo,
     featureMetrics,
     trainClassifier,

@@ -68,6 +68,17 @@ describe("latent diffusion end to end (tiny VAE, real addon)", () => {
     }
   });
 
+  it("reads a VAE folder that holds the PyTorch pickle (diffusion_pytorch_model.bin) as the same VAE", async () => {
+    const out = path.join(dir, "pattern-latents-bin");
+    const r = await cli(["encode", "--data", PATTERN, "--resolution", "64", "--vae", `${VAE}-bin`, "--out", out]);
+    expect(r.status, r.stderr).toBe(0);
+    const idx = readIndex(out);
+    expect(idx.vae.path).toBe(`${VAE}-bin`);
+    const fromBin = SafetensorsFile.open(path.join(out, idx.shards[0].file));
+    const fromSafetensors = SafetensorsFile.open(path.join(dir, "pattern-latents", readIndex(path.join(dir, "pattern-latents")).shards[0].file));
+    for (const name of ["mean", "logvar", "mean_flip", "logvar_flip"]) expect(fromBin.read(name), name).toEqual(fromSafetensors.read(name));
+  });
+
   it("writes an index that names the VAE, the resolution and the source, in shards of the asked size", () => {
     const idx: LatentIndex = readIndex(latents);
     expect(idx.complete).toBe(true);

@@ -184,6 +184,15 @@ describe("sampleToDir (fake addon)", () => {
     expect(png.data[4]).toBe(Math.round((Math.sin(1) * 0.9 + 1) * 127.5));
   });
 
+  it("reports denoising steps over all chunks, ending at steps × chunks", async () => {
+    withFake();
+    const ck = fakeCheckpoint();
+    const steps: Array<[number, number]> = [];
+    await sampleToDir({ checkpoint: ck, perClass: 100, chunkSize: 128, steps: 7, onStep: (d, t) => steps.push([d, t]) }, path.join(tmpDir(), "o"));
+    // The fake counts a call's steps when it returns: one report per chunk.
+    expect(steps).toEqual([[7, 21], [14, 21], [21, 21]]);
+  });
+
   it("streams: each chunk's files are on disk before the next chunk is sampled", async () => {
     const log = withFake();
     const ck = fakeCheckpoint();

@@ -242,6 +242,14 @@ async function runSample(a: SampleArgs): Promise<number> {
     throw new ConfigError("--out-dir", "cannot be combined with --out: write one grid (--out FILE) or one PNG per image (--out-dir DIR)");
   let progress: TaskProgress | undefined;
   let done = 0;
+  const weightsFile = isWeightsFile(a.checkpoint);
+  const chunk = a.chunkSize ?? (weightsFile ? 1 : SAMPLE_CHUNK);
+  let unit: "images" | "steps" | undefined;
+  const tick = (now: number, total: number): void => {
+    progress ??= new TaskProgress({ unit: unit ?? "images", total, quiet: a.quiet });
+    progress.tick(now - done);
+    done = now;
+  };
   const req: SampleRequest = {
     checkpoint: a.checkpoint,
     classes: a.classes !== undefined ? parseClassList(a.classes, "--classes") : undefined,
@@ -258,15 +266,16 @@ async function runSample(a: SampleArgs): Promise<number> {
     vae: a.vae,
     guidanceChannels: a.guidanceChannels,
     numHeads: a.numHeads,
+    // Many chunks: images done; one chunk, or a weights file's minutes per image: denoising steps.
     onProgress: (now, total) => {
-      // A single native call needs no progress display.
-      if (total <= (a.chunkSize ?? (isWeightsFile(a.checkpoint) ? 1 : SAMPLE_CHUNK))) return;
-      progress ??= new TaskProgress({ unit: "images", total, quiet: a.quiet });
-      progress.tick(now - done);
-      done = now;
+      unit ??= weightsFile || total <= chunk ? "steps" : "images";
+      if (unit === "images") tick(now, total);
+    },
+    onStep: (now, total) => {
+      if (unit === "steps") tick(now, total);
     },
   };
-  if (isWeightsFile(a.checkpoint) && !a.quiet) {
+  if (weightsFile && !a.quiet) {
     const steps = a.steps ?? 250;
     const evals = steps * ((a.cfg ?? 4) === 1 ? 1 : 2);
     process.stdout.write(

@@ -17,6 +17,7 @@ export type {
   StepOptions,
   StepStats,
   SampleOptions,
+  SampleProgress,
   BuildInfo,
   ParamCounts,
   NativeTrainer,

@@ -9,7 +9,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { CheckpointError, ConfigError, NativeError, fsError, isFsError } from "./errors.js";
 import { loadNative } from "./native.js";
-import type { SampleOptions } from "./native.js";
+import type { SampleOptions, SampleProgress } from "./native.js";
 import { readState, resolveCheckpoint, type CheckpointState } from "./checkpoint.js";
 import { GridCanvas, assertGridFits, encodeImage, gridGeometry, writeFileAtomic } from "./image.js";
 import { normalizeDevice } from "./config.js";
@@ -74,7 +74,15 @@ export interface SampleRequest {
   chunkSize?: number;
   /** Called once the model is loaded with (0, total), then after each chunk with the images done so far. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Called a few times a second while the sampler runs, with the denoising steps done over the whole request and
+   * their total (steps × chunks): the finer progress for samplings whose chunks take minutes (a DiT-XL/2 on a CPU).
+   */
+  onStep?: (done: number, total: number) => void;
 }
+
+/** How often {@link SampleRequest.onStep} reads the native step counter. */
+const STEP_POLL_MS = 250;
 
 /** Samples with their layout: NCHW floats, one label per image, `cols` = grid columns. */
 export interface SampleResult {
@@ -173,8 +181,26 @@ export function gridLabels(classes: ReadonlyArray<number>, perClass: number): In
 
 /** Anything with the addon's `sample` + `configJson` (NativeModel or NativeTrainer). */
 export interface Sampleable {
-  sample(labels: Int32Array, opts: SampleOptions): Promise<Float32Array>;
+  sample(labels: Int32Array, opts: SampleOptions, progress?: SampleProgress): Promise<Float32Array>;
   configJson(): string;
+}
+
+/** A native step counter and who to tell its count ({@link sampleInChunks}). */
+export interface StepWatch {
+  counter: SampleProgress;
+  onSteps: (done: number) => void;
+}
+
+/** Awaits `work` while telling `watch` the counter's steps every {@link STEP_POLL_MS} and once at the end. */
+async function watched<T>(work: Promise<T>, watch: StepWatch | undefined): Promise<T> {
+  if (!watch) return work;
+  const timer = setInterval(() => watch.onSteps(watch.counter.steps), STEP_POLL_MS);
+  try {
+    return await work;
+  } finally {
+    clearInterval(timer);
+    watch.onSteps(watch.counter.steps);
+  }
 }
 
 /** The labels and layout of a sampling ({@link planSamples}). */
@@ -226,7 +252,8 @@ function checkChunkSize(chunkSize: number): void {
 
 /**
  * Runs a sampler on anything sampleable in chunks of at most `chunkSize` images, yielding each chunk's first index
- * and images (NCHW) as it comes back. The chunk from index i on uses seed `opts.seed + i`.
+ * and images (NCHW) as it comes back. The chunk from index i on uses seed `opts.seed + i`. `watch` is told the
+ * steps its counter has seen, over all chunks, while they run.
  * @throws NativeError when the sampler fails or returns the wrong number of values.
  */
 export async function* sampleInChunks(
@@ -234,6 +261,7 @@ export async function* sampleInChunks(
   labels: Int32Array,
   opts: SampleOptions,
   chunkSize = SAMPLE_CHUNK,
+  watch?: StepWatch,
 ): AsyncGenerator<{ first: number; images: Float32Array }> {
   checkChunkSize(chunkSize);
   const facts = modelFacts(model.configJson());
@@ -242,7 +270,7 @@ export async function* sampleInChunks(
     const part = labels.slice(first, Math.min(labels.length, first + chunkSize));
     let images: Float32Array;
     try {
-      images = await model.sample(part, { ...opts, seed: opts.seed + first });
+      images = await watched(model.sample(part, { ...opts, seed: opts.seed + first }, watch?.counter), watch);
     } catch (e) {
       throw NativeError.wrap(e, "sampling failed");
     }
@@ -377,7 +405,10 @@ async function* run(p: Prepared, req: SampleRequest): AsyncGenerator<{ first: nu
   }
   const [total, c, h, w] = p.shape;
   req.onProgress?.(0, total);
-  for await (const chunk of sampleInChunks(model, p.plan.labels, p.opts, p.chunkSize)) {
+  const onStep = req.onStep;
+  const totalSteps = Math.ceil(total / p.chunkSize) * p.opts.steps;
+  const watch = onStep && { counter: new (loadNative(p.device).SampleProgress)(), onSteps: (n: number) => onStep(n, totalSteps) };
+  for await (const chunk of sampleInChunks(model, p.plan.labels, p.opts, p.chunkSize, watch)) {
     let images = chunk.images;
     if (vae) {
       const [mc, mh, mw] = p.modelShape;

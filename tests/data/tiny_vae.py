@@ -1,4 +1,5 @@
-"""Writes tests/data/tiny-vae/: a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors)
+"""Writes tests/data/tiny-vae/: a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors,
+and the same weights as diffusion_pytorch_model.bin in tiny-vae-bin/)
 with SD-VAE's layout (4 down/up blocks, so 8× downsampling, 4 latent channels, attention in the mid block) at a
 tiny width, seeded random weights. The TypeScript tests encode, train on and decode through it end to end; its
 numerics are proved against diffusers in the Rust tests (crates/sadm-core/testdata/vae_reference.py).
@@ -27,6 +28,8 @@ vae = AutoencoderKL(
 )
 vae.save_pretrained(OUT, safe_serialization=True)
 print(OUT, sum(p.numel() for p in vae.parameters()), "parameters")
+# The same VAE as the PyTorch pickle (diffusion_pytorch_model.bin) that older diffusers uploads hold.
+vae.save_pretrained(OUT + "-bin", safe_serialization=False)
 
 # A reference through diffusers for the tests: a 64×64 RGB test image (written as PNG into a class folder, so the
 # whole sadm encode path reads it), its posterior (mean, log-variance) and its mirror image's, and the decode of the

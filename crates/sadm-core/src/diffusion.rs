@@ -4,6 +4,8 @@ use crate::config::{BetaSchedule, DiffusionConfig, LossWeighting, Prediction};
 use crate::error::{check_integer, check_range};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 pub fn betas(cfg: &DiffusionConfig) -> Vec<f64> {
     let t = cfg.num_timesteps;
@@ -320,6 +322,9 @@ pub struct SampleOptions {
     /// `sample.py` guides 3 of its 4 latent channels (`model_out[:, :3]`, "for exact reproducibility"), so its
     /// published samples need `Some(3)`.
     pub guidance_channels: Option<usize>,
+    /// Counts the denoising steps done, so another thread can show a sampling's progress (a DiT-XL/2 image takes
+    /// minutes on a CPU); shared by clones.
+    pub progress: Option<Arc<AtomicUsize>>,
 }
 
 impl SampleOptions {
@@ -390,6 +395,9 @@ pub fn sample(
             Sampler::Ddpm => process.p_sample(&out, &x, i, opts.clip_denoised, &noise)?,
             Sampler::Ddim => process.ddim_sample(&out, &x, i, opts.clip_denoised, opts.eta, &noise)?,
         };
+        if let Some(p) = &opts.progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
     }
     Ok(x)
 }
@@ -536,11 +544,22 @@ mod tests {
         let dev = Device::Cpu;
         let target = Tensor::new(&[[[[0.5f32, -0.25], [0.0, 0.75]]]], &dev)?;
         for sampler in [Sampler::Ddim, Sampler::Ddpm] {
-            let opts = SampleOptions { sampler, steps: 50, cfg_scale: 1.0, eta: 0.0, clip_denoised: true, seed: 1, guidance_channels: None };
+            let opts = SampleOptions { sampler, steps: 50, cfg_scale: 1.0, eta: 0.0, clip_denoised: true, seed: 1, guidance_channels: None, progress: None };
             let out = sample(&linear(), &Oracle(target.clone()), (1, 1, 2, 2), None, 0, &opts, &dev)?;
             let err = (out - &target)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(err < 1e-2, "{sampler:?}: {err}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn progress_counts_every_step() -> Result<()> {
+        let dev = Device::Cpu;
+        let done = Arc::new(AtomicUsize::new(0));
+        let opts = SampleOptions { sampler: Sampler::Ddpm, steps: 7, cfg_scale: 1.0, eta: 0.0, clip_denoised: true, seed: 1, guidance_channels: None, progress: Some(done.clone()) };
+        sample(&linear(), &Oracle(Tensor::zeros((1, 1, 2, 2), DType::F32, &dev)?), (1, 1, 2, 2), None, 0, &opts, &dev)?;
+        sample(&linear(), &Oracle(Tensor::zeros((1, 1, 2, 2), DType::F32, &dev)?), (1, 1, 2, 2), None, 0, &SampleOptions { steps: 3, ..opts }, &dev)?;
+        assert_eq!(done.load(Ordering::Relaxed), 10);
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use sadm_core::error::{check_integer, MAX_SAFE_INTEGER};
 use sadm_core::{device, train, CoreConfig, Trainer};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[global_allocator]
@@ -88,6 +89,26 @@ pub struct SampleOptions {
     pub guidance_channels: Option<f64>,
 }
 
+/// Counts a sampling's denoising steps while it runs: pass one to `sample` and read `steps` from a timer.
+#[napi]
+pub struct SampleProgress {
+    steps: Arc<AtomicUsize>,
+}
+
+#[napi]
+impl SampleProgress {
+    #[napi(constructor)]
+    pub fn new() -> Self {
+        Self { steps: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Denoising steps done so far, over every sampling this counter was given to.
+    #[napi(getter)]
+    pub fn steps(&self) -> f64 {
+        self.steps.load(Ordering::Relaxed) as f64
+    }
+}
+
 #[napi(object)]
 pub struct BuildInfo {
     pub version: String,
@@ -102,7 +123,7 @@ pub struct ParamCounts {
 }
 
 /// The core's options from JS numbers, for a model of `num_timesteps` (the core checks the rest).
-fn core_sample_options(o: &SampleOptions, num_timesteps: usize) -> sadm_core::Result<CoreSampleOptions> {
+fn core_sample_options(o: &SampleOptions, num_timesteps: usize, progress: Option<Arc<AtomicUsize>>) -> sadm_core::Result<CoreSampleOptions> {
     let sampler = match o.sampler.as_str() {
         "ddpm" => Sampler::Ddpm,
         "ddim" => Sampler::Ddim,
@@ -111,7 +132,7 @@ fn core_sample_options(o: &SampleOptions, num_timesteps: usize) -> sadm_core::Re
     let steps = check_integer("sample: steps", o.steps, 1, num_timesteps as u64)? as usize;
     let seed = check_integer("sample: seed", o.seed, 0, MAX_SAFE_INTEGER)?;
     let guidance_channels = o.guidance_channels.map(|g| check_integer("sample: guidanceChannels", g, 1, 1 << 16)).transpose()?.map(|g| g as usize);
-    Ok(CoreSampleOptions { sampler, steps, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, seed, guidance_channels })
+    Ok(CoreSampleOptions { sampler, steps, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, seed, guidance_channels, progress })
 }
 
 fn to_vec(t: &Tensor) -> sadm_core::Result<Vec<f32>> {
@@ -169,10 +190,12 @@ impl NativeTrainer {
         AsyncTask::new(StepTask { inner: self.inner.clone(), x0: x0.to_vec(), labels: labels.to_vec(), opts: Some(opts) })
     }
 
-    /// Samples one image per label from the EMA weights; resolves with n·C·H·W floats (NCHW).
+    /// Samples one image per label from the EMA weights; resolves with n·C·H·W floats (NCHW). `progress` counts
+    /// the steps as they are done.
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
-    pub fn sample(&self, labels: Int32Array, opts: SampleOptions) -> AsyncTask<SampleTask> {
-        AsyncTask::new(SampleTask { source: Source::Trainer(self.inner.clone()), labels: labels.to_vec(), opts })
+    pub fn sample(&self, labels: Int32Array, opts: SampleOptions, progress: Option<&SampleProgress>) -> AsyncTask<SampleTask> {
+        let progress = progress.map(|p| p.steps.clone());
+        AsyncTask::new(SampleTask { source: Source::Trainer(self.inner.clone()), labels: labels.to_vec(), opts, progress })
     }
 
     /// Writes a complete checkpoint directory atomically; `extraJson` is stored as state.json's `extra`.
@@ -254,10 +277,13 @@ impl NativeModel {
         })
     }
 
+    /// Samples one image per label; resolves with n·C·H·W floats (NCHW). `progress` counts the steps as they are
+    /// done.
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
-    pub fn sample(&self, labels: Int32Array, opts: SampleOptions) -> AsyncTask<SampleTask> {
+    pub fn sample(&self, labels: Int32Array, opts: SampleOptions, progress: Option<&SampleProgress>) -> AsyncTask<SampleTask> {
         let source = Source::Weights(self.cfg.clone(), self.weights.clone(), self.device.clone());
-        AsyncTask::new(SampleTask { source, labels: labels.to_vec(), opts })
+        let progress = progress.map(|p| p.steps.clone());
+        AsyncTask::new(SampleTask { source, labels: labels.to_vec(), opts, progress })
     }
 
     #[napi]
@@ -326,6 +352,7 @@ pub struct SampleTask {
     source: Source,
     labels: Vec<i32>,
     opts: SampleOptions,
+    progress: Option<Arc<AtomicUsize>>,
 }
 
 impl Task for SampleTask {
@@ -337,10 +364,10 @@ impl Task for SampleTask {
             let images = match &self.source {
                 Source::Trainer(t) => {
                     let t = lock(t)?;
-                    t.sample(&self.labels, &core_sample_options(&self.opts, t.config().diffusion.num_timesteps)?, true)?
+                    t.sample(&self.labels, &core_sample_options(&self.opts, t.config().diffusion.num_timesteps, self.progress.clone())?, true)?
                 }
                 Source::Weights(cfg, w, dev) => {
-                    let opts = core_sample_options(&self.opts, cfg.diffusion.num_timesteps)?;
+                    let opts = core_sample_options(&self.opts, cfg.diffusion.num_timesteps, self.progress.clone())?;
                     train::sample_with(cfg, (**w).clone(), dev, &self.labels, &opts)?
                 }
             };
@@ -675,8 +702,8 @@ pub struct NativeVae {
 
 #[napi]
 impl NativeVae {
-    /// Loads a diffusers VAE folder (`config.json` + `diffusion_pytorch_model.safetensors`) or a single
-    /// `.safetensors` file of Stable Diffusion's VAE.
+    /// Loads a diffusers VAE folder (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`) or a single
+    /// weights file of Stable Diffusion's VAE (`.safetensors`, or a `torch.save` `.ckpt`/`.pt`/`.pth`/`.bin`).
     #[napi(factory, catch_unwind)]
     pub fn load(path: String, device: String) -> Result<Self> {
         guarded("NativeVae.load", || {

@@ -273,8 +273,11 @@ fn bad_weights_are_refused_naming_the_file_and_tensor() -> Result<()> {
     std::fs::write(dir.join("config.json"), &json).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("has config.json but no weights") && e.contains("download diffusion_pytorch_model.safetensors"), "{e}");
+    // A .bin is read as a torch.save archive, and one that is not is refused as such.
     std::fs::write(dir.join("diffusion_pytorch_model.bin"), b"pickle").unwrap();
-    assert!(load_err(&dir).contains("only diffusion_pytorch_model.bin (a PyTorch pickle)"));
+    let e = load_err(&dir);
+    assert!(e.contains("diffusion_pytorch_model.bin: is not a PyTorch checkpoint"), "{e}");
+    std::fs::remove_file(dir.join("diffusion_pytorch_model.bin")).unwrap();
     assert!(load_err(&dir.join("nothing")).contains("no such VAE folder or weights file"));
     let e = load_err(&tmpdir("empty"));
     assert!(e.contains("not a diffusers VAE folder (no config.json)"), "{e}");

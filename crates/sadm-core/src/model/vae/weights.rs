@@ -175,19 +175,14 @@ fn scheme_label(s: NameScheme) -> &'static str {
     }
 }
 
-/// The weights file of a diffusers model folder.
+/// The weights file of a diffusers model folder: safetensors, or the PyTorch pickle (`.bin`, a `torch.save` zip
+/// archive) that older uploads and `save_pretrained(safe_serialization=False)` write; never its code, only tensors.
 fn folder_weights(dir: &Path) -> Result<PathBuf> {
-    for name in ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"] {
-        if dir.join(name).is_file() {
-            return Ok(dir.join(name));
-        }
+    let names = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin"];
+    match names.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+        Some(p) => Ok(p),
+        None => Err(Error::checkpoint(dir, "the VAE folder has config.json but no weights: download diffusion_pytorch_model.safetensors next to config.json")),
     }
-    let fix = if dir.join("diffusion_pytorch_model.bin").is_file() {
-        "only diffusion_pytorch_model.bin (a PyTorch pickle) is there: download the .safetensors file of the same model next to it"
-    } else {
-        "download diffusion_pytorch_model.safetensors next to config.json"
-    };
-    Err(Error::checkpoint(dir, format!("the VAE folder has config.json but no weights: {fix}")))
 }
 
 /// The tensors of a weights file, by its format.
