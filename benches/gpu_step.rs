@@ -89,7 +89,7 @@ fn main() -> sadm_core::Result<()> {
         let bf16 = seconds_per_step(&mut tr, m, 0.0)?;
         let sadm = seconds_per_step(&mut tr, m, 0.1)?;
         let labels: Vec<i32> = (0..m.sample_batch).map(|i| (i % 1000) as i32).collect();
-        let opts = SampleOptions { sampler: Sampler::Ddim, steps: 50, cfg_scale: 4.0, eta: 0.0, clip_denoised: true, seed: 0, guidance_channels: None, progress: None };
+        let opts = SampleOptions { cfg_scale: 4.0, ..SampleOptions::new(Sampler::Ddim, 50) };
         tr.sample(&labels, &SampleOptions { steps: 2, ..opts.clone() }, true)?;
         let t0 = Instant::now();
         tr.sample(&labels, &opts, true)?;

@@ -82,7 +82,7 @@ fn seconds_per_step(tr: &mut Trainer, c: &Config, lambda: f64) -> sadm_core::Res
 /// Seconds per denoising step of a guided sampling call (batch doubled for the unconditional half).
 fn seconds_per_sample_step(tr: &Trainer, c: &Config, sampler: Sampler) -> sadm_core::Result<f64> {
     let labels: Vec<i32> = (0..c.sample_batch).map(|i| (i % c.classes) as i32).collect();
-    let opts = SampleOptions { sampler, steps: c.sample_steps, cfg_scale: 4.0, eta: 0.0, clip_denoised: true, seed: 0, guidance_channels: None, progress: None };
+    let opts = SampleOptions { cfg_scale: 4.0, ..SampleOptions::new(sampler, c.sample_steps) };
     tr.sample(&labels, &SampleOptions { steps: 1, ..opts.clone() }, true)?; // warm-up
     let t0 = Instant::now();
     tr.sample(&labels, &opts, true)?;

@@ -28,8 +28,8 @@ export declare class NativeModel {
    */
   static fromWeights(path: string, device: string, numHeads?: number | undefined | null): NativeModel
   /**
-   * Samples one image per label; resolves with n·C·H·W floats (NCHW). `progress` counts the steps as they are
-   * done.
+   * Samples one image per label; resolves with n·C·H·W floats (NCHW). `progress` counts the network evaluations
+   * as they are done.
    */
   sample(labels: Int32Array, opts: SampleOptions, progress?: SampleProgress | undefined | null): Promise<Float32Array>
   configJson(): string
@@ -51,7 +51,7 @@ export declare class NativeTrainer {
   step(x0: Float32Array, labels: Int32Array, opts: StepOptions): Promise<StepStats>
   /**
    * Samples one image per label from the EMA weights; resolves with n·C·H·W floats (NCHW). `progress` counts
-   * the steps as they are done.
+   * the network evaluations as they are done.
    */
   sample(labels: Int32Array, opts: SampleOptions, progress?: SampleProgress | undefined | null): Promise<Float32Array>
   /** Writes a complete checkpoint directory atomically; `extraJson` is stored as state.json's `extra`. */
@@ -77,8 +77,8 @@ export declare class NativeTrainer {
  */
 export declare class NativeVae {
   /**
-   * Loads a diffusers VAE folder (`config.json` + `diffusion_pytorch_model.safetensors`) or a single
-   * `.safetensors` file of Stable Diffusion's VAE.
+   * Loads a diffusers VAE folder (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`) or a single
+   * weights file of Stable Diffusion's VAE (`.safetensors`, or a `torch.save` `.ckpt`/`.pt`/`.pth`/`.bin`).
    */
   static load(path: string, device: string): NativeVae
   /**
@@ -95,11 +95,17 @@ export declare class NativeVae {
   decode(latents: Float32Array, shape: Array<number>): Promise<Float32Array>
 }
 
-/** Counts a sampling's denoising steps while it runs: pass one to `sample` and read `steps` from a timer. */
+/**
+ * Counts a sampling's network evaluations while it runs: pass one to `sample` and read `evaluations` from a
+ * timer.
+ */
 export declare class SampleProgress {
   constructor()
-  /** Denoising steps done so far, over every sampling this counter was given to. */
-  get steps(): number
+  /**
+   * Network evaluations done so far (Heun: two per step but the last), over every sampling this counter was
+   * given to.
+   */
+  get evaluations(): number
 }
 
 /** Version, compiled features and usable devices of this binary. */
@@ -130,6 +136,11 @@ export interface ClassifierTraining {
  * cannot be read or is a corrupt or truncated PNG or JPEG.
  */
 export declare function decodeImageFile(path: string, opts: PreprocessOptions): Promise<Uint8Array | null>
+
+export interface DynamicThresholdOptions {
+  ratio: number
+  maxValue: number
+}
 
 /** Features and predicted classes of a set of images. */
 export interface Extracted {
@@ -189,17 +200,27 @@ export interface PreprocessOptions {
 }
 
 export interface SampleOptions {
-  /** "ddpm" or "ddim". */
+  /** "ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler" or "heun". */
   sampler: string
-  /** Denoising steps, an integer from 1 to the model's `numTimesteps`. */
+  /** Sampler steps, an integer from 1 to the model's `numTimesteps` (Heun: at least 2). */
   steps: number
+  /**
+   * "linspace", "leading", "trailing" or "karras" (σ-space solvers only); omitted: the sampler's default
+   * (karras for euler and heun, linspace for the rest).
+   */
+  spacing?: string
   /** Classifier-free guidance scale, 0 to 100. */
   cfgScale: number
-  /** DDIM's η, 0 to 10. */
+  /** DDIM's η, 0 to 10 (0 for the other samplers). */
   eta: number
   /** An integer from 0 to `Number.MAX_SAFE_INTEGER`. */
   seed: number
   clipDenoised: boolean
+  /**
+   * Dynamic thresholding of x̂0 instead of clipping: per sample, s = the `ratio` quantile of |x̂0| clamped to
+   * [1, `maxValue`]; x̂0 is clipped to [−s, s] and divided by s.
+   */
+  dynamicThreshold?: DynamicThresholdOptions
   /** Guide only the first this many channels (DiT's `sample.py`: 3 of 4); omitted: all. */
   guidanceChannels?: number
 }

@@ -9,6 +9,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import sharp from "sharp";
 import { CLI, TINY_NETS, runCliAsync, runNodeAsync, tmpDir } from "./helpers";
 import { loadNative, resolveConfig, toCoreConfig, type SadmConfigInput } from "../ts/index";
+import type { SampleOptions } from "../ts/native";
 
 const TINY: SadmConfigInput = {
   ...TINY_NETS,
@@ -65,6 +66,10 @@ const CASES: Case[] = [
   ["resume with another architecture", () => ["train", "--resume", ck, "--set", "model.depth=3", "--out", run], /config\.model\.depth: differs from the checkpoint/],
   ["output under a file", () => ["train", "--config", cfgFile, "--out", path.join(write("plain-file", "x"), "run")], /cannot create the run directory .*: part of the path is a file, not a directory/],
   ["missing checkpoint", () => ["sample", "--checkpoint", path.join(dir, "none"), "--out", fresh() + ".png"], /checkpoint .* does not exist/],
+  ["heun with one step", () => ["sample", "--checkpoint", ck, "--sampler", "heun", "--steps", "1", "--out", fresh() + ".png"], /^error: steps: heun with 1 step is a single Euler step: use euler, or 2 or more steps \(got 1\)\n$/],
+  ["karras spacing with ddim", () => ["sample", "--checkpoint", ck, "--sampler", "ddim", "--spacing", "karras", "--out", fresh() + ".png"], /spacing: karras is a σ schedule, which ddim does not step through/],
+  ["eta with a solver that has none", () => ["sample", "--checkpoint", ck, "--sampler", "dpm++2m", "--eta", "0.5", "--out", fresh() + ".png"], /eta: is DDIM's stochasticity; dpm\+\+2m has none/],
+  ["a malformed dynamic threshold", () => ["sample", "--checkpoint", ck, "--dynamic-threshold", "1.5", "--out", fresh() + ".png"], /--dynamic-threshold: must be RATIO\[,MAX\]/],
   ["checkpoint without state.json", () => ["sample", "--checkpoint", brokenCheckpoint("nostate", (d) => fs.rmSync(path.join(d, "state.json"))), "--out", fresh() + ".png"], /state\.json/],
   ["corrupt state.json", () => ["sample", "--checkpoint", brokenCheckpoint("badstate", (d) => fs.writeFileSync(path.join(d, "state.json"), "{\"step\": ")), "--out", fresh() + ".png"], /state\.json/],
   ["a byte flipped in the weights", () => ["sample", "--checkpoint", brokenCheckpoint("flip", (d) => flipByte(path.join(d, "ema.safetensors"))), "--out", fresh() + ".png"], /^error: [^\n]*ema\.safetensors is corrupt: [^\n]*changed after it was written; use another checkpoint of the run\n$/],
@@ -162,8 +167,15 @@ describe("bad input (the CLI, the API and the native core)", () => {
     expect(t.stepCount, "a refused step counts").toBe(0);
     expect((await t.step(x, y, opts)).skipped).toBeUndefined();
 
-    const sopts = { sampler: "ddim", steps: 2, cfgScale: 2, eta: 0, seed: 0, clipDenoised: true };
-    const samples: Array<[Partial<typeof sopts>, RegExp]> = [
+    const sopts: SampleOptions = { sampler: "ddim", steps: 2, cfgScale: 2, eta: 0, seed: 0, clipDenoised: true };
+    const samples: Array<[Partial<SampleOptions>, RegExp]> = [
+      [{ sampler: "dpm++3m" }, /unknown sampler 'dpm\+\+3m': use one of ddpm, ddim, dpm\+\+2m, dpm\+\+2m-sde, euler, heun$/],
+      [{ spacing: "uniform" }, /unknown spacing 'uniform'/],
+      [{ sampler: "heun", steps: 1 }, /heun with 1 step is a single Euler step/],
+      [{ spacing: "karras" }, /the karras spacing is a σ schedule, which ddim does not step through/],
+      [{ sampler: "euler", eta: 1 }, /eta is DDIM's stochasticity; euler has none/],
+      [{ dynamicThreshold: { ratio: 2, maxValue: 1.5 } }, range("sample: dynamicThreshold.ratio", 0, 1, "2")],
+      [{ dynamicThreshold: { ratio: 0.9, maxValue: Number.NaN } }, range("sample: dynamicThreshold.maxValue", 1, 1000000, "NaN")],
       [{ cfgScale: Number.NaN }, range("sample: cfgScale", 0, 100, "NaN")],
       [{ cfgScale: 101 }, range("sample: cfgScale", 0, 100, "101")],
       [{ eta: Number.NaN }, range("sample: eta", 0, 10, "NaN")],

@@ -125,13 +125,15 @@ describe("end to end (native addon)", () => {
     expect(pngSize(png)).toEqual([sg.width, sg.height]);
     expect([sg.width, sg.height - sg.stripHeight]).toEqual([3 * 30 + 2, 2 * 30 + 2]);
 
-    // The native step counter sees every step of every call it is given to.
+    // The native counter sees every network evaluation of every call it is given to (Heun: 2N − 1).
     const model = native.NativeModel.load(ck, "cpu", true);
     const counter = new native.SampleProgress();
     const opts = { sampler: "ddim", steps: 5, cfgScale: 2, eta: 0, seed: 0, clipDenoised: true };
     await model.sample(new Int32Array([0, 1]), opts, counter);
     await model.sample(new Int32Array([2]), { ...opts, steps: 3 }, counter);
-    expect(counter.steps).toBe(8);
+    expect(counter.evaluations).toBe(8);
+    await model.sample(new Int32Array([2]), { ...opts, sampler: "heun", steps: 3 }, counter);
+    expect(counter.evaluations).toBe(13);
   }, 600_000);
 
   it("the loss goes down on one fixed batch", async () => {

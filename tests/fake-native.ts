@@ -104,7 +104,7 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
 
     async sample(labels: Int32Array, opts: SampleOptions, progress?: FakeProgress): Promise<Float32Array> {
       log.samples.push({ labels: Array.from(labels), opts: { ...opts } });
-      if (progress) progress.steps += opts.steps;
+      if (progress) progress.evaluations += opts.sampler === "heun" ? 2 * opts.steps - 1 : opts.steps;
       const m = (JSON.parse(this.cfg) as { model: { inChannels: number; inputSize: number } }).model;
       const out = new Float32Array(labels.length * m.inChannels * m.inputSize * m.inputSize);
       for (let i = 0; i < out.length; i++) out[i] = Math.sin(i) * 0.9;
@@ -199,9 +199,9 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
   const preprocessImage = (): Promise<Uint8Array> => Promise.reject(new Error("the fake addon cannot preprocess images"));
   const decodeImageFile = (): Promise<Uint8Array | null> => Promise.reject(new Error("the fake addon cannot decode images"));
 
-  /** The native step counter: the fake's sampling counts all of a call's steps at once. */
+  /** The native evaluation counter: the fake's sampling counts all of a call's evaluations at once. */
   class FakeProgress {
-    steps = 0;
+    evaluations = 0;
   }
 
   class FakeModel {

@@ -184,13 +184,17 @@ describe("sampleToDir (fake addon)", () => {
     expect(png.data[4]).toBe(Math.round((Math.sin(1) * 0.9 + 1) * 127.5));
   });
 
-  it("reports denoising steps over all chunks, ending at steps × chunks", async () => {
+  it("reports network evaluations over all chunks, ending at evaluations × chunks", async () => {
     withFake();
     const ck = fakeCheckpoint();
-    const steps: Array<[number, number]> = [];
-    await sampleToDir({ checkpoint: ck, perClass: 100, chunkSize: 128, steps: 7, onStep: (d, t) => steps.push([d, t]) }, path.join(tmpDir(), "o"));
-    // The fake counts a call's steps when it returns: one report per chunk.
-    expect(steps).toEqual([[7, 21], [14, 21], [21, 21]]);
+    const seen: Array<[number, number]> = [];
+    const onEvaluations = (d: number, t: number): number => seen.push([d, t]);
+    await sampleToDir({ checkpoint: ck, perClass: 100, chunkSize: 128, steps: 7, onEvaluations }, path.join(tmpDir(), "o"));
+    // The fake counts a call's evaluations when it returns: one report per chunk.
+    expect(seen).toEqual([[7, 21], [14, 21], [21, 21]]);
+    seen.length = 0;
+    await sampleToDir({ checkpoint: ck, perClass: 100, chunkSize: 256, steps: 4, sampler: "heun", onEvaluations }, path.join(tmpDir(), "h"));
+    expect(seen).toEqual([[7, 14], [14, 14]]);
   });
 
   it("streams: each chunk's files are on disk before the next chunk is sampled", async () => {

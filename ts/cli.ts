@@ -8,7 +8,7 @@ import * as path from "node:path";
 import yargs from "yargs";
 import type { Argv } from "yargs";
 import { ConfigError, SadmError, errorMessage, fsError, isFsError } from "./errors.js";
-import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, setPath, type SadmConfigInput } from "./config.js";
+import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, SAMPLERS, SPACINGS, samplerEvaluations, setPath, type SadmConfigInput } from "./config.js";
 import { train } from "./trainer.js";
 import { SAMPLE_CHUNK, classNamesOf, isWeightsFile, sampleGrid, sampleToDir, type SampleRequest } from "./sampler.js";
 import { evaluate, formatMetrics, trainClassifier } from "./evaluate.js";
@@ -111,6 +111,7 @@ interface TrainArgs {
   limit?: number;
   sampler?: string;
   sampleSteps?: number;
+  spacing?: string;
   cfg?: number;
   set?: string[];
   quiet?: boolean;
@@ -170,6 +171,7 @@ export function trainInputFromArgs(a: TrainArgs): SadmConfigInput {
   flag("data.limit", a.limit);
   flag("sampler", a.sampler);
   flag("sampleSteps", a.sampleSteps);
+  flag("sampleSpacing", a.spacing);
   flag("cfgScale", a.cfg);
   flag("eval.every", a.evalEvery);
   flag("eval.samples", a.evalSamples);
@@ -222,7 +224,9 @@ interface SampleArgs {
   cfg?: number;
   steps?: number;
   sampler?: string;
+  spacing?: string;
   eta?: number;
+  dynamicThreshold?: string;
   seed?: number;
   device?: string;
   ema?: boolean;
@@ -235,16 +239,32 @@ interface SampleArgs {
   numHeads?: number;
 }
 
+/** A `--sampler`/`--spacing` value checked against the names ({@link SAMPLERS}, {@link SPACINGS}). */
+function oneOfFlag<T extends string>(value: string | undefined, names: readonly T[], flag: string): T | undefined {
+  if (value === undefined) return undefined;
+  if (!(names as readonly string[]).includes(value)) throw new ConfigError(flag, `must be one of ${names.join(", ")} (got "${value}")`);
+  return value as T;
+}
+
+/** `--dynamic-threshold RATIO[,MAX]` (MAX default 1.5). */
+function parseThreshold(value: string | undefined): { ratio: number; maxValue: number } | undefined {
+  if (value === undefined) return undefined;
+  const [ratio, maxValue = 1.5, ...rest] = value.split(",").map((x) => Number(x.trim()));
+  if (rest.length > 0 || !(ratio > 0 && ratio <= 1) || !(maxValue >= 1 && Number.isFinite(maxValue)))
+    throw new ConfigError("--dynamic-threshold", `must be RATIO[,MAX] with 0 < RATIO ≤ 1 and MAX ≥ 1, e.g. 0.995,1.5 (got "${value}")`);
+  return { ratio, maxValue };
+}
+
 async function runSample(a: SampleArgs): Promise<number> {
-  if (a.sampler !== undefined && a.sampler !== "ddim" && a.sampler !== "ddpm")
-    throw new ConfigError("--sampler", `must be "ddim" or "ddpm" (got "${a.sampler}")`);
+  const sampler = oneOfFlag(a.sampler, SAMPLERS, "--sampler");
+  const spacing = oneOfFlag(a.spacing, SPACINGS, "--spacing");
   if (a.out !== undefined && a.outDir !== undefined)
     throw new ConfigError("--out-dir", "cannot be combined with --out: write one grid (--out FILE) or one PNG per image (--out-dir DIR)");
   let progress: TaskProgress | undefined;
   let done = 0;
   const weightsFile = isWeightsFile(a.checkpoint);
   const chunk = a.chunkSize ?? (weightsFile ? 1 : SAMPLE_CHUNK);
-  let unit: "images" | "steps" | undefined;
+  let unit: "images" | "evaluations" | undefined;
   const tick = (now: number, total: number): void => {
     progress ??= new TaskProgress({ unit: unit ?? "images", total, quiet: a.quiet });
     progress.tick(now - done);
@@ -257,8 +277,10 @@ async function runSample(a: SampleArgs): Promise<number> {
     n: a.n,
     cfgScale: a.cfg,
     steps: a.steps,
-    sampler: a.sampler,
+    sampler,
+    spacing,
     eta: a.eta,
+    dynamicThreshold: parseThreshold(a.dynamicThreshold),
     seed: a.seed,
     device: a.device,
     useEma: a.ema,
@@ -266,21 +288,21 @@ async function runSample(a: SampleArgs): Promise<number> {
     vae: a.vae,
     guidanceChannels: a.guidanceChannels,
     numHeads: a.numHeads,
-    // Many chunks: images done; one chunk, or a weights file's minutes per image: denoising steps.
+    // Many chunks: images done; one chunk, or a weights file's minutes per image: network evaluations.
     onProgress: (now, total) => {
-      unit ??= weightsFile || total <= chunk ? "steps" : "images";
+      unit ??= weightsFile || total <= chunk ? "evaluations" : "images";
       if (unit === "images") tick(now, total);
     },
-    onStep: (now, total) => {
-      if (unit === "steps") tick(now, total);
+    onEvaluations: (now, total) => {
+      if (unit === "evaluations") tick(now, total);
     },
   };
   if (weightsFile && !a.quiet) {
-    const steps = a.steps ?? 250;
-    const evals = steps * ((a.cfg ?? 4) === 1 ? 1 : 2);
+    const s = sampler ?? "ddpm";
+    const evals = samplerEvaluations(s, a.steps ?? 250);
     process.stdout.write(
-      `sadm: sampling a weights file: ${evals} network evaluations per image (${steps} steps${evals > steps ? ", doubled by guidance" : ""}); ` +
-        "a DiT-XL/2 takes minutes per image on a CPU\n",
+      `sadm: sampling a weights file with ${s}: ${evals} network evaluations per image` +
+        `${(a.cfg ?? 4) === 1 ? "" : ", each a guided (doubled) batch"}; a DiT-XL/2 takes minutes per image on a CPU\n`,
     );
   }
   try {
@@ -388,6 +410,7 @@ interface EvalArgs {
   samples?: number;
   steps?: number;
   sampler?: string;
+  spacing?: string;
   cfg?: number;
   seed?: number;
   extractor?: string;
@@ -400,8 +423,8 @@ interface EvalArgs {
 }
 
 async function runEvalCommand(a: EvalArgs): Promise<number> {
-  if (a.sampler !== undefined && a.sampler !== "ddim" && a.sampler !== "ddpm")
-    throw new ConfigError("--sampler", `must be "ddim" or "ddpm" (got "${a.sampler}")`);
+  oneOfFlag(a.sampler, SAMPLERS, "--sampler");
+  oneOfFlag(a.spacing, SPACINGS, "--spacing");
   const overrides: PlainObject = {};
   const put = (k: string, v: unknown): void => {
     if (v !== undefined) overrides[k] = v;
@@ -409,6 +432,7 @@ async function runEvalCommand(a: EvalArgs): Promise<number> {
   put("samples", a.samples);
   put("steps", a.steps);
   put("sampler", a.sampler);
+  put("spacing", a.spacing);
   put("cfgScale", a.cfg);
   put("seed", a.seed);
   if (a.extractor !== undefined || a.extractorWeights !== undefined)
@@ -663,8 +687,9 @@ function withTrainOptions<T>(y: Argv<T>) {
     .option("force-data", { type: "boolean", describe: "Resume even though the data changed since the checkpoint" })
     .option("classes", { type: "string", describe: "Train on these classes only: labels (0,1,7) or names (cat,dog)" })
     .option("limit", { type: "number", describe: "Use at most N images" })
-    .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler for the grids" })
+    .option("sampler", { type: "string", choices: [...SAMPLERS], describe: "Sampler for the grids" })
     .option("sample-steps", { type: "number", describe: "Sampling steps for the grids" })
+    .option("spacing", { type: "string", choices: [...SPACINGS], describe: "The grids' timestep spacing (default: karras for euler/heun, else linspace)" })
     .option("cfg", { type: "number", describe: "Guidance scale for the grids" })
     .option("set", {
       type: "string",
@@ -729,7 +754,8 @@ export function buildCli(argv: string[]): Argv {
           .option("checkpoint", { alias: "k", type: "string", demandOption: true, describe: "Checkpoint or run dir" })
           .option("samples", { alias: "n", type: "number", describe: "Samples to generate (default: the run's eval.samples, 1000)" })
           .option("steps", { type: "number", describe: "Sampling steps (default 50)" })
-          .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler (default ddim)" })
+          .option("sampler", { type: "string", choices: [...SAMPLERS], describe: "Sampler (default ddim)" })
+          .option("spacing", { type: "string", choices: [...SPACINGS], describe: "Timestep spacing (default: karras for euler/heun, else linspace)" })
           .option("cfg", { type: "number", describe: "Guidance scale (default 1: the plain conditional model)" })
           .option("seed", { type: "number", describe: "Noise seed (default 0)" })
           .option("extractor", { type: "string", describe: "Feature extractor: lenet-mnist (default) or inception-v3-fid (needs --extractor-weights)" })
@@ -774,8 +800,10 @@ export function buildCli(argv: string[]): Argv {
           .option("n", { type: "number", describe: "Samples for an unconditional model, default 64" })
           .option("cfg", { type: "number", describe: "Classifier-free guidance scale, default 3 (a .pt: 4)" })
           .option("steps", { type: "number", describe: "Sampling steps, default 50 (a .pt: 250)" })
-          .option("sampler", { type: "string", choices: ["ddim", "ddpm"], describe: "Sampler, default ddim (a .pt: ddpm)" })
+          .option("sampler", { type: "string", choices: [...SAMPLERS], describe: "Sampler, default ddim (a .pt: ddpm)" })
+          .option("spacing", { type: "string", choices: [...SPACINGS], describe: "Timestep spacing (default: karras for euler/heun, else linspace)" })
           .option("eta", { type: "number", describe: "DDIM η, default 0" })
+          .option("dynamic-threshold", { type: "string", describe: "Threshold x̂0 dynamically instead of clipping: RATIO[,MAX], e.g. 0.995,1.5" })
           .option("seed", { type: "number", describe: "Noise seed, default 0" })
           .option("device", { type: "string", describe: "cpu or cuda:N" })
           .option("ema", { type: "boolean", default: true, describe: "Use the EMA weights (--no-ema: raw)" })

@@ -111,6 +111,47 @@ export interface ExtractorConfig {
   weights?: string;
 }
 
+/**
+ * The samplers: DiT's ancestral `ddpm` and `ddim`; the few-step solvers `dpm++2m` (DPM-Solver++ 2M, diffusers'
+ * default), `dpm++2m-sde` (its SDE variant), and `euler`/`heun` on Karras σ (k-diffusion's). Heun's N steps cost
+ * 2N − 1 network evaluations; the others cost one per step.
+ */
+export const SAMPLERS = ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler", "heun"] as const;
+export type SamplerName = (typeof SAMPLERS)[number];
+/**
+ * Where the steps go: `linspace` (evenly, DiT's), `leading` and `trailing` (diffusers'), `karras` (Karras et al.'s σ
+ * schedule; σ-space solvers only). Default: karras for euler and heun, linspace for the rest.
+ */
+export const SPACINGS = ["linspace", "leading", "trailing", "karras"] as const;
+export type SpacingName = (typeof SPACINGS)[number];
+
+/** A sampler's settings as a config, a request or the CLI gives them. */
+export interface SamplingChoice {
+  sampler: SamplerName;
+  steps: number;
+  spacing?: SpacingName;
+  eta?: number;
+}
+
+/**
+ * Refuses the combinations no solver runs, naming `field`'s entries: Heun with 1 step, the karras spacing with
+ * DDPM or DDIM, η with a sampler that has none.
+ * @throws ConfigError
+ */
+export function checkSampling(c: SamplingChoice, field: { sampler: string; steps: string; spacing: string; eta: string }): void {
+  if (c.sampler === "heun" && c.steps < 2)
+    throw new ConfigError(field.steps, `heun with 1 step is a single Euler step: use euler, or 2 or more steps (got ${c.steps})`);
+  if (c.spacing === "karras" && (c.sampler === "ddpm" || c.sampler === "ddim"))
+    throw new ConfigError(field.spacing, `karras is a σ schedule, which ${c.sampler} does not step through: use it with dpm++2m, dpm++2m-sde, euler or heun`);
+  if ((c.eta ?? 0) !== 0 && c.sampler !== "ddim")
+    throw new ConfigError(field.eta, `is DDIM's stochasticity; ${c.sampler} has none: leave it at 0 or use ddim (got ${c.eta})`);
+}
+
+/** Network evaluations of `steps` steps of `sampler` (Heun: 2N − 1). */
+export function samplerEvaluations(sampler: SamplerName, steps: number): number {
+  return sampler === "heun" ? Math.max(0, 2 * steps - 1) : steps;
+}
+
 /** Sample-quality evaluation (FD, KID, precision/recall, classifier accuracy) of the EMA model. */
 export interface EvalConfig {
   /** Evaluate every N training steps (0 = never during training; `sadm eval` works on any checkpoint). */
@@ -118,9 +159,11 @@ export interface EvalConfig {
   /** Generated samples (and as many real images as the data has, up to this number). */
   samples: number;
   /** Sampler for the evaluation samples. */
-  sampler: "ddpm" | "ddim";
+  sampler: SamplerName;
   /** Sampling steps. */
   steps: number;
+  /** Timestep spacing (default: the sampler's, see {@link SPACINGS}). */
+  spacing?: SpacingName;
   /** Guidance scale (1 = the plain conditional model, which is what the metrics should judge by default). */
   cfgScale: number;
   /** Noise seed of the evaluation samples (fixed, so evaluations of one run are comparable). */
@@ -191,9 +234,11 @@ export interface SadmConfig {
    */
   vae?: string;
   /** Sampler for the grids written during training (and the CLI default). */
-  sampler: "ddpm" | "ddim";
+  sampler: SamplerName;
   /** Sampling steps (respaced). */
   sampleSteps: number;
+  /** Timestep spacing of the grids' sampler (default: the sampler's, see {@link SPACINGS}). */
+  sampleSpacing?: SpacingName;
   /** Classifier-free guidance scale (1 = conditional sampling). */
   cfgScale: number;
   /** DDIM η. */
@@ -542,8 +587,9 @@ const dataSchema = z.strictObject({
 const evalSchema = z.strictObject({
   every: num(0, MAX_STEPS, true).optional(),
   samples: num(10, 1_000_000, true).optional(),
-  sampler: oneOf(["ddpm", "ddim"] as const).optional(),
+  sampler: oneOf(SAMPLERS).optional(),
   steps: num(1, 100_000, true).optional(),
+  spacing: oneOf(SPACINGS).optional(),
   cfgScale: num(0, 100).optional(),
   seed: num(0, Number.MAX_SAFE_INTEGER, true).optional(),
   extractor: z
@@ -586,8 +632,9 @@ export const configInputSchema = z.strictObject({
   precision: oneOf(["fp32", "bf16"] as const).optional(),
   outDir: z.string({ error: "must be a path" }).min(1, { error: "must not be empty" }).optional(),
   vae: z.string({ error: "must be the path of a VAE folder or file" }).min(1, { error: "must not be empty" }).optional(),
-  sampler: oneOf(["ddpm", "ddim"] as const).optional(),
+  sampler: oneOf(SAMPLERS).optional(),
   sampleSteps: num(1, 100_000, true).optional(),
+  sampleSpacing: oneOf(SPACINGS).optional(),
   cfgScale: num(0, 100).optional(),
   eta: num(0, 10).optional(),
   samplesPerClass: num(1, 64, true).optional(),
@@ -856,6 +903,7 @@ export function resolveConfig(input: unknown): SadmConfig {
     ...(m.vae !== undefined ? { vae: path.resolve(m.vae) } : {}),
     sampler: requireField(m.sampler, "config.sampler"),
     sampleSteps: requireField(m.sampleSteps, "config.sampleSteps"),
+    ...(m.sampleSpacing !== undefined ? { sampleSpacing: m.sampleSpacing } : {}),
     cfgScale: requireField(m.cfgScale, "config.cfgScale"),
     eta: requireField(m.eta, "config.eta"),
     samplesPerClass: requireField(m.samplesPerClass, "config.samplesPerClass"),
@@ -865,6 +913,7 @@ export function resolveConfig(input: unknown): SadmConfig {
       samples: requireField(m.eval?.samples, "config.eval.samples"),
       sampler: requireField(m.eval?.sampler, "config.eval.sampler"),
       steps: requireField(m.eval?.steps, "config.eval.steps"),
+      ...(m.eval?.spacing !== undefined ? { spacing: m.eval.spacing } : {}),
       cfgScale: requireField(m.eval?.cfgScale, "config.eval.cfgScale"),
       seed: requireField(m.eval?.seed, "config.eval.seed"),
       extractor: {
@@ -1019,6 +1068,14 @@ function checkCrossFields(c: SadmConfig, facts: DataFacts): void {
     );
   if (c.lambda > 0 && c.batchSize < 2)
     throw new ConfigError("config.batchSize", `must be at least 2 when lambda > 0 (pairs of samples) (got ${c.batchSize})`);
+  checkSampling(
+    { sampler: c.sampler, steps: c.sampleSteps, spacing: c.sampleSpacing, eta: c.eta },
+    { sampler: "config.sampler", steps: "config.sampleSteps", spacing: "config.sampleSpacing", eta: "config.eta" },
+  );
+  checkSampling(
+    { sampler: c.eval.sampler, steps: c.eval.steps, spacing: c.eval.spacing },
+    { sampler: "config.eval.sampler", steps: "config.eval.steps", spacing: "config.eval.spacing", eta: "config.eval.eta" },
+  );
 }
 
 /** The part of the config the native core needs (`NativeTrainer.create(JSON.stringify(core), device)`). */

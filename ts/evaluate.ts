@@ -247,6 +247,7 @@ export async function evaluateModel(
       x = await model.sample(Int32Array.from(part), {
         sampler: e.sampler,
         steps: e.steps,
+        ...(e.spacing ? { spacing: e.spacing } : {}),
         cfgScale: conditional ? e.cfgScale : 1,
         eta: 0,
         // One seed per chunk, derived from the eval seed, so a chunk size change is the only thing that moves them.

@@ -1,5 +1,6 @@
 /**
- * Sampling from a checkpoint (EMA weights by default) with DDPM or DDIM and classifier-free guidance. The native
+ * Sampling from a checkpoint (EMA weights by default) with any of the core's samplers ({@link SAMPLERS}: DDPM, DDIM,
+ * DPM-Solver++ 2M and its SDE variant, Euler and Heun on Karras σ) and classifier-free guidance. The native
  * sampler is called in chunks of at most {@link SAMPLE_CHUNK} images, so memory stays bounded however many samples
  * are asked for: a grid is filled chunk by chunk and refused up front when it is larger than a PNG sadm writes, and
  * any number of samples can go to a directory, one PNG each, as the chunks come back ({@link sampleToDir}).
@@ -12,7 +13,7 @@ import { loadNative } from "./native.js";
 import type { SampleOptions, SampleProgress } from "./native.js";
 import { readState, resolveCheckpoint, type CheckpointState } from "./checkpoint.js";
 import { GridCanvas, assertGridFits, encodeImage, gridGeometry, writeFileAtomic } from "./image.js";
-import { normalizeDevice } from "./config.js";
+import { SAMPLERS, SPACINGS, checkSampling, normalizeDevice, samplerEvaluations, type SamplerName, type SpacingName } from "./config.js";
 import { classIndices } from "./data/spec.js";
 import type { VaeIdentity } from "./data/latents.js";
 import { checkSameVae, decodeAll, loadVae, type Vae } from "./latent/vae.js";
@@ -41,12 +42,19 @@ export interface SampleRequest {
   n?: number;
   /** Guidance scale (1 = plain conditional). Default 3. */
   cfgScale?: number;
-  /** Sampling steps. Default 50. */
+  /** Sampling steps. Default 50 (a weights file: 250). Heun's N steps cost 2N − 1 network evaluations. */
   steps?: number;
-  /** "ddim" (default) or "ddpm". */
-  sampler?: "ddim" | "ddpm";
-  /** DDIM η (default 0). */
+  /** One of {@link SAMPLERS}; default "ddim" (a weights file: "ddpm", as DiT's sample.py). */
+  sampler?: SamplerName;
+  /** Timestep spacing, one of {@link SPACINGS}; default: the sampler's (karras for euler/heun, else linspace). */
+  spacing?: SpacingName;
+  /** DDIM η (default 0; DDIM only). */
   eta?: number;
+  /**
+   * Dynamic thresholding of x̂0 (Imagen; diffusers' `thresholding`) instead of clipping: per image, s = the `ratio`
+   * quantile of |x̂0| clamped to [1, `maxValue`]; x̂0 is clipped to [−s, s] and divided by s.
+   */
+  dynamicThreshold?: { ratio: number; maxValue: number };
   /**
    * Noise seed (default 0). The chunk of images from index i on is sampled with seed `seed + i`, so results depend
    * on the seed and the chunk size only.
@@ -75,13 +83,14 @@ export interface SampleRequest {
   /** Called once the model is loaded with (0, total), then after each chunk with the images done so far. */
   onProgress?: (done: number, total: number) => void;
   /**
-   * Called a few times a second while the sampler runs, with the denoising steps done over the whole request and
-   * their total (steps × chunks): the finer progress for samplings whose chunks take minutes (a DiT-XL/2 on a CPU).
+   * Called a few times a second while the sampler runs, with the network evaluations done over the whole request
+   * and their total (evaluations per chunk × chunks): the finer progress for samplings whose chunks take minutes (a
+   * DiT-XL/2 on a CPU).
    */
-  onStep?: (done: number, total: number) => void;
+  onEvaluations?: (done: number, total: number) => void;
 }
 
-/** How often {@link SampleRequest.onStep} reads the native step counter. */
+/** How often {@link SampleRequest.onEvaluations} reads the native counter. */
 const STEP_POLL_MS = 250;
 
 /** Samples with their layout: NCHW floats, one label per image, `cols` = grid columns. */
@@ -185,21 +194,21 @@ export interface Sampleable {
   configJson(): string;
 }
 
-/** A native step counter and who to tell its count ({@link sampleInChunks}). */
-export interface StepWatch {
+/** A native evaluation counter and who to tell its count ({@link sampleInChunks}). */
+export interface EvaluationWatch {
   counter: SampleProgress;
-  onSteps: (done: number) => void;
+  onEvaluations: (done: number) => void;
 }
 
-/** Awaits `work` while telling `watch` the counter's steps every {@link STEP_POLL_MS} and once at the end. */
-async function watched<T>(work: Promise<T>, watch: StepWatch | undefined): Promise<T> {
+/** Awaits `work` while telling `watch` the counter's count every {@link STEP_POLL_MS} and once at the end. */
+async function watched<T>(work: Promise<T>, watch: EvaluationWatch | undefined): Promise<T> {
   if (!watch) return work;
-  const timer = setInterval(() => watch.onSteps(watch.counter.steps), STEP_POLL_MS);
+  const timer = setInterval(() => watch.onEvaluations(watch.counter.evaluations), STEP_POLL_MS);
   try {
     return await work;
   } finally {
     clearInterval(timer);
-    watch.onSteps(watch.counter.steps);
+    watch.onEvaluations(watch.counter.evaluations);
   }
 }
 
@@ -253,7 +262,7 @@ function checkChunkSize(chunkSize: number): void {
 /**
  * Runs a sampler on anything sampleable in chunks of at most `chunkSize` images, yielding each chunk's first index
  * and images (NCHW) as it comes back. The chunk from index i on uses seed `opts.seed + i`. `watch` is told the
- * steps its counter has seen, over all chunks, while they run.
+ * network evaluations its counter has seen, over all chunks, while they run.
  * @throws NativeError when the sampler fails or returns the wrong number of values.
  */
 export async function* sampleInChunks(
@@ -261,7 +270,7 @@ export async function* sampleInChunks(
   labels: Int32Array,
   opts: SampleOptions,
   chunkSize = SAMPLE_CHUNK,
-  watch?: StepWatch,
+  watch?: EvaluationWatch,
 ): AsyncGenerator<{ first: number; images: Float32Array }> {
   checkChunkSize(chunkSize);
   const facts = modelFacts(model.configJson());
@@ -308,6 +317,7 @@ interface Prepared {
   /** What the DiT makes per image, [C, h, w] (latents for a latent model). */
   modelShape: [number, number, number];
   opts: SampleOptions;
+  sampler: SamplerName;
   chunkSize: number;
   device: string;
   /** The VAE that decodes a latent model's samples, and the one its run was trained with (checked on load). */
@@ -353,6 +363,12 @@ function prepare(req: SampleRequest): Prepared {
   // A published DiT checkpoint samples as DiT's sample.py does by default.
   const steps = req.steps ?? (reference ? 250 : 50);
   if (!Number.isInteger(steps) || steps < 1) throw new ConfigError("steps", `must be an integer ≥ 1 (got ${steps})`);
+  const sampler = req.sampler ?? (reference ? "ddpm" : "ddim");
+  if (!(SAMPLERS as readonly string[]).includes(sampler))
+    throw new ConfigError("sampler", `must be one of ${SAMPLERS.join(", ")} (got "${sampler}")`);
+  if (req.spacing !== undefined && !(SPACINGS as readonly string[]).includes(req.spacing))
+    throw new ConfigError("spacing", `must be one of ${SPACINGS.join(", ")} (got "${req.spacing}")`);
+  checkSampling({ sampler, steps, spacing: req.spacing, eta: req.eta }, { sampler: "sampler", steps: "steps", spacing: "spacing", eta: "eta" });
   const seed = req.seed ?? 0;
   if (!Number.isInteger(seed) || seed < 0 || seed + plan.labels.length > Number.MAX_SAFE_INTEGER)
     throw new ConfigError("seed", `must be an integer from 0 to ${Number.MAX_SAFE_INTEGER - plan.labels.length} (got ${seed})`);
@@ -372,9 +388,12 @@ function prepare(req: SampleRequest): Prepared {
     plan,
     shape: [plan.labels.length, imageChannels, facts.inputSize * down, facts.inputSize * down],
     modelShape: [facts.inChannels, facts.inputSize, facts.inputSize],
+    sampler,
     opts: {
-      sampler: req.sampler ?? (reference ? "ddpm" : "ddim"),
+      sampler,
       steps,
+      ...(req.spacing !== undefined ? { spacing: req.spacing } : {}),
+      ...(req.dynamicThreshold !== undefined ? { dynamicThreshold: req.dynamicThreshold } : {}),
       cfgScale: plan.conditional ? (req.cfgScale ?? (reference ? 4 : 3)) : 1,
       eta: req.eta ?? 0,
       seed,
@@ -405,9 +424,9 @@ async function* run(p: Prepared, req: SampleRequest): AsyncGenerator<{ first: nu
   }
   const [total, c, h, w] = p.shape;
   req.onProgress?.(0, total);
-  const onStep = req.onStep;
-  const totalSteps = Math.ceil(total / p.chunkSize) * p.opts.steps;
-  const watch = onStep && { counter: new (loadNative(p.device).SampleProgress)(), onSteps: (n: number) => onStep(n, totalSteps) };
+  const report = req.onEvaluations;
+  const evaluations = Math.ceil(total / p.chunkSize) * samplerEvaluations(p.sampler, p.opts.steps);
+  const watch = report && { counter: new (loadNative(p.device).SampleProgress)(), onEvaluations: (n: number) => report(n, evaluations) };
   for await (const chunk of sampleInChunks(model, p.plan.labels, p.opts, p.chunkSize, watch)) {
     let images = chunk.images;
     if (vae) {

@@ -437,6 +437,7 @@ class Run {
     const sampled = await sampleFrom(this.trainer, plan.labels, {
       sampler: cfg.sampler,
       steps: cfg.sampleSteps,
+      ...(cfg.sampleSpacing ? { spacing: cfg.sampleSpacing } : {}),
       cfgScale: plan.conditional ? cfg.cfgScale : 1,
       eta: cfg.eta,
       seed: cfg.seed,

@@ -726,7 +726,7 @@ mod tests {
         let edge = StepParams { lambda: 10.0, lr: 0.0, disc_lr: 0.0, ema_decay: 1.0, update_disc: true };
         assert!(tr.step(&x, &y, &edge)?.skipped.is_none());
 
-        let opts = SampleOptions { sampler: diffusion::Sampler::Ddim, steps: 2, cfg_scale: 2.0, eta: 0.0, clip_denoised: true, seed: 0, guidance_channels: None, progress: None };
+        let opts = SampleOptions { cfg_scale: 2.0, ..SampleOptions::new(diffusion::Sampler::Ddim, 2) };
         let err = |o: SampleOptions| tr.sample(&[1], &o, true).unwrap_err().to_string();
         for (o, want) in [
             (SampleOptions { cfg_scale: f64::NAN, ..opts.clone() }, "sample: cfgScale must be a finite number between 0 and 100 (got NaN)"),
@@ -749,7 +749,7 @@ mod tests {
         for _ in 0..2 {
             tr.step(&x, &y, &StepParams { ema_decay: 0.0, ..params(0.0) })?;
         }
-        let opts = SampleOptions { sampler: diffusion::Sampler::Ddpm, steps: 5, cfg_scale: 1.0, eta: 0.0, clip_denoised: true, seed: 3, guidance_channels: None, progress: None };
+        let opts = SampleOptions { seed: 3, ..SampleOptions::new(diffusion::Sampler::Ddpm, 5) };
         let a = tr.sample(&[1, 2, 3], &opts, true)?;
         assert_eq!(a.dims(), &[3, 1, 28, 28]);
         let b = tr.sample(&[1, 2, 3], &opts, true)?;

@@ -8,7 +8,7 @@ use sadm_core::io::{checkpoint, weights};
 use sadm_core::model::vae::{self, AutoencoderKL};
 use sadm_core::classifier::{self, Extractor, LeNetTraining};
 use sadm_core::metrics;
-use sadm_core::diffusion::{SampleOptions as CoreSampleOptions, Sampler};
+use sadm_core::diffusion::{DynamicThreshold, SampleOptions as CoreSampleOptions, Sampler, Spacing};
 use sadm_core::error::{check_integer, MAX_SAFE_INTEGER};
 use sadm_core::{device, train, CoreConfig, Trainer};
 use std::collections::HashMap;
@@ -74,38 +74,53 @@ pub struct StepStats {
 #[napi(object)]
 #[derive(Clone)]
 pub struct SampleOptions {
-    /// "ddpm" or "ddim".
+    /// "ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler" or "heun".
     pub sampler: String,
-    /// Denoising steps, an integer from 1 to the model's `numTimesteps`.
+    /// Sampler steps, an integer from 1 to the model's `numTimesteps` (Heun: at least 2).
     pub steps: f64,
+    /// "linspace", "leading", "trailing" or "karras" (σ-space solvers only); omitted: the sampler's default
+    /// (karras for euler and heun, linspace for the rest).
+    pub spacing: Option<String>,
     /// Classifier-free guidance scale, 0 to 100.
     pub cfg_scale: f64,
-    /// DDIM's η, 0 to 10.
+    /// DDIM's η, 0 to 10 (0 for the other samplers).
     pub eta: f64,
     /// An integer from 0 to `Number.MAX_SAFE_INTEGER`.
     pub seed: f64,
     pub clip_denoised: bool,
+    /// Dynamic thresholding of x̂0 instead of clipping: per sample, s = the `ratio` quantile of |x̂0| clamped to
+    /// [1, `maxValue`]; x̂0 is clipped to [−s, s] and divided by s.
+    pub dynamic_threshold: Option<DynamicThresholdOptions>,
     /// Guide only the first this many channels (DiT's `sample.py`: 3 of 4); omitted: all.
     pub guidance_channels: Option<f64>,
 }
 
-/// Counts a sampling's denoising steps while it runs: pass one to `sample` and read `steps` from a timer.
+#[napi(object)]
+#[derive(Clone)]
+pub struct DynamicThresholdOptions {
+    pub ratio: f64,
+    pub max_value: f64,
+}
+
+/// Counts a sampling's network evaluations while it runs: pass one to `sample` and read `evaluations` from a
+/// timer.
 #[napi]
 pub struct SampleProgress {
-    steps: Arc<AtomicUsize>,
+    evaluations: Arc<AtomicUsize>,
 }
 
 #[napi]
 impl SampleProgress {
     #[napi(constructor)]
     pub fn new() -> Self {
-        Self { steps: Arc::new(AtomicUsize::new(0)) }
+        Self { evaluations: Arc::new(AtomicUsize::new(0)) }
     }
 
-    /// Denoising steps done so far, over every sampling this counter was given to.
+    /// Network evaluations done so far (Heun: two per step but the last), over every sampling this counter was
+    /// given to.
     #[napi(getter)]
-    pub fn steps(&self) -> f64 {
-        self.steps.load(Ordering::Relaxed) as f64
+    pub fn evaluations(&self) -> f64 {
+        self.evaluations.load(Ordering::Relaxed) as f64
     }
 }
 
@@ -124,15 +139,15 @@ pub struct ParamCounts {
 
 /// The core's options from JS numbers, for a model of `num_timesteps` (the core checks the rest).
 fn core_sample_options(o: &SampleOptions, num_timesteps: usize, progress: Option<Arc<AtomicUsize>>) -> sadm_core::Result<CoreSampleOptions> {
-    let sampler = match o.sampler.as_str() {
-        "ddpm" => Sampler::Ddpm,
-        "ddim" => Sampler::Ddim,
-        s => return Err(sadm_core::Error::Input(format!("unknown sampler '{s}': use \"ddpm\" or \"ddim\""))),
-    };
+    let sampler = Sampler::parse(&o.sampler)?;
+    let spacing = o.spacing.as_deref().map(Spacing::parse).transpose()?;
     let steps = check_integer("sample: steps", o.steps, 1, num_timesteps as u64)? as usize;
     let seed = check_integer("sample: seed", o.seed, 0, MAX_SAFE_INTEGER)?;
     let guidance_channels = o.guidance_channels.map(|g| check_integer("sample: guidanceChannels", g, 1, 1 << 16)).transpose()?.map(|g| g as usize);
-    Ok(CoreSampleOptions { sampler, steps, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, seed, guidance_channels, progress })
+    let dynamic_threshold = o.dynamic_threshold.as_ref().map(|t| DynamicThreshold { ratio: t.ratio, max_value: t.max_value });
+    let opts = CoreSampleOptions { sampler, steps, spacing, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, dynamic_threshold, seed, guidance_channels, progress };
+    opts.validate(num_timesteps)?;
+    Ok(opts)
 }
 
 fn to_vec(t: &Tensor) -> sadm_core::Result<Vec<f32>> {
@@ -191,10 +206,10 @@ impl NativeTrainer {
     }
 
     /// Samples one image per label from the EMA weights; resolves with n·C·H·W floats (NCHW). `progress` counts
-    /// the steps as they are done.
+    /// the network evaluations as they are done.
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
     pub fn sample(&self, labels: Int32Array, opts: SampleOptions, progress: Option<&SampleProgress>) -> AsyncTask<SampleTask> {
-        let progress = progress.map(|p| p.steps.clone());
+        let progress = progress.map(|p| p.evaluations.clone());
         AsyncTask::new(SampleTask { source: Source::Trainer(self.inner.clone()), labels: labels.to_vec(), opts, progress })
     }
 
@@ -277,12 +292,12 @@ impl NativeModel {
         })
     }
 
-    /// Samples one image per label; resolves with n·C·H·W floats (NCHW). `progress` counts the steps as they are
-    /// done.
+    /// Samples one image per label; resolves with n·C·H·W floats (NCHW). `progress` counts the network evaluations
+    /// as they are done.
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
     pub fn sample(&self, labels: Int32Array, opts: SampleOptions, progress: Option<&SampleProgress>) -> AsyncTask<SampleTask> {
         let source = Source::Weights(self.cfg.clone(), self.weights.clone(), self.device.clone());
-        let progress = progress.map(|p| p.steps.clone());
+        let progress = progress.map(|p| p.evaluations.clone());
         AsyncTask::new(SampleTask { source, labels: labels.to_vec(), opts, progress })
     }
 

@@ -1,11 +1,12 @@
 //! Gaussian diffusion as in DiT/improved-DDPM: β schedules, the forward process, the ε-loss with the learned-Σ
-//! variational term, the one-step reconstruction x̂0, and DDPM/DDIM samplers over respaced timesteps.
+//! variational term, the one-step reconstruction x̂0, and the reverse steps of respaced processes. The samplers
+//! that run them (and the few-step solvers) are in [`samplers`].
+pub mod samplers;
+
 use crate::config::{BetaSchedule, DiffusionConfig, LossWeighting, Prediction};
-use crate::error::{check_integer, check_range};
-use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+pub use samplers::schedule::space_timesteps;
+pub use samplers::{guided_output, sample, Denoiser, DynamicThreshold, SampleOptions, Sampler, Spacing};
 
 pub fn betas(cfg: &DiffusionConfig) -> Vec<f64> {
     let t = cfg.num_timesteps;
@@ -21,17 +22,6 @@ pub fn betas(cfg: &DiffusionConfig) -> Vec<f64> {
             (0..t).map(|i| (1.0 - ab((i + 1) as f64 / t as f64) / ab(i as f64 / t as f64)).min(0.999)).collect()
         }
     }
-}
-
-/// DiT's `space_timesteps` for a single section: `n` evenly spaced steps of `0..t`, with Python's rounding.
-pub fn space_timesteps(t: usize, n: usize) -> Vec<usize> {
-    if n <= 1 {
-        return vec![0];
-    }
-    let stride = (t - 1) as f64 / (n - 1) as f64;
-    let mut out: Vec<usize> = (0..n).map(|i| (i as f64 * stride).round_ties_even() as usize).collect();
-    out.dedup();
-    out
 }
 
 /// Per-timestep constants of one (possibly respaced) process, in f64.
@@ -91,16 +81,25 @@ impl GaussianDiffusion {
 
     /// The process restricted to `steps` evenly spaced timesteps (DiT's `SpacedDiffusion`).
     pub fn respaced(&self, steps: usize) -> Self {
-        let steps = steps.clamp(1, self.num_timesteps());
-        let used = space_timesteps(self.num_timesteps(), steps);
+        self.respaced_at(&space_timesteps(self.num_timesteps(), steps.clamp(1, self.num_timesteps())))
+    }
+
+    /// The process restricted to the ascending timesteps `used`: each kept step's β makes ᾱ equal the original's
+    /// there.
+    pub fn respaced_at(&self, used: &[usize]) -> Self {
         let mut last = 1.0;
         let mut betas = Vec::with_capacity(used.len());
-        for &i in &used {
+        for &i in used {
             betas.push(1.0 - self.alphas_cumprod[i] / last);
             last = self.alphas_cumprod[i];
         }
         let map = used.iter().map(|&i| self.timestep_map[i]).collect();
         Self { prediction: self.prediction, weighting: self.weighting, min_snr_gamma: self.min_snr_gamma, ..Self::from_betas(betas, map) }
+    }
+
+    /// What the network predicts (ε or v).
+    pub fn prediction(&self) -> Prediction {
+        self.prediction
     }
 
     /// `v[t_b]` for each sample, shaped [B, 1, 1, 1] to broadcast over images.
@@ -222,15 +221,15 @@ impl GaussianDiffusion {
         Tensor::from_vec(is_zero, t.len(), dev)?.where_cond(&nll, &kl)
     }
 
-    /// One reverse step from index `i` of this process. `out` is the model output at x_t; returns x_{t-1}.
-    pub fn p_sample(&self, out: &Tensor, x_t: &Tensor, i: usize, clip: bool, noise: &Tensor) -> Result<Tensor> {
+    /// One reverse step from index `i` of this process. `out` is the model output at x_t; `denoised` post-processes
+    /// x̂0 (clipping); returns x_{t-1}.
+    pub fn p_sample(&self, out: &Tensor, x_t: &Tensor, i: usize, denoised: &dyn Fn(Tensor) -> Result<Tensor>, noise: &Tensor) -> Result<Tensor> {
         let c = x_t.dim(1)?;
         let b = x_t.dim(0)?;
         let t = vec![i; b];
         let eps = self.eps_from_prediction(&out.narrow(1, 0, c)?, x_t, &t)?;
         let v = (out.dim(1)? == 2 * c).then(|| out.narrow(1, c, c)).transpose()?;
-        let x0 = self.predict_x0(x_t, &t, &eps)?;
-        let x0 = if clip { x0.clamp(-1f32, 1f32)? } else { x0 };
+        let x0 = denoised(self.predict_x0(x_t, &t, &eps)?)?;
         let mean = self.posterior_mean(&x0, x_t, &t)?;
         if i == 0 {
             return Ok(mean);
@@ -240,13 +239,12 @@ impl GaussianDiffusion {
     }
 
     /// One DDIM step from index `i` with stochasticity `eta` (0 = deterministic).
-    pub fn ddim_sample(&self, out: &Tensor, x_t: &Tensor, i: usize, clip: bool, eta: f64, noise: &Tensor) -> Result<Tensor> {
+    pub fn ddim_sample(&self, out: &Tensor, x_t: &Tensor, i: usize, denoised: &dyn Fn(Tensor) -> Result<Tensor>, eta: f64, noise: &Tensor) -> Result<Tensor> {
         let c = x_t.dim(1)?;
         let ab = self.alphas_cumprod[i];
         let ab_prev = self.alphas_cumprod_prev[i];
         let eps = self.eps_from_prediction(&out.narrow(1, 0, c)?, x_t, &vec![i; x_t.dim(0)?])?;
-        let x0 = ((x_t * (1.0 / ab).sqrt())? - (eps * (1.0 / ab - 1.0).sqrt())?)?;
-        let x0 = if clip { x0.clamp(-1f32, 1f32)? } else { x0 };
+        let x0 = denoised(((x_t * (1.0 / ab).sqrt())? - (eps * (1.0 / ab - 1.0).sqrt())?)?)?;
         // ε re-derived from the (clipped) x0, as the reference does.
         let eps = (((x_t * (1.0 / ab).sqrt())? - &x0)? / (1.0 / ab - 1.0).sqrt())?;
         let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt();
@@ -293,118 +291,10 @@ pub fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scale
     low.where_cond(&log_cdf_plus, &high.where_cond(&log_one_minus_cdf_min, &log_cdf_delta)?)
 }
 
-/// A denoiser as the samplers see it: (x_t, model timesteps, labels) → model output.
-pub trait Denoiser {
-    fn denoise(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor>;
-}
-
-impl Denoiser for crate::model::dit::DiT {
-    fn denoise(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
-        self.forward(x, t, y)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sampler {
-    Ddpm,
-    Ddim,
-}
-
-#[derive(Clone, Debug)]
-pub struct SampleOptions {
-    pub sampler: Sampler,
-    pub steps: usize,
-    pub cfg_scale: f64,
-    pub eta: f64,
-    pub clip_denoised: bool,
-    pub seed: u64,
-    /// Guide only the first this many channels, the rest taken from the conditional half (None: all). DiT's
-    /// `sample.py` guides 3 of its 4 latent channels (`model_out[:, :3]`, "for exact reproducibility"), so its
-    /// published samples need `Some(3)`.
-    pub guidance_channels: Option<usize>,
-    /// Counts the denoising steps done, so another thread can show a sampling's progress (a DiT-XL/2 image takes
-    /// minutes on a CPU); shared by clones.
-    pub progress: Option<Arc<AtomicUsize>>,
-}
-
-impl SampleOptions {
-    /// Steps in [1, T] for a model of T timesteps, and the guidance scale and η in the ranges the TS config allows
-    /// (ts/config.ts: [0, 100] and [0, 10]). A NaN scale would return NaN images.
-    pub fn validate(&self, num_timesteps: usize) -> crate::error::Result<()> {
-        if self.steps == 0 || self.steps > num_timesteps {
-            check_integer("sample: steps", self.steps as f64, 1, num_timesteps as u64)?;
-        }
-        check_range("sample: cfgScale", self.cfg_scale, 0.0, 100.0)?;
-        check_range("sample: eta", self.eta, 0.0, 10.0)?;
-        Ok(())
-    }
-}
-
-/// Classifier-free guided model output: ε = ε_∅ + s·(ε_c − ε_∅) from one doubled batch, on the first `guided`
-/// channels (all of x's when None); the other channels (and the variance channels) come from the conditional
-/// half. With s = 1 (or no labels) this is the plain conditional call, bit for bit.
-pub fn guided_output(
-    model: &impl Denoiser,
-    x: &Tensor,
-    t: &Tensor,
-    y: Option<&Tensor>,
-    null_y: Option<&Tensor>,
-    scale: f64,
-    guided: Option<usize>,
-) -> Result<Tensor> {
-    match (y, null_y) {
-        (Some(y), Some(null_y)) if scale != 1.0 => {
-            let b = x.dim(0)?;
-            let c = guided.unwrap_or(x.dim(1)?).min(x.dim(1)?);
-            let out = model.denoise(&Tensor::cat(&[x, x], 0)?, &Tensor::cat(&[t, t], 0)?, Some(&Tensor::cat(&[y, null_y], 0)?))?;
-            let (cond, uncond) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
-            let (eps_c, eps_u) = (cond.narrow(1, 0, c)?, uncond.narrow(1, 0, c)?);
-            let eps = (&eps_u + ((eps_c - &eps_u)? * scale)?)?;
-            if cond.dim(1)? > c {
-                Tensor::cat(&[&eps, &cond.narrow(1, c, cond.dim(1)? - c)?], 1)
-            } else {
-                Ok(eps)
-            }
-        }
-        _ => model.denoise(x, t, y),
-    }
-}
-
-/// Runs the full reverse process from pure noise. `labels` are class indices (None for an unconditional model);
-/// `num_classes` is the null-class index used for guidance. Returns [n, C, H, W].
-pub fn sample(
-    diffusion: &GaussianDiffusion,
-    model: &impl Denoiser,
-    shape: (usize, usize, usize, usize),
-    labels: Option<&[u32]>,
-    num_classes: usize,
-    opts: &SampleOptions,
-    device: &Device,
-) -> Result<Tensor> {
-    let (n, c, h, w) = shape;
-    let process = diffusion.respaced(opts.steps);
-    let mut rng = Rng::new(opts.seed);
-    let y = labels.map(|l| Tensor::new(l, device)).transpose()?;
-    let null_y = labels.map(|l| Tensor::new(vec![num_classes as u32; l.len()], device)).transpose()?;
-    let mut x = rng.randn(&[n, c, h, w], device)?;
-    for i in (0..process.num_timesteps()).rev() {
-        let t = Tensor::new(vec![process.timestep_map[i] as f32; n], device)?;
-        let out = guided_output(model, &x, &t, y.as_ref(), null_y.as_ref(), opts.cfg_scale, opts.guidance_channels)?;
-        let noise = rng.randn(&[n, c, h, w], device)?;
-        x = match opts.sampler {
-            Sampler::Ddpm => process.p_sample(&out, &x, i, opts.clip_denoised, &noise)?,
-            Sampler::Ddim => process.ddim_sample(&out, &x, i, opts.clip_denoised, opts.eta, &noise)?,
-        };
-        if let Some(p) = &opts.progress {
-            p.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    Ok(x)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
     use crate::config::BetaSchedule;
 
     fn linear() -> GaussianDiffusion {
@@ -444,15 +334,6 @@ mod tests {
         let b = betas(&DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Cosine, prediction: Prediction::Epsilon, loss_weighting: LossWeighting::Uniform, min_snr_gamma: 5.0 });
         assert!(b.windows(2).all(|w| w[0] <= w[1] + 1e-12));
         assert!(b.iter().all(|&x| x > 0.0 && x <= 0.999));
-    }
-
-    #[test]
-    fn space_timesteps_matches_reference() {
-        let s = space_timesteps(1000, 250);
-        assert_eq!(s.len(), 250);
-        assert_eq!((s[0], s[1], s[2], s[249]), (0, 4, 8, 999));
-        // 10 steps of 1000: stride 111 exactly.
-        assert_eq!(space_timesteps(1000, 10), vec![0, 111, 222, 333, 444, 555, 666, 777, 888, 999]);
     }
 
     #[test]
@@ -506,18 +387,6 @@ mod tests {
         Ok(())
     }
 
-    struct Oracle(Tensor);
-    impl Denoiser for Oracle {
-        // Returns the ε that would make x̂0 equal the stored target: sampling must converge to it.
-        fn denoise(&self, x: &Tensor, t: &Tensor, _y: Option<&Tensor>) -> Result<Tensor> {
-            let d = linear();
-            let ts: Vec<usize> = t.to_vec1::<f32>()?.iter().map(|&v| v as usize).collect();
-            let a = d.per_sample(|i| d.alphas_cumprod[i].sqrt(), &ts, x.device())?;
-            let s = d.per_sample(|i| (1.0 - d.alphas_cumprod[i]).sqrt(), &ts, x.device())?;
-            (x - self.0.broadcast_mul(&a)?)?.broadcast_div(&s)
-        }
-    }
-
     #[test]
     fn v_prediction_round_trips_eps_and_x0() -> Result<()> {
         let cfg = DiffusionConfig { num_timesteps: 1000, schedule: BetaSchedule::Linear, prediction: Prediction::V, loss_weighting: LossWeighting::Uniform, min_snr_gamma: 5.0 };
@@ -536,67 +405,6 @@ mod tests {
         assert!(l.mse.to_scalar::<f32>()? < 1e-12);
         assert!((l.x0_hat - &x0)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-2);
         assert!((d.eps_from_prediction(&v, &xt, &t)? - &noise)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
-        Ok(())
-    }
-
-    #[test]
-    fn samplers_reach_the_oracle_target() -> Result<()> {
-        let dev = Device::Cpu;
-        let target = Tensor::new(&[[[[0.5f32, -0.25], [0.0, 0.75]]]], &dev)?;
-        for sampler in [Sampler::Ddim, Sampler::Ddpm] {
-            let opts = SampleOptions { sampler, steps: 50, cfg_scale: 1.0, eta: 0.0, clip_denoised: true, seed: 1, guidance_channels: None, progress: None };
-            let out = sample(&linear(), &Oracle(target.clone()), (1, 1, 2, 2), None, 0, &opts, &dev)?;
-            let err = (out - &target)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(err < 1e-2, "{sampler:?}: {err}");
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn progress_counts_every_step() -> Result<()> {
-        let dev = Device::Cpu;
-        let done = Arc::new(AtomicUsize::new(0));
-        let opts = SampleOptions { sampler: Sampler::Ddpm, steps: 7, cfg_scale: 1.0, eta: 0.0, clip_denoised: true, seed: 1, guidance_channels: None, progress: Some(done.clone()) };
-        sample(&linear(), &Oracle(Tensor::zeros((1, 1, 2, 2), DType::F32, &dev)?), (1, 1, 2, 2), None, 0, &opts, &dev)?;
-        sample(&linear(), &Oracle(Tensor::zeros((1, 1, 2, 2), DType::F32, &dev)?), (1, 1, 2, 2), None, 0, &SampleOptions { steps: 3, ..opts }, &dev)?;
-        assert_eq!(done.load(Ordering::Relaxed), 10);
-        Ok(())
-    }
-
-    struct ByLabel;
-    impl Denoiser for ByLabel {
-        fn denoise(&self, x: &Tensor, _t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
-            let y = y.unwrap().to_dtype(DType::F32)?.reshape((x.dim(0)?, 1, 1, 1))?;
-            Tensor::cat(&[x.broadcast_mul(&y)?, x.ones_like()?], 1)
-        }
-    }
-
-    #[test]
-    fn guidance_combines_eps_and_keeps_conditional_variance() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Tensor::new(&[[[[1f32]]], [[[2f32]]]], &dev)?;
-        let t = Tensor::new(&[5f32, 5.], &dev)?;
-        let y = Tensor::new(&[3u32, 4], &dev)?;
-        let null = Tensor::new(&[10u32, 10], &dev)?;
-        let out = guided_output(&ByLabel, &x, &t, Some(&y), Some(&null), 2.0, None)?.flatten_all()?.to_vec1::<f32>()?;
-        // ε_u = 10x, ε_c = yx: ε = 10x + 2(yx - 10x); variance channel 1.
-        assert_eq!(out, vec![10. + 2. * (3. - 10.), 1., 20. + 2. * (8. - 20.), 1.]);
-        let plain = ByLabel.denoise(&x, &t, Some(&y))?;
-        let s1 = guided_output(&ByLabel, &x, &t, Some(&y), Some(&null), 1.0, None)?;
-        assert_eq!(plain.flatten_all()?.to_vec1::<f32>()?, s1.flatten_all()?.to_vec1::<f32>()?);
-        Ok(())
-    }
-
-    /// DiT's `forward_with_cfg`: guidance on the first 3 of 4 channels, the 4th (and the variance) conditional.
-    #[test]
-    fn guidance_on_the_first_channels_only_as_dit_samples() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Tensor::new(&[[[[1f32]], [[2.]], [[3.]], [[4.]]]], &dev)?;
-        let t = Tensor::new(&[5f32], &dev)?;
-        let (y, null) = (Tensor::new(&[3u32], &dev)?, Tensor::new(&[10u32], &dev)?);
-        let out = guided_output(&ByLabel, &x, &t, Some(&y), Some(&null), 2.0, Some(3))?.flatten_all()?.to_vec1::<f32>()?;
-        // ε_u = 10x, ε_c = 3x: guided channels 10x + 2(3x − 10x) = −4x; channel 3 stays ε_c = 12; variance 1s.
-        assert_eq!(out, vec![-4., -8., -12., 12., 1., 1., 1., 1.]);
         Ok(())
     }
 }
