@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # sadm against the PyTorch peer on this machine, same thread count, every config of benches/step_time.rs: training
-# step (λ = 0 and SADM), guided sampling (DDPM 250, DDIM 50), achieved GFLOP/s against the measured GEMM peak, and
+# step (λ = 0 and SADM), guided sampling (DDPM 250, DDIM 50, DPM-Solver++ 2M 25 against diffusers' scheduler), achieved GFLOP/s against the measured GEMM peak, and
 # peak RSS. Each config runs in a process of its own on each side, sadm and PyTorch back to back, so the ratios
 # compare runs minutes apart, not hours. Installs PyTorch (CPU) from PyPI into a private virtual environment on
 # first use (from PyPI only: about 5 GB, a few minutes). Prints a Markdown table and writes benches/results/peer.json.
@@ -13,11 +13,11 @@ cd "$(dirname "$0")/.."
 THREADS="${THREADS:-$(nproc)}"
 REPEAT="${REPEAT:-1}"
 VENV="${SADM_TORCH_VENV:-$HOME/.cache/sadm-torch-venv}"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  echo "installing PyTorch into $VENV (first run only)" >&2
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, diffusers" 2>/dev/null; then
+  echo "installing PyTorch and diffusers into $VENV (first run only)" >&2
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet torch numpy
+  "$VENV/bin/pip" install --quiet torch numpy diffusers==0.42.1
 fi
 export RAYON_NUM_THREADS="$THREADS"
 CONFIGS=("$@")
@@ -59,18 +59,18 @@ const rows = ours.map((s) => {
   const p = peer.find((x) => x.config === s.config);
   return {
     config: s.config, batch: s.batch, ditParams: s.ditParams,
-    sadm: { train: s.plain.imagesPerSec, trainSadm: s.sadm.imagesPerSec, ddpm250: s.sampling.ddpm250ImagesPerSec, ddim50: s.sampling.ddim50ImagesPerSec, peakRssMiB: s.peakRssMiB, gflops: s.plain.gflops, gemmPeakGflops: s.gemmPeakGflops },
-    torch: { train: p.imagesPerSec, ddpm250: p.ddpm250ImagesPerSec, ddim50: p.ddim50ImagesPerSec, peakRssMiB: p.peakRssMiB, version: p.torch },
-    ratio: { train: s.plain.imagesPerSec / p.imagesPerSec, ddpm250: s.sampling.ddpm250ImagesPerSec / p.ddpm250ImagesPerSec, ddim50: s.sampling.ddim50ImagesPerSec / p.ddim50ImagesPerSec, peakRss: s.peakRssMiB / p.peakRssMiB },
+    sadm: { train: s.plain.imagesPerSec, trainSadm: s.sadm.imagesPerSec, ddpm250: s.sampling.ddpm250ImagesPerSec, ddim50: s.sampling.ddim50ImagesPerSec, dpm25: s.sampling.dpm25ImagesPerSec, peakRssMiB: s.peakRssMiB, gflops: s.plain.gflops, gemmPeakGflops: s.gemmPeakGflops },
+    torch: { train: p.imagesPerSec, ddpm250: p.ddpm250ImagesPerSec, ddim50: p.ddim50ImagesPerSec, dpm25: p.dpm25ImagesPerSec, peakRssMiB: p.peakRssMiB, version: p.torch },
+    ratio: { train: s.plain.imagesPerSec / p.imagesPerSec, ddpm250: s.sampling.ddpm250ImagesPerSec / p.ddpm250ImagesPerSec, ddim50: s.sampling.ddim50ImagesPerSec / p.ddim50ImagesPerSec, dpm25: s.sampling.dpm25ImagesPerSec / p.dpm25ImagesPerSec, peakRss: s.peakRssMiB / p.peakRssMiB },
     sadmOverhead: s.sadmOverhead, sadmFlopOverhead: s.sadmFlopOverhead,
   };
 });
 const f = (v, d = 1) => v.toFixed(d);
 const g = (v) => (v >= 100 ? v.toFixed(0) : v.toPrecision(3));
 console.log(`\n${cpu}, ${threads} threads (of ${cores} cores), PyTorch ${peer[0]?.torch}, medians of ${process.argv[5]} run(s) per config. Throughput in images/s; ratios are sadm / PyTorch (training, sampling: higher is better; RSS: lower is better).\n`);
-console.log("| config | batch | train sadm | train PyTorch | ratio | SADM overhead (in FLOPs) | GFLOP/s (% of GEMM peak) | DDPM 250 + CFG sadm / PyTorch | ratio | DDIM 50 + CFG sadm / PyTorch | ratio | peak RSS MiB sadm / PyTorch | ratio |");
-console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+console.log("| config | batch | train sadm | train PyTorch | ratio | SADM overhead (in FLOPs) | GFLOP/s (% of GEMM peak) | DDPM 250 + CFG sadm / PyTorch | ratio | DDIM 50 + CFG sadm / PyTorch | ratio | DPM++ 2M 25 + CFG sadm / PyTorch + diffusers | ratio | peak RSS MiB sadm / PyTorch | ratio |");
+console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
 for (const r of rows)
-  console.log(`| ${r.config} | ${r.batch} | ${g(r.sadm.train)} | ${g(r.torch.train)} | ${f(r.ratio.train, 2)}× | ${r.sadmOverhead >= 0 ? "+" : ""}${f(100 * r.sadmOverhead, 0)}% (+${f(100 * r.sadmFlopOverhead, 0)}%) | ${f(r.sadm.gflops)} (${f(100 * r.sadm.gflops / r.sadm.gemmPeakGflops, 0)}%) | ${g(r.sadm.ddpm250)} / ${g(r.torch.ddpm250)} | ${f(r.ratio.ddpm250, 2)}× | ${g(r.sadm.ddim50)} / ${g(r.torch.ddim50)} | ${f(r.ratio.ddim50, 2)}× | ${f(r.sadm.peakRssMiB, 0)} / ${f(r.torch.peakRssMiB, 0)} | ${f(r.ratio.peakRss, 2)}× |`);
+  console.log(`| ${r.config} | ${r.batch} | ${g(r.sadm.train)} | ${g(r.torch.train)} | ${f(r.ratio.train, 2)}× | ${r.sadmOverhead >= 0 ? "+" : ""}${f(100 * r.sadmOverhead, 0)}% (+${f(100 * r.sadmFlopOverhead, 0)}%) | ${f(r.sadm.gflops)} (${f(100 * r.sadm.gflops / r.sadm.gemmPeakGflops, 0)}%) | ${g(r.sadm.ddpm250)} / ${g(r.torch.ddpm250)} | ${f(r.ratio.ddpm250, 2)}× | ${g(r.sadm.ddim50)} / ${g(r.torch.ddim50)} | ${f(r.ratio.ddim50, 2)}× | ${g(r.sadm.dpm25)} / ${g(r.torch.dpm25)} | ${f(r.ratio.dpm25, 2)}× | ${f(r.sadm.peakRssMiB, 0)} / ${f(r.torch.peakRssMiB, 0)} | ${f(r.ratio.peakRss, 2)}× |`);
 fs.writeFileSync("benches/results/peer.json", JSON.stringify({ date: new Date().toISOString(), cpu, threads: Number(threads), repeat: Number(process.argv[5]), rows }, null, 2) + "\n");
 JS

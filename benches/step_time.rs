@@ -1,7 +1,7 @@
 //! sadm's side of the performance benchmark (issue 4): for each config, the throughput of one full training step
 //! (DiT forward + backward, AdamW, EMA; with SADM also the discriminator update and the structure term), plain
 //! (λ = 0) and SADM (λ = 0.1) in the same process, so the SADM overhead is a same-run ratio; sampling throughput
-//! for DDPM 250 steps and DDIM 50 steps with classifier-free guidance (scale 4); achieved matmul GFLOP/s
+//! for DDPM 250 steps, DDIM 50 steps and DPM-Solver++ 2M 25 steps with classifier-free guidance (scale 4); achieved matmul GFLOP/s
 //! (`sadm_core::flops`) against this CPU's f32 GEMM peak measured in the same run; and the process's peak RSS.
 //!
 //!   cargo bench -p sadm-core --bench step_time                 # every config, one process
@@ -136,8 +136,8 @@ fn main() -> sadm_core::Result<()> {
     let (peak, peak_n) = gemm_peak()?;
     let threads = sadm_core::candle::utils::get_num_threads();
     eprintln!("f32 GEMM peak: {peak:.1} GFLOP/s ({peak_n}×{peak_n}, {threads} threads)\n");
-    eprintln!("| config | batch | DiT params | λ = 0: img/s | GFLOP/s | % of peak | SADM λ = 0.1: img/s | SADM overhead (FLOPs) | DDPM 250 + CFG: img/s | DDIM 50 + CFG: img/s | peak RSS MiB |");
-    eprintln!("|---|---|---|---|---|---|---|---|---|---|---|");
+    eprintln!("| config | batch | DiT params | λ = 0: img/s | GFLOP/s | % of peak | SADM λ = 0.1: img/s | SADM overhead (FLOPs) | DDPM 250 + CFG: img/s | DDIM 50 + CFG: img/s | DPM++ 2M 25 + CFG: img/s | peak RSS MiB |");
+    eprintln!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in CONFIGS.iter().filter(|c| wanted.is_empty() || wanted.iter().any(|w| w == c.name)) {
         let cfg = core_config(c);
         let flops_plain = c.batch as f64 * flops::train_step_per_image(&cfg.model, &cfg.discriminator, false);
@@ -148,11 +148,12 @@ fn main() -> sadm_core::Result<()> {
         let sadm = seconds_per_step(&mut tr, c, 0.1)?;
         let ddpm = seconds_per_sample_step(&tr, c, Sampler::Ddpm)? * 250.0;
         let ddim = seconds_per_sample_step(&tr, c, Sampler::Ddim)? * 50.0;
+        let dpm = seconds_per_sample_step(&tr, c, Sampler::DpmPp2m)? * 25.0;
         let gflops = flops_plain / plain / 1e9;
         let rss = peak_rss_mib();
         let img = |s: f64, n: usize| n as f64 / s;
         eprintln!(
-            "| {} | {} | {:.1}M | {:.1} | {:.1} | {:.0}% | {:.1} | {:+.0}% ({:+.0}%) | {:.2} | {:.2} | {:.0} |",
+            "| {} | {} | {:.1}M | {:.1} | {:.1} | {:.0}% | {:.1} | {:+.0}% ({:+.0}%) | {:.2} | {:.2} | {:.2} | {:.0} |",
             c.name,
             c.batch,
             tr.num_params().0 as f64 / 1e6,
@@ -164,6 +165,7 @@ fn main() -> sadm_core::Result<()> {
             flop_overhead * 100.0,
             img(ddpm, c.sample_batch),
             img(ddim, c.sample_batch),
+            img(dpm, c.sample_batch),
             rss
         );
         let row = serde_json::json!({
@@ -175,6 +177,7 @@ fn main() -> sadm_core::Result<()> {
             "sampling": {
                 "batch": c.sample_batch, "cfgScale": 4.0, "timedSteps": c.sample_steps,
                 "ddpm250ImagesPerSec": img(ddpm, c.sample_batch), "ddim50ImagesPerSec": img(ddim, c.sample_batch),
+                "dpm25ImagesPerSec": img(dpm, c.sample_batch),
             },
             "peakRssMiB": rss,
         });
