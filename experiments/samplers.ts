@@ -42,7 +42,7 @@ interface Results {
   cells: Cell[];
 }
 
-const ALL: SamplerName[] = ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler", "heun"];
+const ALL: SamplerName[] = ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc", "euler", "heun"];
 
 /** The step count whose cost is closest to `nfe` evaluations (at least the sampler's minimum). */
 function stepsFor(sampler: SamplerName, nfe: number): number {

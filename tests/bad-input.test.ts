@@ -169,7 +169,7 @@ describe("bad input (the CLI, the API and the native core)", () => {
 
     const sopts: SampleOptions = { sampler: "ddim", steps: 2, cfgScale: 2, eta: 0, seed: 0, clipDenoised: true };
     const samples: Array<[Partial<SampleOptions>, RegExp]> = [
-      [{ sampler: "dpm++3m" }, /unknown sampler 'dpm\+\+3m': use one of ddpm, ddim, dpm\+\+2m, dpm\+\+2m-sde, euler, heun$/],
+      [{ sampler: "dpm++3m" }, /unknown sampler 'dpm\+\+3m': use one of ddpm, ddim, dpm\+\+2m, dpm\+\+2m-sde, euler, heun, unipc$/],
       [{ spacing: "uniform" }, /unknown spacing 'uniform'/],
       [{ sampler: "heun", steps: 1 }, /heun with 1 step is a single Euler step/],
       [{ spacing: "karras" }, /the karras spacing is a σ schedule, which ddim does not step through/],

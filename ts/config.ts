@@ -113,10 +113,10 @@ export interface ExtractorConfig {
 
 /**
  * The samplers: DiT's ancestral `ddpm` and `ddim`; the few-step solvers `dpm++2m` (DPM-Solver++ 2M, diffusers'
- * default), `dpm++2m-sde` (its SDE variant), and `euler`/`heun` on Karras σ (k-diffusion's). Heun's N steps cost
- * 2N − 1 network evaluations; the others cost one per step.
+ * default), `dpm++2m-sde` (its SDE variant), `unipc` (UniPC-2 with its corrector), and `euler`/`heun` on Karras σ
+ * (k-diffusion's). Heun's N steps cost 2N − 1 network evaluations; the others cost one per step.
  */
-export const SAMPLERS = ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler", "heun"] as const;
+export const SAMPLERS = ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler", "heun", "unipc"] as const;
 export type SamplerName = (typeof SAMPLERS)[number];
 /**
  * Where the steps go: `linspace` (evenly, DiT's), `leading` and `trailing` (diffusers'), `karras` (Karras et al.'s σ
@@ -142,7 +142,7 @@ export function checkSampling(c: SamplingChoice, field: { sampler: string; steps
   if (c.sampler === "heun" && c.steps < 2)
     throw new ConfigError(field.steps, `heun with 1 step is a single Euler step: use euler, or 2 or more steps (got ${c.steps})`);
   if (c.spacing === "karras" && (c.sampler === "ddpm" || c.sampler === "ddim"))
-    throw new ConfigError(field.spacing, `karras is a σ schedule, which ${c.sampler} does not step through: use it with dpm++2m, dpm++2m-sde, euler or heun`);
+    throw new ConfigError(field.spacing, `karras is a σ schedule, which ${c.sampler} does not step through: use it with dpm++2m, dpm++2m-sde, unipc, euler or heun`);
   if ((c.eta ?? 0) !== 0 && c.sampler !== "ddim")
     throw new ConfigError(field.eta, `is DDIM's stochasticity; ${c.sampler} has none: leave it at 0 or use ddim (got ${c.eta})`);
 }

@@ -1,5 +1,5 @@
 """Reference trajectories for sadm's few-step samplers (`diffusion::samplers`), computed by diffusers'
-`DPMSolverMultistepScheduler` and k-diffusion's `sample_euler`/`sample_heun` on an analytic "model", so no network
+`DPMSolverMultistepScheduler` and `UniPCMultistepScheduler` and k-diffusion's `sample_euler`/`sample_heun` on an analytic "model", so no network
 is involved and every difference is the solver's.
 
 The model is the exact noise prediction for Gaussian data: every element k of x0 is N(mu_k, s_k^2), with
@@ -34,7 +34,7 @@ import types
 
 import numpy as np
 import torch
-from diffusers import DPMSolverMultistepScheduler
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from safetensors.torch import save_file
 
 # k-diffusion's package __init__ imports its training code (scikit-image, wandb, CLIP ...); the samplers need none of it.
@@ -86,9 +86,18 @@ tensors = {"x_T": X_T.float()}
 cases = []
 
 
-def dpm(name, steps, spacing="linspace", sde=False, prediction="epsilon", threshold=None):
+def dpm(name, steps, spacing="linspace", sde=False, prediction="epsilon", threshold=None, unipc=False):
     karras = spacing == "karras"
-    sched = DPMSolverMultistepScheduler(
+    if unipc:
+        sched = UniPCMultistepScheduler(
+            num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", solver_order=2,
+            prediction_type="v_prediction" if prediction == "v" else "epsilon", predict_x0=True, solver_type="bh2",
+            lower_order_final=True, use_karras_sigmas=karras, timestep_spacing="linspace" if karras else spacing,
+            final_sigmas_type="zero", thresholding=threshold is not None,
+            dynamic_thresholding_ratio=threshold[0] if threshold else 0.995, sample_max_value=threshold[1] if threshold else 1.0,
+        )
+    else:
+        sched = DPMSolverMultistepScheduler(
         num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", solver_order=2,
         prediction_type="v_prediction" if prediction == "v" else "epsilon",
         algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++", solver_type="midpoint", lower_order_final=True,
@@ -115,7 +124,7 @@ def dpm(name, steps, spacing="linspace", sde=False, prediction="epsilon", thresh
     tensors[f"{name}/t"] = torch.tensor(ts, dtype=torch.float32)
     if sde:
         tensors[f"{name}/noise"] = torch.stack(noises)
-    cases.append(dict(name=name, sampler="dpm++2m-sde" if sde else "dpm++2m", steps=steps, spacing=spacing,
+    cases.append(dict(name=name, sampler="unipc" if unipc else "dpm++2m-sde" if sde else "dpm++2m", steps=steps, spacing=spacing,
                       prediction=prediction, threshold=threshold))
 
 
@@ -155,6 +164,10 @@ dpm("dpm++2m-sde/karras/10", 10, "karras", sde=True)
 dpm("dpm++2m/linspace/10/v", 10, "linspace", prediction="v")
 dpm("dpm++2m-sde/trailing/6/v", 6, "trailing", sde=True, prediction="v")
 dpm("dpm++2m/linspace/10/threshold", 10, "linspace", threshold=(0.9, 1.5))
+for n in [1, 2, 3, 6, 10, 25]:
+    for spacing in ["linspace", "trailing", "karras"]:
+        dpm(f"unipc/{spacing}/{n}", n, spacing, unipc=True)
+dpm("unipc/linspace/10/v", 10, "linspace", prediction="v", unipc=True)
 # Heun with 1 step is a single Euler step, which sadm refuses as a Heun sampling.
 for n in [1, 2, 5, 10, 25]:
     for spacing in ["karras", "linspace"]:

@@ -74,7 +74,7 @@ pub struct StepStats {
 #[napi(object)]
 #[derive(Clone)]
 pub struct SampleOptions {
-    /// "ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler" or "heun".
+    /// "ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc", "euler" or "heun".
     pub sampler: String,
     /// Sampler steps, an integer from 1 to the model's `numTimesteps` (Heun: at least 2).
     pub steps: f64,

@@ -1,6 +1,6 @@
 //! Sampling from a trained denoiser: DiT's ancestral DDPM and DDIM over respaced timesteps, and the few-step ODE/SDE
-//! solvers that diffusers and k-diffusion users pick (DPM-Solver++ 2M and its SDE variant, Euler and Heun on
-//! Karras σ), one file each. Every solver sees the network through [`Network`]: classifier-free guidance from one
+//! solvers that diffusers and k-diffusion users pick (DPM-Solver++ 2M and its SDE variant, UniPC, Euler and Heun
+//! on Karras σ), one file each. Every solver sees the network through [`Network`]: classifier-free guidance from one
 //! doubled batch, ε- or v-prediction turned into x̂0, learned-Σ channels dropped, x̂0 clipped or thresholded. Cost
 //! is counted in network evaluations (NFE), not steps: Heun's N steps cost 2N − 1.
 pub mod schedule;
@@ -8,6 +8,7 @@ pub mod schedule;
 mod ancestral;
 mod dpm_solver;
 mod karras;
+mod unipc;
 
 use super::GaussianDiffusion;
 use crate::config::Prediction;
@@ -43,9 +44,11 @@ pub enum Sampler {
     Euler,
     /// Heun's second-order steps in σ, Euler at the last step to σ = 0.
     Heun,
+    /// UniPC: DPM-Solver++ 2M's predictor with a corrector that reuses the next evaluation (diffusers' bh2).
+    UniPc,
 }
 
-pub const SAMPLERS: [&str; 6] = ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler", "heun"];
+pub const SAMPLERS: [&str; 7] = ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler", "heun", "unipc"];
 
 impl Sampler {
     pub fn parse(name: &str) -> crate::error::Result<Self> {
@@ -56,6 +59,7 @@ impl Sampler {
             "dpm++2m-sde" => Self::DpmPp2mSde,
             "euler" => Self::Euler,
             "heun" => Self::Heun,
+            "unipc" => Self::UniPc,
             s => return Err(Error::Input(format!("unknown sampler '{s}': use one of {}", SAMPLERS.join(", ")))),
         })
     }
@@ -68,6 +72,7 @@ impl Sampler {
             Self::DpmPp2mSde => "dpm++2m-sde",
             Self::Euler => "euler",
             Self::Heun => "heun",
+            Self::UniPc => "unipc",
         }
     }
 
@@ -145,7 +150,7 @@ impl SampleOptions {
             return Err(Error::Input("sample: heun with 1 step is a single Euler step to σ = 0: use euler, or 2 or more steps".into()));
         }
         if matches!(self.sampler, Sampler::Ddpm | Sampler::Ddim) && self.spacing() == Spacing::Karras {
-            return Err(Error::Input(format!("sample: the karras spacing is a σ schedule, which {name} does not step through: use dpm++2m, dpm++2m-sde, euler or heun, or another spacing")));
+            return Err(Error::Input(format!("sample: the karras spacing is a σ schedule, which {name} does not step through: use dpm++2m, dpm++2m-sde, unipc, euler or heun, or another spacing")));
         }
         if let Some(t) = self.dynamic_threshold {
             check_range("sample: dynamicThreshold.ratio", t.ratio, 0.0, 1.0)?;
@@ -312,6 +317,7 @@ pub fn solve<D: Denoiser>(
             let steps = schedule::dpm_solver_steps(spacing, &diffusion.alphas_cumprod, opts.steps);
             dpm_solver::sample(net, x, &steps, opts.sampler == Sampler::DpmPp2mSde, noise)
         }
+        Sampler::UniPc => unipc::sample(net, x, &schedule::dpm_solver_steps(spacing, &diffusion.alphas_cumprod, opts.steps)),
         Sampler::Euler | Sampler::Heun => {
             let steps = schedule::karras_solver_steps(spacing, &diffusion.alphas_cumprod, opts.steps);
             karras::sample(net, x, &steps, opts.sampler == Sampler::Heun)

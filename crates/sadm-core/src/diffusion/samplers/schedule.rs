@@ -62,7 +62,7 @@ pub fn ancestral_timesteps(spacing: Spacing, t: usize, n: usize) -> Result<Vec<u
         Spacing::Linspace => return Ok(space_timesteps(t, n)),
         Spacing::Leading => (0..n).map(|i| i * (t / n)).collect(),
         Spacing::Trailing => trailing(t, n),
-        Spacing::Karras => return Err(Error::Input("the karras spacing is a σ schedule: use it with dpm++2m, dpm++2m-sde, euler or heun".into())),
+        Spacing::Karras => return Err(Error::Input("the karras spacing is a σ schedule: use it with dpm++2m, dpm++2m-sde, unipc, euler or heun".into())),
     };
     out.sort_unstable();
     out.dedup();
