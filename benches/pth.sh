@@ -68,6 +68,6 @@ console.log(`\nDiT-XL/2 .pt (${gb.toFixed(2)} GB), medians of ${rows.length / 2}
 console.log("| | load | peak RSS |\n|---|---|---|");
 console.log(`| sadm (NativeModel.fromWeights, checked) | ${s.seconds.toFixed(2)} s | ${(s.peakRssMiB / 1024).toFixed(2)} GiB |`);
 console.log(`| torch.load(weights_only=True) | ${t.seconds.toFixed(2)} s | ${(t.peakRssMiB / 1024).toFixed(2)} GiB |`);
-console.log(`| ratio | ${(t.seconds / s.seconds).toFixed(2)}× faster | ${(s.peakRssMiB / t.peakRssMiB).toFixed(2)}× |`);
+console.log(`| sadm / torch.load | ${(s.seconds / t.seconds).toFixed(2)}× the time | ${(s.peakRssMiB / t.peakRssMiB).toFixed(2)}× the memory |`);
 fs.writeFileSync("benches/results/pth.json", JSON.stringify({ date: new Date().toISOString(), bytes: Number(process.argv[3]), sadm: s, torch: t, runs: rows }, null, 2) + "\n");
 JS

@@ -6,6 +6,7 @@
  * precision/recall, classifier accuracy) with a sampler at a step count whose cost is the row's NFE (Heun's N steps
  * are 2N − 1 evaluations, so it gets the nearest odd count). DDPM at 250 steps, DiT's evaluation sampler, is the
  * reference: it runs with several sample seeds, and its FD's mean ± std is the line a few-step sampler must reach.
+ * Seconds per image are wall time on whatever else the machine runs: compare them within one run only.
  * A second table samples with guidance (`--cfg`) at a few NFE, where solvers are known to break. The script writes
  * `results.json` (every cell, resumable: a cell already there is not run again) and `results.md`.
  */
@@ -53,7 +54,7 @@ const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length
 const std = (xs: number[]): number => (xs.length < 2 ? 0 : Math.sqrt(xs.reduce((a, b) => a + (b - mean(xs)) ** 2, 0) / (xs.length - 1)));
 
 function table(res: Results, cfg: number, nfes: number[], reference: { mean: number; std: number } | undefined): string {
-  const rows = ["| sampler | NFE | steps | FD | KID ×10³ | precision | recall | accuracy | s/image |", "|---|---|---|---|---|---|---|---|---|"];
+  const rows = ["| sampler | NFE | steps | FD | KID | precision | recall | accuracy | s/image |", "|---|---|---|---|---|---|---|---|---|"];
   for (const sampler of ALL)
     for (const nfe of nfes) {
       const cells = res.cells.filter((c) => c.sampler === sampler && c.cfg === cfg && c.nfe === samplerEvaluations(sampler, stepsFor(sampler, nfe)));
@@ -63,7 +64,7 @@ function table(res: Results, cfg: number, nfes: number[], reference: { mean: num
       const f = (xs: number[], d: number): string => (cells.length > 1 ? `${mean(xs).toFixed(d)} ± ${std(xs).toFixed(d)}` : mean(xs).toFixed(d));
       const acc = cells.every((c) => c.accuracy !== null) ? f(cells.map((c) => 100 * (c.accuracy ?? 0)), 1) + " %" : "–";
       rows.push(
-        `| ${sampler} | ${cells[0].nfe} | ${cells[0].steps} | ${f(fd, 1)}${within} | ${f(cells.map((c) => 1e3 * c.kid), 2)} | ` +
+        `| ${sampler} | ${cells[0].nfe} | ${cells[0].steps} | ${f(fd, 1)}${within} | ${f(cells.map((c) => c.kid), 0)} | ` +
           `${f(cells.map((c) => c.precision), 3)} | ${f(cells.map((c) => c.recall), 3)} | ${acc} | ${mean(cells.map((c) => c.secondsPerImage)).toFixed(4)} |`,
       );
     }

@@ -200,7 +200,7 @@ export interface PreprocessOptions {
 }
 
 export interface SampleOptions {
-  /** "ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "euler" or "heun". */
+  /** "ddpm", "ddim", "dpm++2m", "dpm++2m-sde", "unipc", "euler" or "heun". */
   sampler: string
   /** Sampler steps, an integer from 1 to the model's `numTimesteps` (Heun: at least 2). */
   steps: number
@@ -252,7 +252,8 @@ export interface StepStats {
 }
 
 /**
- * Trains the built-in MNIST extractor ("lenet-mnist") on n 28×28 images and writes its weights (safetensors,
- * atomically) to `out`. Resolves with the mean training loss of each epoch.
+ * Trains a built-in extractor (`arch`: "lenet-mnist", on 1×28×28 images, the default; "lenet-emoji", on 3×32×32)
+ * on n images and writes its weights (safetensors, atomically) to `out`. Resolves with the mean training loss of
+ * each epoch.
  */
-export declare function trainClassifier(images: Float32Array, labels: Int32Array, opts: ClassifierTraining, out: string): Promise<number[]>
+export declare function trainClassifier(images: Float32Array, labels: Int32Array, opts: ClassifierTraining, out: string, arch?: string | undefined | null): Promise<number[]>

@@ -115,13 +115,16 @@ describe("resolveConfig defaults", () => {
     ]);
     expect(toCoreConfig(resolveConfig({ trainable: ["blocks.*.attn.*"] })).trainable).toEqual(["blocks.*.attn.*"]);
     const c = resolveConfig({ eval: { every: 100 } });
-    expect(c.eval).toEqual({ every: 100, samples: 500, sampler: "ddim", steps: 25, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } });
+    expect(c.eval).toEqual({ every: 100, samples: 500, sampler: "dpm++2m-sde", steps: 25, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } });
+    // The emoji set at 32² is evaluated with its own shipped LeNet.
+    expect(resolveConfig({ data: { name: "emoji" } }).eval.extractor).toEqual({ arch: "lenet-emoji" });
+    expect(resolveConfig({ data: { name: "emoji" }, eval: { extractor: { arch: "lenet-mnist" } } }).eval.extractor.arch).toBe("lenet-mnist");
     // Under a DiT model preset the base defaults apply: no evaluation unless asked for.
     expect(resolveConfig({ preset: "DiT-S/2" }).eval).toEqual({
       every: 0,
       samples: 1000,
-      sampler: "ddim",
-      steps: 50,
+      sampler: "dpm++2m-sde",
+      steps: 10,
       cfgScale: 1,
       seed: 0,
       extractor: { arch: "lenet-mnist" },
@@ -161,7 +164,7 @@ describe("resolveConfig errors", () => {
     [{ sampler: "dpm++2m", eta: 0.5 }, "config.eta"],
     [{ sampleSpacing: "uniform" }, "config.sampleSpacing"],
     [{ eval: { sampler: "heun", steps: 1 } }, "config.eval.steps"],
-    [{ eval: { spacing: "karras" } }, "config.eval.spacing"],
+    [{ eval: { sampler: "ddim", spacing: "karras" } }, "config.eval.spacing"],
     [{ model: { hiddenSize: -3 } }, "config.model.hiddenSize"],
     [{ model: { learnSigma: "yes" } }, "config.model.learnSigma"],
     [{ discriminator: { kernel: "rbf" } }, "config.discriminator.kernel"],

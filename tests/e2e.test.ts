@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { PNG } from "pngjs";
 import { spawn } from "node:child_process";
-import { CLI, TINY_NETS, nativeBuilt, runCliAsync, tmpDir } from "./helpers";
+import { CLI, ROOT, TINY_NETS, nativeBuilt, runCliAsync, tmpDir } from "./helpers";
 import { Rng } from "../ts/rng";
 import {
   BatchLoader,
@@ -26,6 +26,8 @@ import {
   evaluateModel,
   builtinExtractorWeights,
   gridGeometry,
+  findData,
+  resolveDataConfig,
 } from "../ts/index";
 
 
@@ -311,6 +313,31 @@ describe("end to end (native addon)", () => {
 
 
 describe("evaluation and fine-tuning end to end (native addon)", () => {
+  it("the shipped emoji LeNet classifies the held-out tenth of the emoji set as its report says", async () => {
+    const report = JSON.parse(fs.readFileSync(path.join(ROOT, "assets", "lenet-emoji.json"), "utf8")) as { testAccuracy: number; testImages: number };
+    const ex = openExtractor({ arch: "lenet-emoji" });
+    expect([ex.arch, ex.featureDim, ex.numClasses]).toEqual(["lenet-emoji", 128, 10]);
+    expect(() => ex.checkInput([1, 28, 28])).toThrow(/lenet-emoji reads 32×32 RGB/);
+    const { dataset } = await findData(resolveDataConfig({ name: "emoji", resolution: 32 })).open();
+    const all = readImages(dataset);
+    // The held-out split: every tenth image of each category.
+    const seen = new Map<number, number>();
+    const per = 3 * 32 * 32;
+    const idx = Array.from(all.labels, (l, i) => {
+      const k = seen.get(l) ?? 0;
+      seen.set(l, k + 1);
+      return k % 10 === 9 ? i : -1;
+    }).filter((i) => i >= 0);
+    expect(idx.length).toBe(report.testImages);
+    const x = new Float32Array(idx.length * per);
+    idx.forEach((i, j) => x.set(all.x.subarray(i * per, (i + 1) * per), j * per));
+    const out = await ex.run(x, [3, 32, 32]);
+    const hit = idx.filter((i, j) => out.predictions[j] === all.labels[i]).length;
+    expect(hit / idx.length).toBeCloseTo(report.testAccuracy, 10);
+    // Far above the 10 categories' chance, and above always guessing the largest one.
+    expect(hit / idx.length).toBeGreaterThan(0.8);
+  }, 120_000);
+
   it("the shipped LeNet classifies held-out digits and embeds them in 128 dimensions", async () => {
     const ex = openExtractor({ arch: "lenet-mnist" });
     expect([ex.arch, ex.featureDim, ex.numClasses]).toEqual(["lenet-mnist", 128, 10]);
@@ -322,7 +349,7 @@ describe("evaluation and fine-tuning end to end (native addon)", () => {
     out.predictions.forEach((p, i) => (hit += p === test.labels[i] ? 1 : 0));
     expect(hit / test.labels.length).toBeGreaterThan(0.95);
     expect(() => loadNative().NativeExtractor.load("inception-v3", builtinExtractorWeights(), "cpu")).toThrow(
-      /unknown feature-extractor architecture 'inception-v3' \(known: lenet-mnist, inception-v3-fid\)/,
+      /unknown feature-extractor architecture 'inception-v3' \(known: lenet-mnist, lenet-emoji, inception-v3-fid\)/,
     );
     // Inception needs the user's weights; a file of another network is named as such.
     expect(() => openExtractor({ arch: "inception-v3-fid" })).toThrow(/eval.extractor.weights: is required/);

@@ -448,16 +448,19 @@ async function runEvalCommand(a: EvalArgs): Promise<number> {
   return 0;
 }
 
-async function runTrainClassifier(a: { out: string; epochs?: number; seed?: number }): Promise<number> {
+async function runTrainClassifier(a: { arch: string; out?: string; epochs?: number; seed?: number }): Promise<number> {
+  const arch = oneOfFlag(a.arch, ["lenet-mnist", "lenet-emoji"] as const, "--arch") ?? "lenet-mnist";
+  const out = a.out ?? `assets/${arch}.safetensors`;
   const r = await trainClassifier({
-    out: a.out,
+    arch,
+    out,
     epochs: a.epochs,
     seed: a.seed,
     onEpoch: (e, l) => process.stdout.write(`epoch ${e}: loss ${l.toFixed(4)}\n`),
   });
   process.stdout.write(
-    `sadm: ${r.arch} test accuracy ${(100 * r.testAccuracy).toFixed(2)}% on ${r.testImages} held-out digits ` +
-      `(${r.trainImages} training images, ${r.seconds.toFixed(0)}s) → ${a.out}\n`,
+    `sadm: ${r.arch} test accuracy ${(100 * r.testAccuracy).toFixed(2)}% on ${r.testImages} held-out images ` +
+      `(${r.trainImages} training images, ${r.seconds.toFixed(0)}s) → ${out}\n`,
   );
   return 0;
 }
@@ -753,12 +756,12 @@ export function buildCli(argv: string[]): Argv {
         y
           .option("checkpoint", { alias: "k", type: "string", demandOption: true, describe: "Checkpoint or run dir" })
           .option("samples", { alias: "n", type: "number", describe: "Samples to generate (default: the run's eval.samples, 1000)" })
-          .option("steps", { type: "number", describe: "Sampling steps (default 50)" })
-          .option("sampler", { type: "string", choices: [...SAMPLERS], describe: "Sampler (default ddim)" })
+          .option("steps", { type: "number", describe: "Sampling steps (default: the run's eval.steps, 10)" })
+          .option("sampler", { type: "string", choices: [...SAMPLERS], describe: "Sampler (default: the run's eval.sampler, dpm++2m-sde)" })
           .option("spacing", { type: "string", choices: [...SPACINGS], describe: "Timestep spacing (default: karras for euler/heun, else linspace)" })
           .option("cfg", { type: "number", describe: "Guidance scale (default 1: the plain conditional model)" })
           .option("seed", { type: "number", describe: "Noise seed (default 0)" })
-          .option("extractor", { type: "string", describe: "Feature extractor: lenet-mnist (default) or inception-v3-fid (needs --extractor-weights)" })
+          .option("extractor", { type: "string", describe: "Feature extractor: lenet-mnist (default), lenet-emoji (the emoji at 32²; their default) or inception-v3-fid (needs --extractor-weights)" })
           .option("extractor-weights", { type: "string", describe: "Its weights (safetensors); default: the shipped LeNet" })
           .option("device", { type: "string", describe: "cpu or cuda:N" })
           .option("real", { type: "string", describe: "Compare with this folder of images instead of the run's data" })
@@ -770,11 +773,12 @@ export function buildCli(argv: string[]): Argv {
     )
     .command(
       "train-classifier",
-      "Train the MNIST feature extractor used by the metrics (how assets/lenet-mnist.safetensors was made)",
+      "Train a feature extractor the metrics use (how assets/lenet-mnist.safetensors and lenet-emoji.safetensors were made)",
       (y) =>
         y
-          .option("out", { alias: "o", type: "string", default: "assets/lenet-mnist.safetensors", describe: "Weights file" })
-          .option("epochs", { type: "number", describe: "Epochs (default 4)" })
+          .option("arch", { type: "string", choices: ["lenet-mnist", "lenet-emoji"], default: "lenet-mnist", describe: "lenet-mnist (digits) or lenet-emoji (--data emoji at 32²)" })
+          .option("out", { alias: "o", type: "string", describe: "Weights file (default assets/<arch>.safetensors)" })
+          .option("epochs", { type: "number", describe: "Epochs (default 4; lenet-emoji 30)" })
           .option("seed", { type: "number", describe: "Seed (default 0)" }),
       (a) => setResult(runTrainClassifier(a)),
     )
@@ -799,8 +803,8 @@ export function buildCli(argv: string[]): Argv {
           .option("per-class", { type: "number", describe: "Rows (samples per class), default 8" })
           .option("n", { type: "number", describe: "Samples for an unconditional model, default 64" })
           .option("cfg", { type: "number", describe: "Classifier-free guidance scale, default 3 (a .pt: 4)" })
-          .option("steps", { type: "number", describe: "Sampling steps, default 50 (a .pt: 250)" })
-          .option("sampler", { type: "string", choices: [...SAMPLERS], describe: "Sampler, default ddim (a .pt: ddpm)" })
+          .option("steps", { type: "number", describe: "Sampling steps, default 10 (a .pt: 250)" })
+          .option("sampler", { type: "string", choices: [...SAMPLERS], describe: "Sampler, default dpm++2m-sde (a .pt: ddpm)" })
           .option("spacing", { type: "string", choices: [...SPACINGS], describe: "Timestep spacing (default: karras for euler/heun, else linspace)" })
           .option("eta", { type: "number", describe: "DDIM η, default 0" })
           .option("dynamic-threshold", { type: "string", describe: "Threshold x̂0 dynamically instead of clipping: RATIO[,MAX], e.g. 0.995,1.5" })

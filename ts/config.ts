@@ -100,14 +100,29 @@ export interface OptimConfig {
   gradClip: number;
 }
 
+/**
+ * The extractors shipped with sadm, trained by `sadm train-classifier`, and the images each reads: the MNIST LeNet
+ * (1×28×28 digits) and the emoji LeNet (3×32×32, the emoji set's 10 categories).
+ */
+export const BUILTIN_EXTRACTORS = {
+  "lenet-mnist": { input: [1, 28, 28], reads: "28×28 grey digits", data: "mnist" },
+  "lenet-emoji": { input: [3, 32, 32], reads: "32×32 RGB images (the emoji set at --resolution 32)", data: "emoji" },
+} as const;
+export type BuiltinArch = keyof typeof BUILTIN_EXTRACTORS;
+
+export function isBuiltinExtractor(arch: string): arch is BuiltinArch {
+  return Object.hasOwn(BUILTIN_EXTRACTORS, arch);
+}
+
 /** A feature extractor for the metrics: a named architecture and its weights (safetensors). */
 export interface ExtractorConfig {
   /**
-   * Architecture name: `lenet-mnist` (built in, 28×28 grey images) or `inception-v3-fid` (the network of published
-   * FIDs, pytorch-fid's parameter names; any image size, grey or RGB; needs `weights`).
+   * Architecture name: `lenet-mnist` (built in, 28×28 grey images; the default), `lenet-emoji` (built in, 32×32 RGB
+   * emoji; the default for `--data emoji` at 32²) or `inception-v3-fid` (the network of published FIDs, pytorch-fid's
+   * parameter names; any image size, grey or RGB; needs `weights`).
    */
   arch: string;
-  /** Path of the weights; default for `lenet-mnist`: the LeNet shipped with sadm (`assets/lenet-mnist.safetensors`). */
+  /** Path of the weights; default for the built-in LeNets: the weights shipped with sadm (`assets/<arch>.safetensors`). */
   weights?: string;
 }
 
@@ -341,9 +356,9 @@ export const RUN_PRESETS: Readonly<Record<string, RunPreset>> = {
     },
   },
   // RGB image folders and the emoji set, sized like the digits' presets: the DiT sees 8×8 patches of 4×4 pixels
-  // at 32² (a 2-pixel patch is 4× the tokens and ~5× the step time on this CPU) and of 8×8 pixels at 64². Their
-  // metrics need an extractor for RGB images (Inception-v3, weights the user brings), so they do not evaluate
-  // themselves by default.
+  // at 32² (a 2-pixel patch is 4× the tokens and ~5× the step time on this CPU) and of 8×8 pixels at 64². A folder's
+  // metrics need an extractor for its images (Inception-v3, weights the user brings; the emoji at 32² have the
+  // shipped lenet-emoji), so they do not evaluate themselves by default.
   "rgb-32": {
     description: "Tiny DiT on 32×32 RGB images (your folder, or --data emoji): under an hour on 2 CPU cores",
     config: {
@@ -461,13 +476,14 @@ export const BASE_DEFAULTS: SadmConfigInput = {
   device: "cpu",
   precision: "fp32",
   outDir: "runs/mnist",
-  sampler: "ddim",
-  sampleSteps: 50,
+  // The fewest network evaluations that reach DDPM 250's FD on the default model (README, "Samplers").
+  sampler: "dpm++2m-sde",
+  sampleSteps: 10,
   cfgScale: 3,
   eta: 0,
   samplesPerClass: 4,
   trainable: "all",
-  eval: { every: 0, samples: 1000, sampler: "ddim", steps: 50, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } },
+  eval: { every: 0, samples: 1000, sampler: "dpm++2m-sde", steps: 10, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } },
 };
 
 /**
@@ -828,6 +844,8 @@ export function resolveConfig(input: unknown): SadmConfig {
   settleClasses(data, facts, user.data?.classNames);
   const dataDefaults: SadmConfigInput = {
     model: { inputSize: facts.size, inChannels: facts.channels, numClasses: facts.numClasses },
+    // The emoji set at 32² has its own shipped extractor.
+    ...(data.name === "emoji" && facts.size === 32 && facts.channels === 3 ? { eval: { extractor: { arch: "lenet-emoji" } } } : {}),
   };
   const merged = deepMerge<PlainObject>(
     BASE_DEFAULTS as PlainObject,
@@ -1020,10 +1038,11 @@ function checkCrossFields(c: SadmConfig, facts: DataFacts): void {
       `the ${what} data has no labels, so the model can only be unconditional (0) (got ${m.numClasses})`,
     );
   const e = c.eval;
-  if (e.every > 0 && e.extractor.arch === "lenet-mnist" && (facts.size !== 28 || facts.channels !== 1))
+  const lenet = isBuiltinExtractor(e.extractor.arch) ? BUILTIN_EXTRACTORS[e.extractor.arch] : undefined;
+  if (e.every > 0 && lenet && lenet.input.join() !== [facts.channels, facts.size, facts.size].join())
     throw new ConfigError(
       "config.eval.extractor.arch",
-      `lenet-mnist reads 28×28 grey digits, not these ${facts.size}×${facts.size} ${facts.channels === 3 ? "RGB" : "grey"} images: ` +
+      `${e.extractor.arch} reads ${lenet.reads}, not these ${facts.size}×${facts.size} ${facts.channels === 3 ? "RGB" : "grey"} images: ` +
         "evaluate with inception-v3-fid and its weights (--extractor inception-v3-fid --extractor-weights FILE), or turn evaluation off (eval.every: 0)",
     );
   if (m.inputSize % m.patchSize !== 0)

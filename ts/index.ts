@@ -11,6 +11,7 @@
 export { SadmError, ConfigError, DataError, CheckpointError, NativeError, NumericalError } from "./errors.js";
 export {
   resolveConfig,
+  resolveDataConfig,
   parseConfigInput,
   toCoreConfig,
   presetNames,
@@ -26,6 +27,8 @@ export {
   EFFICIENT_PATTERNS,
   SAMPLERS,
   SPACINGS,
+  BUILTIN_EXTRACTORS,
+  type BuiltinArch,
   checkSampling,
   samplerEvaluations,
   type SamplerName,

@@ -4,6 +4,8 @@
 //! - `lenet-mnist`, built in: a LeNet-like MNIST classifier that sadm trains itself ([`train_lenet`]); its 128-d
 //!   penultimate activations (before the ReLU, which keeps them closer to Gaussian) play the role Inception's pool
 //!   features play for FID, and its predictions give the class accuracy of conditional samples.
+//! - `lenet-emoji`, built in: the same network on 32×32 RGB images of the emoji set's 10 categories (`--data
+//!   emoji`), for the RGB presets, where Inception's weights cannot be shipped.
 //! - `inception-v3-fid`, the network behind published FIDs ([`InceptionV3`]), for users who have its weights.
 use crate::io::checkpoint::{check_shapes, expected, load_tensors, save_tensors};
 use crate::error::{Error, Result};
@@ -21,16 +23,19 @@ use std::path::Path;
 pub enum Arch {
     /// [`LeNet`] on 28×28 grey images in [-1, 1], 10 classes, 128-d features.
     LeNetMnist,
+    /// [`LeNet`] on 32×32 RGB images in [-1, 1], the emoji set's 10 categories, 128-d features.
+    LeNetEmoji,
     /// [`InceptionV3`] (FID variant) on grey or RGB images of any size, 2048-d features, no classes.
     InceptionV3Fid,
 }
 
 impl Arch {
-    pub const NAMES: &'static [&'static str] = &["lenet-mnist", "inception-v3-fid"];
+    pub const NAMES: &'static [&'static str] = &["lenet-mnist", "lenet-emoji", "inception-v3-fid"];
 
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "lenet-mnist" => Ok(Self::LeNetMnist),
+            "lenet-emoji" => Ok(Self::LeNetEmoji),
             "inception-v3-fid" => Ok(Self::InceptionV3Fid),
             _ => Err(Error::Input(format!(
                 "unknown feature-extractor architecture '{name}' (known: {})",
@@ -42,13 +47,23 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Self::LeNetMnist => "lenet-mnist",
+            Self::LeNetEmoji => "lenet-emoji",
             Self::InceptionV3Fid => "inception-v3-fid",
+        }
+    }
+
+    /// The LeNet's input and classes, for the LeNet architectures.
+    pub fn lenet(self) -> Option<LeNetSpec> {
+        match self {
+            Self::LeNetMnist => Some(LeNetSpec { input: (1, 28, 28), classes: 10 }),
+            Self::LeNetEmoji => Some(LeNetSpec { input: (3, 32, 32), classes: 10 }),
+            Self::InceptionV3Fid => None,
         }
     }
 
     pub fn feature_dim(self) -> usize {
         match self {
-            Self::LeNetMnist => LeNet::FEATURES,
+            Self::LeNetMnist | Self::LeNetEmoji => LeNet::FEATURES,
             Self::InceptionV3Fid => InceptionV3::FEATURES,
         }
     }
@@ -56,7 +71,7 @@ impl Arch {
     /// Classes the extractor predicts; 0 when it only gives features.
     pub fn num_classes(self) -> usize {
         match self {
-            Self::LeNetMnist => LeNet::CLASSES,
+            Self::LeNetMnist | Self::LeNetEmoji => self.lenet().map_or(0, |l| l.classes),
             Self::InceptionV3Fid => 0,
         }
     }
@@ -64,7 +79,7 @@ impl Arch {
     /// Checks that images of shape channels×height×width are something this architecture reads.
     pub fn check_input(self, (c, h, w): (usize, usize, usize)) -> Result<()> {
         let ok = match self {
-            Self::LeNetMnist => (c, h, w) == LeNet::INPUT,
+            Self::LeNetMnist | Self::LeNetEmoji => self.lenet().is_some_and(|l| l.input == (c, h, w)),
             Self::InceptionV3Fid => (c == 1 || c == 3) && h > 0 && w > 0,
         };
         if ok {
@@ -72,6 +87,7 @@ impl Arch {
         }
         let wants = match self {
             Self::LeNetMnist => "28×28 grey (1×28×28) images, i.e. MNIST",
+            Self::LeNetEmoji => "32×32 RGB (3×32×32) images, i.e. the emoji set at --resolution 32",
             Self::InceptionV3Fid => "grey or RGB images (1 or 3 channels) of any size",
         };
         Err(Error::Input(format!(
@@ -85,7 +101,7 @@ impl Arch {
     /// Images per forward pass: bounds the im2col buffers (Inception's first convolutions take ~25 MB per image).
     fn batch(self) -> usize {
         match self {
-            Self::LeNetMnist => 500,
+            Self::LeNetMnist | Self::LeNetEmoji => 500,
             Self::InceptionV3Fid => 8,
         }
     }
@@ -94,7 +110,7 @@ impl Arch {
     /// the auxiliary head and BatchNorm's counters of a torchvision/pytorch-fid state dict.
     fn unused(self, name: &str) -> bool {
         match self {
-            Self::LeNetMnist => false,
+            Self::LeNetMnist | Self::LeNetEmoji => false,
             Self::InceptionV3Fid => {
                 name.starts_with("fc.") || name.starts_with("AuxLogits.") || name.ends_with(".num_batches_tracked")
             }
@@ -102,7 +118,14 @@ impl Arch {
     }
 }
 
-/// conv5×5(32) → ReLU → max-pool 2 → conv5×5(64) → ReLU → max-pool 2 → fc(128) → ReLU → fc(10).
+/// A LeNet's input (channels, height, width; sides divisible by 4) and class count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeNetSpec {
+    pub input: (usize, usize, usize),
+    pub classes: usize,
+}
+
+/// conv5×5(32) → ReLU → max-pool 2 → conv5×5(64) → ReLU → max-pool 2 → fc(128) → ReLU → fc(classes).
 pub struct LeNet {
     conv1: Conv2d,
     conv2: Conv2d,
@@ -111,21 +134,22 @@ pub struct LeNet {
 }
 
 impl LeNet {
+    /// The MNIST LeNet's input.
     pub const INPUT: (usize, usize, usize) = (1, 28, 28);
     pub const FEATURES: usize = 128;
-    pub const CLASSES: usize = 10;
 
-    pub fn new(vb: VarBuilder) -> Result<Self> {
+    pub fn new(spec: LeNetSpec, vb: VarBuilder) -> Result<Self> {
         let same = Conv2dConfig { padding: 2, ..Default::default() };
+        let (c, h, w) = spec.input;
         Ok(Self {
-            conv1: candle_nn::conv2d(1, 32, 5, same, vb.pp("conv1"))?,
+            conv1: candle_nn::conv2d(c, 32, 5, same, vb.pp("conv1"))?,
             conv2: candle_nn::conv2d(32, 64, 5, same, vb.pp("conv2"))?,
-            fc1: linear(64 * 7 * 7, Self::FEATURES, vb.pp("fc1"))?,
-            fc2: linear(Self::FEATURES, Self::CLASSES, vb.pp("fc2"))?,
+            fc1: linear(64 * (h / 4) * (w / 4), Self::FEATURES, vb.pp("fc1"))?,
+            fc2: linear(Self::FEATURES, spec.classes, vb.pp("fc2"))?,
         })
     }
 
-    /// (features before the last ReLU, logits) for a batch of N×1×28×28 images.
+    /// (features before the last ReLU, logits) for a batch of N×C×H×W images.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let h = self.conv1.forward(x)?.relu()?.max_pool2d(2)?;
         let h = self.conv2.forward(&h)?.relu()?.max_pool2d(2)?;
@@ -154,8 +178,8 @@ impl Default for LeNetTraining {
     }
 }
 
-fn check_images(images: &[f32], labels: &[i32], what: &str) -> Result<usize> {
-    let (c, h, w) = LeNet::INPUT;
+fn check_images(spec: LeNetSpec, images: &[f32], labels: &[i32], what: &str) -> Result<usize> {
+    let (c, h, w) = spec.input;
     let n = labels.len();
     if n == 0 || images.len() != n * c * h * w {
         return Err(Error::Input(format!(
@@ -163,22 +187,25 @@ fn check_images(images: &[f32], labels: &[i32], what: &str) -> Result<usize> {
             images.len()
         )));
     }
-    if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| l < 0 || l as usize >= LeNet::CLASSES) {
-        return Err(Error::Input(format!("{what}: label {l} at index {i} is outside [0, {})", LeNet::CLASSES)));
+    if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| l < 0 || l as usize >= spec.classes) {
+        return Err(Error::Input(format!("{what}: label {l} at index {i} is outside [0, {})", spec.classes)));
     }
     Ok(n)
 }
 
-/// Trains the MNIST extractor with AdamW and cross-entropy; seeded initialisation and data order.
-/// `on_epoch(epoch, mean_loss)` is called after each epoch. Returns the weights by name.
+/// Trains a LeNet extractor (`arch` is `lenet-mnist` or `lenet-emoji`) with AdamW and cross-entropy; seeded
+/// initialisation and data order. `on_epoch(epoch, mean_loss)` is called after each epoch. Returns the weights by
+/// name.
 pub fn train_lenet(
+    arch: Arch,
     images: &[f32],
     labels: &[i32],
     opts: &LeNetTraining,
     device: &Device,
     mut on_epoch: impl FnMut(usize, f64),
 ) -> Result<HashMap<String, Tensor>> {
-    let n = check_images(images, labels, "classifier training data")?;
+    let spec = arch.lenet().ok_or_else(|| Error::Input(format!("{} is not trained by sadm: only the LeNets are", arch.name())))?;
+    let n = check_images(spec, images, labels, "classifier training data")?;
     if opts.batch_size == 0 || opts.batch_size > n || opts.epochs == 0 {
         return Err(Error::Input(format!(
             "classifier training: need 1 ≤ batch size ≤ {n} images and at least one epoch (got batch {}, {} epochs)",
@@ -196,12 +223,13 @@ pub fn train_lenet(
         return Err(Error::Input(format!("classifier training data: value at index {i} is not finite")));
     }
     let varmap = VarMap::new();
-    let net = LeNet::new(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let net = LeNet::new(spec, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let mut rng = Rng::derive(opts.seed, 0);
     init_vars(&varmap, &mut rng, lenet_init)?;
     let vars = sorted_vars(&varmap);
     let mut opt = AdamW::new(vars.clone(), Default::default())?;
     let per = images.len() / n;
+    let (c, h, w) = spec.input;
     for epoch in 0..opts.epochs {
         // Fisher–Yates from our stream, so the order is reproducible.
         let mut order: Vec<usize> = (0..n).collect();
@@ -212,7 +240,7 @@ pub fn train_lenet(
         for batch in order.chunks_exact(opts.batch_size) {
             let x: Vec<f32> = batch.iter().flat_map(|&i| images[i * per..(i + 1) * per].iter().copied()).collect();
             let y: Vec<u32> = batch.iter().map(|&i| labels[i] as u32).collect();
-            let x = Tensor::from_vec(x, (batch.len(), 1, 28, 28), device)?;
+            let x = Tensor::from_vec(x, (batch.len(), c, h, w), device)?;
             let y = Tensor::new(y, device)?;
             let (_, logits) = net.forward(&x)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
@@ -234,7 +262,7 @@ enum Net {
 impl Net {
     fn new(arch: Arch, vb: VarBuilder) -> Result<Self> {
         Ok(match arch {
-            Arch::LeNetMnist => Self::LeNet(LeNet::new(vb)?),
+            Arch::LeNetMnist | Arch::LeNetEmoji => Self::LeNet(LeNet::new(arch.lenet().expect("a LeNet"), vb)?),
             Arch::InceptionV3Fid => Self::Inception(InceptionV3::new(vb)?),
         })
     }
@@ -366,7 +394,7 @@ mod tests {
         let (x, y) = halves(256, 1);
         let opts = LeNetTraining { epochs: 2, batch_size: 32, lr: 1e-3, seed: 3 };
         let mut losses = vec![];
-        let w = train_lenet(&x, &y, &opts, &Device::Cpu, |_, l| losses.push(l))?;
+        let w = train_lenet(Arch::LeNetMnist, &x, &y, &opts, &Device::Cpu, |_, l| losses.push(l))?;
         assert!(losses[1] < losses[0], "loss did not fall: {losses:?}");
         let dir = std::env::temp_dir().join(format!("sadm-lenet-{}", std::process::id()));
         let path = dir.join("lenet.safetensors");
@@ -378,11 +406,39 @@ mod tests {
         let correct = out.predictions.iter().zip(&ty).filter(|(p, t)| p == t).count();
         assert!(correct >= 60, "held-out accuracy {correct}/64");
         // Same seed, same weights.
-        let w2 = train_lenet(&x, &y, &opts, &Device::Cpu, |_, _| {})?;
+        let w2 = train_lenet(Arch::LeNetMnist, &x, &y, &opts, &Device::Cpu, |_, _| {})?;
         let a = w["fc2.weight"].flatten_all()?.to_vec1::<f32>()?;
         let b = w2["fc2.weight"].flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(a, b);
         let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// The RGB LeNet tells colours apart on 32×32 images (what the emoji categories' look partly is).
+    #[test]
+    fn the_emoji_lenet_learns_colour_on_32_pixel_rgb() -> Result<()> {
+        let mut rng = Rng::new(4);
+        let mut x = vec![];
+        let mut y = vec![];
+        for i in 0..192 {
+            let label = (i % 3) as i32;
+            for ch in 0..3 {
+                for _ in 0..32 * 32 {
+                    x.push(if ch == label as usize { 0.6 } else { -0.6 } + 0.4 * rng.normal_vec(1)[0]);
+                }
+            }
+            y.push(label);
+        }
+        let opts = LeNetTraining { epochs: 2, batch_size: 32, lr: 1e-3, seed: 1 };
+        let w = train_lenet(Arch::LeNetEmoji, &x, &y, &opts, &Device::Cpu, |_, _| {})?;
+        assert_eq!(w["fc1.weight"].dims(), &[128, 64 * 8 * 8]);
+        let ex = Extractor::from_tensors(Arch::LeNetEmoji, &w, Path::new("w"), &Device::Cpu)?;
+        let out = ex.run(&x[..48 * 3072], (3, 32, 32))?;
+        assert_eq!(out.features.len(), 48 * 128);
+        let correct = out.predictions.iter().zip(&y).filter(|(p, t)| p == t).count();
+        assert!(correct >= 45, "{correct}/48");
+        assert!(ex.run(&x[..784], (1, 28, 28)).err().unwrap().to_string().contains("reads 32×32 RGB"));
+        assert!(train_lenet(Arch::InceptionV3Fid, &x, &y, &opts, &Device::Cpu, |_, _| {}).is_err());
         Ok(())
     }
 
@@ -398,19 +454,19 @@ mod tests {
         let e = Extractor::from_tensors(Arch::LeNetMnist, &w, Path::new("w"), &Device::Cpu).err().unwrap().to_string();
         assert!(e.contains("conv1.bias") || e.contains("conv1.weight"), "{e}");
         let (x, _) = halves(2, 0);
-        let ok = train_lenet(&x, &[0, 1], &LeNetTraining { epochs: 1, batch_size: 2, ..Default::default() }, &Device::Cpu, |_, _| {}).unwrap();
+        let ok = train_lenet(Arch::LeNetMnist, &x, &[0, 1], &LeNetTraining { epochs: 1, batch_size: 2, ..Default::default() }, &Device::Cpu, |_, _| {}).unwrap();
         let ex = Extractor::from_tensors(Arch::LeNetMnist, &ok, Path::new("w"), &Device::Cpu).unwrap();
         assert!(ex.run(&x[..100], LeNet::INPUT).err().unwrap().to_string().contains("whole number"));
         assert!(ex.run(&x, (3, 28, 28)).err().unwrap().to_string().contains("not 3×28×28"));
-        assert!(train_lenet(&x, &[0, 10], &Default::default(), &Device::Cpu, |_, _| {}).err().unwrap().to_string().contains("label 10"));
+        assert!(train_lenet(Arch::LeNetMnist, &x, &[0, 10], &Default::default(), &Device::Cpu, |_, _| {}).err().unwrap().to_string().contains("label 10"));
         let two = LeNetTraining { epochs: 1, batch_size: 2, ..Default::default() };
         for (lr, got) in [(f64::NAN, "NaN"), (1.0, "1"), (0.0, "0"), (-1e-3, "-0.001")] {
-            let e = train_lenet(&x, &[0, 1], &LeNetTraining { lr, ..two }, &Device::Cpu, |_, _| {}).err().unwrap().to_string();
+            let e = train_lenet(Arch::LeNetMnist, &x, &[0, 1], &LeNetTraining { lr, ..two }, &Device::Cpu, |_, _| {}).err().unwrap().to_string();
             assert!(e.ends_with(&format!("trainClassifier: lr must be a finite number greater than 0 and less than 1 (got {got})")), "{e}");
         }
         let mut nan = x.clone();
         nan[900] = f32::NAN;
-        let e = train_lenet(&nan, &[0, 1], &two, &Device::Cpu, |_, _| {}).err().unwrap().to_string();
+        let e = train_lenet(Arch::LeNetMnist, &nan, &[0, 1], &two, &Device::Cpu, |_, _| {}).err().unwrap().to_string();
         assert!(e.contains("value at index 900 is not finite"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

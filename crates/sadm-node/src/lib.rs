@@ -553,14 +553,16 @@ pub struct ClassifierTraining {
     pub seed: f64,
 }
 
-/// Trains the built-in MNIST extractor ("lenet-mnist") on n 28×28 images and writes its weights (safetensors,
-/// atomically) to `out`. Resolves with the mean training loss of each epoch.
+/// Trains a built-in extractor (`arch`: "lenet-mnist", on 1×28×28 images, the default; "lenet-emoji", on 3×32×32)
+/// on n images and writes its weights (safetensors, atomically) to `out`. Resolves with the mean training loss of
+/// each epoch.
 #[napi(catch_unwind, ts_return_type = "Promise<number[]>")]
-pub fn train_classifier(images: Float32Array, labels: Int32Array, opts: ClassifierTraining, out: String) -> AsyncTask<TrainClassifierTask> {
-    AsyncTask::new(TrainClassifierTask { images: images.to_vec(), labels: labels.to_vec(), opts, out: PathBuf::from(out) })
+pub fn train_classifier(images: Float32Array, labels: Int32Array, opts: ClassifierTraining, out: String, arch: Option<String>) -> AsyncTask<TrainClassifierTask> {
+    AsyncTask::new(TrainClassifierTask { arch, images: images.to_vec(), labels: labels.to_vec(), opts, out: PathBuf::from(out) })
 }
 
 pub struct TrainClassifierTask {
+    arch: Option<String>,
     images: Vec<f32>,
     labels: Vec<i32>,
     opts: ClassifierTraining,
@@ -581,7 +583,8 @@ impl Task for TrainClassifierTask {
                 seed: check_integer("trainClassifier: seed", o.seed, 0, MAX_SAFE_INTEGER)?,
             };
             let mut losses = vec![];
-            let weights = classifier::train_lenet(&self.images, &self.labels, &opts, &Device::Cpu, |_, l| losses.push(l))?;
+            let arch = classifier::Arch::parse(self.arch.as_deref().unwrap_or("lenet-mnist"))?;
+            let weights = classifier::train_lenet(arch, &self.images, &self.labels, &opts, &Device::Cpu, |_, l| losses.push(l))?;
             classifier::save_weights(&weights, &self.out)?;
             Ok(losses)
         })
