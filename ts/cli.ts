@@ -8,7 +8,7 @@ import * as path from "node:path";
 import yargs from "yargs";
 import type { Argv } from "yargs";
 import { ConfigError, SadmError, errorMessage, fsError, isFsError } from "./errors.js";
-import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, SAMPLERS, SPACINGS, samplerEvaluations, setPath, type SadmConfigInput } from "./config.js";
+import { RUN_PRESETS, MODEL_PRESETS, DEFAULT_PRESET, SAMPLERS, SPACINGS, checkOneOf, samplerEvaluations, setPath, type SadmConfigInput } from "./config.js";
 import { train } from "./trainer.js";
 import { SAMPLE_CHUNK, classNamesOf, isWeightsFile, sampleGrid, sampleToDir, type SampleRequest } from "./sampler.js";
 import { evaluate, formatMetrics, trainClassifier } from "./evaluate.js";
@@ -239,13 +239,6 @@ interface SampleArgs {
   numHeads?: number;
 }
 
-/** A `--sampler`/`--spacing` value checked against the names ({@link SAMPLERS}, {@link SPACINGS}). */
-function oneOfFlag<T extends string>(value: string | undefined, names: readonly T[], flag: string): T | undefined {
-  if (value === undefined) return undefined;
-  if (!(names as readonly string[]).includes(value)) throw new ConfigError(flag, `must be one of ${names.join(", ")} (got "${value}")`);
-  return value as T;
-}
-
 /** `--dynamic-threshold RATIO[,MAX]` (MAX default 1.5). */
 function parseThreshold(value: string | undefined): { ratio: number; maxValue: number } | undefined {
   if (value === undefined) return undefined;
@@ -256,8 +249,8 @@ function parseThreshold(value: string | undefined): { ratio: number; maxValue: n
 }
 
 async function runSample(a: SampleArgs): Promise<number> {
-  const sampler = oneOfFlag(a.sampler, SAMPLERS, "--sampler");
-  const spacing = oneOfFlag(a.spacing, SPACINGS, "--spacing");
+  const sampler = checkOneOf(a.sampler, SAMPLERS, "--sampler");
+  const spacing = checkOneOf(a.spacing, SPACINGS, "--spacing");
   if (a.out !== undefined && a.outDir !== undefined)
     throw new ConfigError("--out-dir", "cannot be combined with --out: write one grid (--out FILE) or one PNG per image (--out-dir DIR)");
   let progress: TaskProgress | undefined;
@@ -423,8 +416,8 @@ interface EvalArgs {
 }
 
 async function runEvalCommand(a: EvalArgs): Promise<number> {
-  oneOfFlag(a.sampler, SAMPLERS, "--sampler");
-  oneOfFlag(a.spacing, SPACINGS, "--spacing");
+  checkOneOf(a.sampler, SAMPLERS, "--sampler");
+  checkOneOf(a.spacing, SPACINGS, "--spacing");
   const overrides: PlainObject = {};
   const put = (k: string, v: unknown): void => {
     if (v !== undefined) overrides[k] = v;
@@ -449,7 +442,7 @@ async function runEvalCommand(a: EvalArgs): Promise<number> {
 }
 
 async function runTrainClassifier(a: { arch: string; out?: string; epochs?: number; seed?: number }): Promise<number> {
-  const arch = oneOfFlag(a.arch, ["lenet-mnist", "lenet-emoji"] as const, "--arch") ?? "lenet-mnist";
+  const arch = checkOneOf(a.arch, ["lenet-mnist", "lenet-emoji"] as const, "--arch") ?? "lenet-mnist";
   const out = a.out ?? `assets/${arch}.safetensors`;
   const r = await trainClassifier({
     arch,

@@ -105,8 +105,8 @@ export interface OptimConfig {
  * (1×28×28 digits) and the emoji LeNet (3×32×32, the emoji set's 10 categories).
  */
 export const BUILTIN_EXTRACTORS = {
-  "lenet-mnist": { input: [1, 28, 28], reads: "28×28 grey digits", data: "mnist" },
-  "lenet-emoji": { input: [3, 32, 32], reads: "32×32 RGB images (the emoji set at --resolution 32)", data: "emoji" },
+  "lenet-mnist": { input: [1, 28, 28], reads: "28×28 grey digits" },
+  "lenet-emoji": { input: [3, 32, 32], reads: "32×32 RGB images (the emoji set at --resolution 32)" },
 } as const;
 export type BuiltinArch = keyof typeof BUILTIN_EXTRACTORS;
 
@@ -160,6 +160,16 @@ export function checkSampling(c: SamplingChoice, field: { sampler: string; steps
     throw new ConfigError(field.spacing, `karras is a σ schedule, which ${c.sampler} does not step through: use it with dpm++2m, dpm++2m-sde, unipc, euler or heun`);
   if ((c.eta ?? 0) !== 0 && c.sampler !== "ddim")
     throw new ConfigError(field.eta, `is DDIM's stochasticity; ${c.sampler} has none: leave it at 0 or use ddim (got ${c.eta})`);
+}
+
+/**
+ * `value` checked against `names` (a sampler, a spacing, a flag's choices), for inputs zod does not parse.
+ * @throws ConfigError naming `field` and the names.
+ */
+export function checkOneOf<T extends string>(value: string | undefined, names: readonly T[], field: string): T | undefined {
+  if (value === undefined) return undefined;
+  if (!(names as readonly string[]).includes(value)) throw new ConfigError(field, `must be one of ${names.join(", ")} (got "${value}")`);
+  return value as T;
 }
 
 /** Network evaluations of `steps` steps of `sampler` (Heun: 2N − 1). */

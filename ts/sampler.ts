@@ -13,7 +13,7 @@ import { loadNative } from "./native.js";
 import type { SampleOptions, SampleProgress } from "./native.js";
 import { readState, resolveCheckpoint, type CheckpointState } from "./checkpoint.js";
 import { GridCanvas, assertGridFits, encodeImage, gridGeometry, writeFileAtomic } from "./image.js";
-import { SAMPLERS, SPACINGS, checkSampling, normalizeDevice, samplerEvaluations, type SamplerName, type SpacingName } from "./config.js";
+import { SAMPLERS, SPACINGS, checkOneOf, checkSampling, normalizeDevice, samplerEvaluations, type SamplerName, type SpacingName } from "./config.js";
 import { classIndices } from "./data/spec.js";
 import type { VaeIdentity } from "./data/latents.js";
 import { checkSameVae, decodeAll, loadVae, type Vae } from "./latent/vae.js";
@@ -366,11 +366,8 @@ function prepare(req: SampleRequest): Prepared {
   // A published DiT checkpoint samples as DiT's sample.py does by default.
   const steps = req.steps ?? (reference ? 250 : 10);
   if (!Number.isInteger(steps) || steps < 1) throw new ConfigError("steps", `must be an integer ≥ 1 (got ${steps})`);
-  const sampler = req.sampler ?? (reference ? "ddpm" : "dpm++2m-sde");
-  if (!(SAMPLERS as readonly string[]).includes(sampler))
-    throw new ConfigError("sampler", `must be one of ${SAMPLERS.join(", ")} (got "${sampler}")`);
-  if (req.spacing !== undefined && !(SPACINGS as readonly string[]).includes(req.spacing))
-    throw new ConfigError("spacing", `must be one of ${SPACINGS.join(", ")} (got "${req.spacing}")`);
+  const sampler = checkOneOf(req.sampler, SAMPLERS, "sampler") ?? (reference ? "ddpm" : "dpm++2m-sde");
+  checkOneOf(req.spacing, SPACINGS, "spacing");
   checkSampling({ sampler, steps, spacing: req.spacing, eta: req.eta }, { sampler: "sampler", steps: "steps", spacing: "spacing", eta: "eta" });
   const seed = req.seed ?? 0;
   if (!Number.isInteger(seed) || seed < 0 || seed + plan.labels.length > Number.MAX_SAFE_INTEGER)

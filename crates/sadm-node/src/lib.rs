@@ -145,9 +145,8 @@ fn core_sample_options(o: &SampleOptions, num_timesteps: usize, progress: Option
     let seed = check_integer("sample: seed", o.seed, 0, MAX_SAFE_INTEGER)?;
     let guidance_channels = o.guidance_channels.map(|g| check_integer("sample: guidanceChannels", g, 1, 1 << 16)).transpose()?.map(|g| g as usize);
     let dynamic_threshold = o.dynamic_threshold.as_ref().map(|t| DynamicThreshold { ratio: t.ratio, max_value: t.max_value });
-    let opts = CoreSampleOptions { sampler, steps, spacing, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, dynamic_threshold, seed, guidance_channels, progress };
-    opts.validate(num_timesteps)?;
-    Ok(opts)
+    // The rest is checked by `train::sample_with` (`SampleOptions::validate`) before anything is sampled.
+    Ok(CoreSampleOptions { sampler, steps, spacing, cfg_scale: o.cfg_scale, eta: o.eta, clip_denoised: o.clip_denoised, dynamic_threshold, seed, guidance_channels, progress })
 }
 
 fn to_vec(t: &Tensor) -> sadm_core::Result<Vec<f32>> {

@@ -21,30 +21,6 @@ impl Denoiser for Oracle {
     }
 }
 
-#[test]
-fn samplers_reach_the_oracle_target() -> Result<()> {
-    let dev = Device::Cpu;
-    let target = Tensor::new(&[[[[0.5f32, -0.25], [0.0, 0.75]]]], &dev)?;
-    for sampler in [Sampler::Ddim, Sampler::Ddpm] {
-        let opts = SampleOptions { seed: 1, ..SampleOptions::new(sampler, 50) };
-        let out = sample(&linear(), &Oracle(target.clone()), (1, 1, 2, 2), None, 0, &opts, &dev)?;
-        let err = (out - &target)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(err < 1e-2, "{sampler:?}: {err}");
-    }
-    Ok(())
-}
-
-#[test]
-fn progress_counts_every_step() -> Result<()> {
-    let dev = Device::Cpu;
-    let done = Arc::new(AtomicUsize::new(0));
-    let opts = SampleOptions { seed: 1, progress: Some(done.clone()), ..SampleOptions::new(Sampler::Ddpm, 7) };
-    sample(&linear(), &Oracle(Tensor::zeros((1, 1, 2, 2), DType::F32, &dev)?), (1, 1, 2, 2), None, 0, &opts, &dev)?;
-    sample(&linear(), &Oracle(Tensor::zeros((1, 1, 2, 2), DType::F32, &dev)?), (1, 1, 2, 2), None, 0, &SampleOptions { steps: 3, ..opts }, &dev)?;
-    assert_eq!(done.load(Ordering::Relaxed), 10);
-    Ok(())
-}
-
 struct ByLabel;
 impl Denoiser for ByLabel {
     fn denoise(&self, x: &Tensor, _t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
@@ -82,29 +58,42 @@ fn guidance_on_the_first_channels_only_as_dit_samples() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn every_sampler_reaches_the_oracle_target() -> Result<()> {
+/// Samples from the oracle that always points at `target`; returns the largest error and the network evaluations.
+fn oracle_run(opts: SampleOptions) -> Result<(f32, usize)> {
     let dev = Device::Cpu;
     let target = Tensor::new(&[[[[0.5f32, -0.25], [0.0, 0.75]]]], &dev)?;
+    let done = Arc::new(AtomicUsize::new(0));
+    let opts = SampleOptions { seed: 1, progress: Some(done.clone()), ..opts };
+    opts.validate(1000).unwrap();
+    let out = sample(&linear(), &Oracle(target.clone()), (1, 1, 2, 2), None, 0, &opts, &dev)?;
+    Ok(((out - &target)?.abs()?.max_all()?.to_scalar::<f32>()?, done.load(Ordering::Relaxed)))
+}
+
+#[test]
+fn every_sampler_reaches_the_oracle_target() -> Result<()> {
+    for sampler in [Sampler::Ddim, Sampler::Ddpm] {
+        let (err, _) = oracle_run(SampleOptions::new(sampler, 50))?;
+        assert!(err < 1e-2, "{sampler:?}: {err}");
+    }
     for sampler in [Sampler::DpmPp2m, Sampler::DpmPp2mSde, Sampler::UniPc, Sampler::Euler, Sampler::Heun] {
         for spacing in [Spacing::Linspace, Spacing::Trailing, Spacing::Karras] {
-            let opts = SampleOptions { seed: 1, spacing: Some(spacing), ..SampleOptions::new(sampler, 20) };
-            opts.validate(1000).unwrap();
-            let out = sample(&linear(), &Oracle(target.clone()), (1, 1, 2, 2), None, 0, &opts, &dev)?;
-            let err = (out - &target)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let (err, _) = oracle_run(SampleOptions { spacing: Some(spacing), ..SampleOptions::new(sampler, 20) })?;
             assert!(err < 1e-3, "{sampler:?} {spacing:?}: {err}");
         }
     }
     Ok(())
 }
 
+/// The progress counter sees every network evaluation, over calls too; Heun's are 2N − 1.
 #[test]
-fn heun_counts_two_evaluations_per_step_but_the_last() -> Result<()> {
+fn progress_counts_every_evaluation() -> Result<()> {
     let dev = Device::Cpu;
     let done = Arc::new(AtomicUsize::new(0));
-    let opts = SampleOptions { progress: Some(done.clone()), ..SampleOptions::new(Sampler::Heun, 5) };
+    let opts = SampleOptions { seed: 1, progress: Some(done.clone()), ..SampleOptions::new(Sampler::Ddpm, 7) };
     sample(&linear(), &Oracle(Tensor::zeros((1, 1, 2, 2), DType::F32, &dev)?), (1, 1, 2, 2), None, 0, &opts, &dev)?;
-    assert_eq!(done.load(Ordering::Relaxed), 9);
+    sample(&linear(), &Oracle(Tensor::zeros((1, 1, 2, 2), DType::F32, &dev)?), (1, 1, 2, 2), None, 0, &SampleOptions { steps: 3, ..opts }, &dev)?;
+    assert_eq!(done.load(Ordering::Relaxed), 10);
+    assert_eq!(oracle_run(SampleOptions::new(Sampler::Heun, 5))?.1, 9);
     assert_eq!(Sampler::Heun.evaluations(5), 9);
     Ok(())
 }
@@ -241,24 +230,20 @@ fn run_case(case: &Case, tensors: &HashMap<String, Tensor>, timestep_shift: Opti
     };
     opts.validate(1000).unwrap();
     let mut stored = tensors.get(&format!("{}/noise", case.name)).map(|n| (0..n.dim(0).unwrap()).map(|i| n.get(i).unwrap()).collect::<Vec<_>>()).unwrap_or_default().into_iter();
-    let net = Network::new(&model, diffusion.prediction(), None, 0, &opts, &Device::Cpu)?;
-    let out = match timestep_shift {
-        // A deliberately wrong solver: one timestep moved, to show the comparison catches it.
-        Some((from, to)) => {
-            struct Shifted<'a>(&'a Gaussian, f64, f64);
-            impl Denoiser for Shifted<'_> {
-                fn denoise(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
-                    let tv = t.to_vec1::<f32>()?[0] as f64;
-                    let t = if tv == self.1 { Tensor::full(self.2 as f32, t.shape(), t.device())? } else { t.clone() };
-                    self.0.denoise(x, &t, y)
-                }
+    // With a shift, a deliberately wrong solver: one timestep moved, to show the comparison catches it.
+    struct Shifted<'a>(&'a Gaussian, Option<(f64, f64)>);
+    impl Denoiser for Shifted<'_> {
+        fn denoise(&self, x: &Tensor, t: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
+            let tv = t.to_vec1::<f32>()?[0] as f64;
+            match self.1 {
+                Some((from, to)) if tv == from => self.0.denoise(x, &Tensor::full(to as f32, t.shape(), t.device())?, y),
+                _ => self.0.denoise(x, t, y),
             }
-            let shifted = Shifted(&model, from, to);
-            let net = Network::new(&shifted, diffusion.prediction(), None, 0, &opts, &Device::Cpu)?;
-            solve(&diffusion, &net, x_t.clone(), &opts, &mut || Ok(stored.next().expect("a stored noise per step")))?
         }
-        None => solve(&diffusion, &net, x_t.clone(), &opts, &mut || Ok(stored.next().expect("a stored noise per step")))?,
-    };
+    }
+    let shifted = Shifted(&model, timestep_shift);
+    let net = Network::new(&shifted, diffusion.prediction(), None, 0, &opts, &Device::Cpu)?;
+    let out = solve(&diffusion, &net, x_t.clone(), &opts, &mut || Ok(stored.next().expect("a stored noise per step")))?;
     let calls = model.calls.borrow();
     let per_step = if sampler == Sampler::Heun { 2 } else { 1 };
     let mut trajectory: Vec<Tensor> = calls.iter().step_by(per_step).map(|(x, _)| x.clone()).collect();
@@ -323,6 +308,13 @@ fn sigma_to_t_matches_k_diffusion() -> Result<()> {
     Ok(())
 }
 
+/// Runs the sampler of `opts` from `x` on the linear schedule, unguided, with no fresh noise (the ODE solvers use
+/// none).
+fn ode_solve(model: &impl Denoiser, prediction: Prediction, x: &Tensor, opts: &SampleOptions) -> Result<Tensor> {
+    let net = Network::new(model, prediction, None, 0, opts, x.device())?;
+    solve(&linear(), &net, x.clone(), opts, &mut || x.zeros_like())
+}
+
 /// DPM-Solver++'s first-order step is DDIM (η = 0): over DDIM's timesteps, step for step.
 #[test]
 fn dpm_solver_first_order_is_ddim() -> Result<()> {
@@ -337,7 +329,7 @@ fn dpm_solver_first_order_is_ddim() -> Result<()> {
     };
     let opts = SampleOptions { clip_denoised: false, ..SampleOptions::new(Sampler::Ddim, 8) };
     let (a, b) = (Gaussian::new(18, false), Gaussian::new(18, false));
-    let ddim = solve(&diffusion, &Network::new(&a, Prediction::Epsilon, None, 0, &opts, &dev)?, x.clone(), &opts, &mut || x.zeros_like())?;
+    let ddim = ode_solve(&a, Prediction::Epsilon, &x, &opts)?;
     let dpm = dpm_solver::sample_order(&Network::new(&b, Prediction::Epsilon, None, 0, &opts, &dev)?, x, &steps, false, 1, &mut || unreachable!())?;
     let (ca, cb) = (a.calls.borrow(), b.calls.borrow());
     assert_eq!(ca.len(), 8);
@@ -353,12 +345,11 @@ fn dpm_solver_first_order_is_ddim() -> Result<()> {
 #[test]
 fn the_error_falls_with_each_solvers_order() -> Result<()> {
     let dev = Device::Cpu;
-    let diffusion = linear();
     let noise = Rng::new(9).randn(&[4, 2, 3, 3], &dev)?;
     let error = |sampler: Sampler, steps: usize| -> Result<f64> {
         let model = Gaussian::new(18, false);
         let opts = SampleOptions { clip_denoised: false, spacing: Some(if sampler == Sampler::Ddim { Spacing::Linspace } else { Spacing::Karras }), ..SampleOptions::new(sampler, steps) };
-        let out = solve(&diffusion, &Network::new(&model, Prediction::Epsilon, None, 0, &opts, &dev)?, noise.clone(), &opts, &mut || noise.zeros_like())?;
+        let out = ode_solve(&model, Prediction::Epsilon, &noise, &opts)?;
         // From where the solver started: its first network input, at the level it was fed.
         let (x_start, t_start) = model.calls.borrow()[0].clone();
         let exact = model.exact_x0(&x_start.flatten_all()?.to_vec1::<f32>()?, model.alpha_bar(t_start));
@@ -392,18 +383,17 @@ fn learned_sigma_v_prediction_and_thresholding_are_transparent() -> Result<()> {
         }
     }
     let x = Rng::new(2).randn(&[2, 2, 3, 3], &dev)?;
-    let run = |model: &dyn Fn(&SampleOptions) -> Result<Tensor>, opts: SampleOptions| model(&opts);
     for sampler in [Sampler::DpmPp2m, Sampler::Heun] {
         let opts = SampleOptions { clip_denoised: false, ..SampleOptions::new(sampler, 6) };
-        let plain = run(&|o| solve(&linear(), &Network::new(&Gaussian::new(18, false), Prediction::Epsilon, None, 0, o, &dev)?, x.clone(), o, &mut || x.zeros_like()), opts.clone())?;
-        let sigma = run(&|o| solve(&linear(), &Network::new(&WithSigma(Gaussian::new(18, false)), Prediction::Epsilon, None, 0, o, &dev)?, x.clone(), o, &mut || x.zeros_like()), opts.clone())?;
-        let v = run(&|o| solve(&linear(), &Network::new(&Gaussian::new(18, true), Prediction::V, None, 0, o, &dev)?, x.clone(), o, &mut || x.zeros_like()), opts.clone())?;
+        let plain = ode_solve(&Gaussian::new(18, false), Prediction::Epsilon, &x, &opts)?;
+        let sigma = ode_solve(&WithSigma(Gaussian::new(18, false)), Prediction::Epsilon, &x, &opts)?;
+        let v = ode_solve(&Gaussian::new(18, true), Prediction::V, &x, &opts)?;
         assert_eq!(plain.flatten_all()?.to_vec1::<f32>()?, sigma.flatten_all()?.to_vec1::<f32>()?);
         assert!((&plain - v)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
         let clip = SampleOptions { clip_denoised: true, ..opts.clone() };
         let thresh = SampleOptions { dynamic_threshold: Some(DynamicThreshold { ratio: 0.9, max_value: 1.0 }), ..opts };
-        let a = run(&|o| solve(&linear(), &Network::new(&Gaussian::new(18, false), Prediction::Epsilon, None, 0, o, &dev)?, x.clone(), o, &mut || x.zeros_like()), clip)?;
-        let b = run(&|o| solve(&linear(), &Network::new(&Gaussian::new(18, false), Prediction::Epsilon, None, 0, o, &dev)?, x.clone(), o, &mut || x.zeros_like()), thresh)?;
+        let a = ode_solve(&Gaussian::new(18, false), Prediction::Epsilon, &x, &clip)?;
+        let b = ode_solve(&Gaussian::new(18, false), Prediction::Epsilon, &x, &thresh)?;
         assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
         assert!(a.abs()?.max_all()?.to_scalar::<f32>()? <= 1.0);
     }

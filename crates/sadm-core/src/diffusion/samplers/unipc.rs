@@ -4,7 +4,7 @@
 //! previous step predicted, with the network's x̂0 at it (UniC: no extra evaluation), then predicts the next
 //! (UniP-2, which is DPM-Solver++ 2M's update).
 use super::schedule::SigmaSteps;
-use super::{alpha_bar_of, combine, Denoiser, Network};
+use super::{alpha_bar_of, combine, dpm_solver, Denoiser, Network};
 use candle_core::{Result, Tensor};
 
 /// α_t, σ_t and λ_t = log(α_t/σ_t) of the VP process at noise level σ > 0.
@@ -61,20 +61,8 @@ pub fn sample<D: Denoiser>(net: &Network<D>, mut x: Tensor, steps: &SigmaSteps) 
         let order = 2.min(n - i).min(i + 1);
         last = Some((x.clone(), order));
         // UniP: x_{i+1} from x_i; order 2 is DPM-Solver++ 2M's midpoint update.
-        let (s0, t) = (sig[i], sig[i + 1]);
-        let (alpha_t, sigma_t) = (alpha_bar_of(t).sqrt(), t * alpha_bar_of(t).sqrt());
-        let sigma_s0 = s0 * alpha_bar_of(s0).sqrt();
-        let e = t / s0;
-        let m0 = &history[history.len() - 1];
-        let c = alpha_t * (1.0 - e);
-        let mut terms = vec![(&x, sigma_t / sigma_s0), (m0, c)];
-        let d1;
-        if order == 2 {
-            let (h, h0) = ((s0 / t).ln(), (sig[i - 1] / s0).ln());
-            d1 = ((m0 - &history[history.len() - 2])? * (h / h0))?;
-            terms.push((&d1, 0.5 * c));
-        }
-        x = combine(&terms)?;
+        let prev = (order == 2).then(|| (&history[history.len() - 2], sig[i - 1]));
+        x = dpm_solver::ode_step(&x, &history[history.len() - 1], prev, sig[i], sig[i + 1])?;
     }
     Ok(x)
 }
