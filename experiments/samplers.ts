@@ -122,7 +122,7 @@ async function main(): Promise<void> {
     `# Samplers: quality against network evaluations`,
     ``,
     `Checkpoint \`${res.checkpoint}\`, ${res.samples} samples per cell, sadm ${res.version}; ` +
-      `\`npm run experiment:samplers -- --checkpoint ${a.checkpoint}\`.`,
+      `\`npm run experiment:samplers -- ${process.argv.slice(2).join(" ")}\`.`,
     reference ? `DDPM 250 (the reference, ${ref.length} sample seeds): FD ${reference.mean.toFixed(1)} ± ${reference.std.toFixed(1)}; ✓: within it.` : ``,
     ``,
     `## Unguided (cfg 1)`,

@@ -115,7 +115,7 @@ describe("resolveConfig defaults", () => {
     ]);
     expect(toCoreConfig(resolveConfig({ trainable: ["blocks.*.attn.*"] })).trainable).toEqual(["blocks.*.attn.*"]);
     const c = resolveConfig({ eval: { every: 100 } });
-    expect(c.eval).toEqual({ every: 100, samples: 500, sampler: "dpm++2m-sde", steps: 25, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } });
+    expect(c.eval).toEqual({ every: 100, samples: 500, sampler: "unipc", steps: 25, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } });
     // The emoji set at 32² is evaluated with its own shipped LeNet.
     expect(resolveConfig({ data: { name: "emoji" } }).eval.extractor).toEqual({ arch: "lenet-emoji" });
     expect(resolveConfig({ data: { name: "emoji" }, eval: { extractor: { arch: "lenet-mnist" } } }).eval.extractor.arch).toBe("lenet-mnist");
@@ -123,7 +123,7 @@ describe("resolveConfig defaults", () => {
     expect(resolveConfig({ preset: "DiT-S/2" }).eval).toEqual({
       every: 0,
       samples: 1000,
-      sampler: "dpm++2m-sde",
+      sampler: "unipc",
       steps: 10,
       cfgScale: 1,
       seed: 0,

@@ -86,7 +86,7 @@ describe("train (with a fake native core)", () => {
     // samples at 5 and 10: a grid of 10 classes × 2 rows
     expect(sampled.map((f) => path.basename(f))).toEqual(["step-00000005.png", "step-00000010.png"]);
     expect(log.samples[0].labels).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    expect(log.samples[0].opts).toMatchObject({ sampler: "dpm++2m-sde", steps: 5, cfgScale: 3, clipDenoised: true });
+    expect(log.samples[0].opts).toMatchObject({ sampler: "unipc", steps: 5, cfgScale: 3, clipDenoised: true });
     const png = PNG.sync.read(fs.readFileSync(sampled[0]));
     // Ten columns of two 28-px rows, with the class names under the columns.
     const g = gridGeometry(20, 28, 28, 10, true);
