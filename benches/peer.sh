@@ -91,10 +91,10 @@ const file = "benches/results/peer.json";
 const date = new Date().toISOString();
 const repeat = Number(process.argv[5]);
 const old = fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, "utf8")) : { rows: [] };
-const kept = old.rows.filter((o) => !rows.some((r) => r.config === o.config)).map((o) => ({ date: old.date, repeat: old.repeat, ...o }));
 const fresh = rows.map((r) => ({ date, repeat, threads: Number(threads), ...r }));
-const order = ["mnist-tiny", "mnist-small", "DiT-S/2", "DiT-B/2"];
-const all = [...kept, ...fresh].sort((a, b) => order.indexOf(a.config) - order.indexOf(b.config));
+// Rows written before rows were dated take the file's date.
+const all = old.rows.map((o) => fresh.find((r) => r.config === o.config) ?? { date: old.date, repeat: old.repeat, ...o });
+all.push(...fresh.filter((r) => !old.rows.some((o) => o.config === r.config)));
 fs.writeFileSync(file + ".tmp", JSON.stringify({ date, cpu, threads: Number(threads), rows: all }, null, 2) + "\n");
 fs.renameSync(file + ".tmp", file);
 JS

@@ -450,6 +450,12 @@ export function defaultPreset(data: { name?: DataConfig["name"]; resolution?: nu
 }
 
 /** Defaults under every preset (a DiT model preset gets these training settings). */
+/**
+ * The default few-step sampler and its step count: the fewest network evaluations that reach DDPM 250's FD on the
+ * digits and on the RGB preset (README, "Samplers"). Grids, evaluations and `sample()` all start from it.
+ */
+export const DEFAULT_SAMPLING = { sampler: "unipc", steps: 10 } as const satisfies { sampler: SamplerName; steps: number };
+
 export const BASE_DEFAULTS: SadmConfigInput = {
   model: { mlpRatio: 4, learnSigma: true, classDropoutProb: 0.1 },
   diffusion: { numTimesteps: 1000, schedule: "linear", prediction: "epsilon", lossWeighting: "uniform", minSnrGamma: 5 },
@@ -486,14 +492,13 @@ export const BASE_DEFAULTS: SadmConfigInput = {
   device: "cpu",
   precision: "fp32",
   outDir: "runs/mnist",
-  // The fewest network evaluations that reach DDPM 250's FD on the digits and on the RGB preset (README, "Samplers").
-  sampler: "unipc",
-  sampleSteps: 10,
+  sampler: DEFAULT_SAMPLING.sampler,
+  sampleSteps: DEFAULT_SAMPLING.steps,
   cfgScale: 3,
   eta: 0,
   samplesPerClass: 4,
   trainable: "all",
-  eval: { every: 0, samples: 1000, sampler: "unipc", steps: 10, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } },
+  eval: { every: 0, samples: 1000, sampler: DEFAULT_SAMPLING.sampler, steps: DEFAULT_SAMPLING.steps, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } },
 };
 
 /**

@@ -13,7 +13,7 @@ import { loadNative } from "./native.js";
 import type { SampleOptions, SampleProgress } from "./native.js";
 import { readState, resolveCheckpoint, type CheckpointState } from "./checkpoint.js";
 import { GridCanvas, assertGridFits, encodeImage, gridGeometry, writeFileAtomic } from "./image.js";
-import { SAMPLERS, SPACINGS, checkOneOf, checkSampling, normalizeDevice, samplerEvaluations, type SamplerName, type SpacingName } from "./config.js";
+import { DEFAULT_SAMPLING, SAMPLERS, SPACINGS, checkOneOf, checkSampling, normalizeDevice, samplerEvaluations, type SamplerName, type SpacingName } from "./config.js";
 import { classIndices } from "./data/spec.js";
 import type { VaeIdentity } from "./data/latents.js";
 import { checkSameVae, decodeAll, loadVae, type Vae } from "./latent/vae.js";
@@ -364,9 +364,9 @@ function prepare(req: SampleRequest): Prepared {
   const reference = source.dir === undefined;
   const plan = planSamples({ ...facts, classNames }, req.classes, req.perClass ?? 8, req.n ?? 64);
   // A published DiT checkpoint samples as DiT's sample.py does by default.
-  const steps = req.steps ?? (reference ? 250 : 10);
+  const steps = req.steps ?? (reference ? 250 : DEFAULT_SAMPLING.steps);
   if (!Number.isInteger(steps) || steps < 1) throw new ConfigError("steps", `must be an integer ≥ 1 (got ${steps})`);
-  const sampler = checkOneOf(req.sampler, SAMPLERS, "sampler") ?? (reference ? "ddpm" : "unipc");
+  const sampler = checkOneOf(req.sampler, SAMPLERS, "sampler") ?? (reference ? "ddpm" : DEFAULT_SAMPLING.sampler);
   checkOneOf(req.spacing, SPACINGS, "spacing");
   checkSampling({ sampler, steps, spacing: req.spacing, eta: req.eta }, { sampler: "sampler", steps: "steps", spacing: "spacing", eta: "eta" });
   const seed = req.seed ?? 0;
