@@ -1,3 +1,5 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   ConfigError,
@@ -7,6 +9,34 @@ import {
   toCoreConfig,
   presetNames,
 } from "../ts/index";
+
+describe("discriminator encoders", () => {
+  it("gives a features encoder the run's own LeNet, with the shipped weights as a resolved path", () => {
+    const digits = toCoreConfig(resolveConfig({ discriminator: { encoder: "features" } })).discriminator;
+    expect(digits.featureNet?.arch).toBe("lenet-mnist");
+    expect(path.isAbsolute(digits.featureNet?.weights ?? "")).toBe(true);
+    expect(fs.existsSync(digits.featureNet?.weights ?? "")).toBe(true);
+    const mine = resolveConfig({ discriminator: { encoder: "features", featureNet: { arch: "lenet-mnist", weights: "my.safetensors" } } });
+    expect(toCoreConfig(mine).discriminator.featureNet?.weights).toBe(path.resolve("my.safetensors"));
+    // No feature network unless the encoder reads one.
+    expect(toCoreConfig(resolveConfig({ discriminator: { encoder: "conv", spectralNorm: true } })).discriminator.featureNet).toBeUndefined();
+  });
+
+  it("names the field when a feature network cannot be used", () => {
+    const wrongImages = configError({ discriminator: { encoder: "features", featureNet: { arch: "lenet-emoji" } } });
+    expect(wrongImages.field).toBe("config.discriminator.featureNet.arch");
+    expect(wrongImages.message).toMatch(/reads 32×32 RGB.*not the model's 1×28×28/);
+    const unused = configError({ discriminator: { encoder: "conv", featureNet: { arch: "lenet-mnist" } } });
+    expect(unused.field).toBe("config.discriminator.featureNet");
+    expect(configError({ discriminator: { encoder: "vit" } }).field).toBe("config.discriminator.encoder");
+    expect(configError({ discriminator: { spectralNorm: "yes" } }).field).toBe("config.discriminator.spectralNorm");
+  });
+
+  it("needs no patch that divides the image for a conv encoder", () => {
+    expect(configError({ discriminator: { patchSize: 5 } }).field).toBe("config.discriminator.patchSize");
+    expect(resolveConfig({ discriminator: { encoder: "conv", patchSize: 5 } }).discriminator.encoder).toBe("conv");
+  });
+});
 
 function configError(input: unknown): ConfigError {
   try {
@@ -99,8 +129,9 @@ describe("resolveConfig defaults", () => {
       ["classDropoutProb", "depth", "hiddenSize", "inChannels", "inputSize", "learnSigma", "mlpRatio", "numClasses", "numHeads", "patchSize"],
     );
     expect(Object.keys(core.discriminator).sort()).toEqual(
-      ["depth", "distance", "huberDelta", "kernel", "numHeads", "pairs", "patchSize", "projDim", "steps", "tMax", "tau", "weighting", "width"],
+      ["depth", "distance", "encoder", "huberDelta", "kernel", "numHeads", "pairs", "patchSize", "projDim", "spectralNorm", "steps", "tMax", "tau", "timeConditioned", "weighting", "width"],
     );
+    expect(core.discriminator).toMatchObject({ encoder: "transformer", spectralNorm: false, timeConditioned: false });
     expect(Object.keys(core.ditOptim).sort()).toEqual(["beta1", "beta2", "eps", "gradClip", "weightDecay"]);
     // JSON round trip keeps everything (no undefined fields).
     expect(JSON.parse(JSON.stringify(core))).toEqual(core);

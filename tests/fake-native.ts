@@ -142,10 +142,14 @@ export function makeFakeNative(behaviour: FakeBehaviour = {}): { native: NativeM
     paramCounts(): ParamCounts {
       return { dit: 1000, discriminator: 100 };
     }
-    setStructureLoss(discriminatorJson: string): void {
-      const c = JSON.parse(this.cfg) as { discriminator: unknown };
-      c.discriminator = JSON.parse(discriminatorJson);
+    setDiscriminator(discriminatorJson: string): string | null {
+      const c = JSON.parse(this.cfg) as { discriminator: Record<string, unknown> };
+      const next = JSON.parse(discriminatorJson) as Record<string, unknown>;
+      const arch = (d: Record<string, unknown>): string => JSON.stringify([d.encoder, d.width, d.depth, d.timeConditioned]);
+      const note = arch(c.discriminator) === arch(next) ? null : "the discriminator starts fresh";
+      c.discriminator = next;
       this.cfg = JSON.stringify(c);
+      return note;
     }
     trainableNames(): string[] {
       const patterns = (JSON.parse(this.cfg) as { trainable?: string[] }).trainable ?? ["*"];

@@ -161,9 +161,20 @@ describe("train (with a fake native core)", () => {
     await expect(train({ outDir: out, model: { depth: 2 } }, { quiet: true, resume: "latest" })).rejects.toThrow(
       /config\.model\.depth/,
     );
-    await expect(
-      train({ outDir: out, discriminator: { width: 64 } }, { quiet: true, resume: "latest" }),
-    ).rejects.toThrow(/config\.discriminator\.width: differs/);
+  });
+
+  it("lets a resumed run change the discriminator's architecture, and says the encoder starts fresh", async () => {
+    const { native } = makeFakeNative();
+    setNativeModule(native);
+    const out = path.join(tmpDir(), "run");
+    await train(tiny(out, { steps: 2 }), { quiet: true });
+    const lines: string[] = [];
+    const r = await train(
+      { outDir: out, steps: 4, discriminator: { encoder: "conv", timeConditioned: true } },
+      { resume: "latest", log: (l) => lines.push(l) },
+    );
+    expect(lines.some((l) => /note: the discriminator starts fresh/.test(l))).toBe(true);
+    expect(readState(r.checkpoint!).config.discriminator).toMatchObject({ encoder: "conv", timeConditioned: true });
   });
 
   it("lets a resumed run (a second stage) change the structure loss, and saves the change", async () => {

@@ -60,13 +60,40 @@ export interface DiffusionConfig {
   minSnrGamma: number;
 }
 
+/** The frozen network of a `features` discriminator: a built-in LeNet and its weights. */
+export interface FeatureNetConfig {
+  /** `lenet-mnist` (1×28×28 digits) or `lenet-emoji` (3×32×32 emoji); it must read the model's images. */
+  arch: BuiltinArch;
+  /** The weights; default: the ones shipped with sadm. Read once when the discriminator is created. */
+  weights?: string;
+}
+
+/** The encoder bodies of the structure discriminator (see {@link DiscriminatorConfig.encoder}). */
+export const ENCODERS = ["transformer", "conv", "features"] as const;
+export type EncoderName = (typeof ENCODERS)[number];
+
 /** The structure discriminator and the structural distance D. */
 export interface DiscriminatorConfig {
-  /** Patch side of the discriminator's patch embedding; must divide `model.inputSize`. Default: the DiT patch. */
+  /**
+   * The encoder's body, under a mean pool and a 2-layer projector: `transformer` (linear patch embedding and
+   * pre-norm transformer blocks, the DiT's own ops), `conv` (`depth` stride-2 3×3 convolutions doubling up to
+   * `width` channels) or `features` (a frozen pretrained LeNet, {@link featureNet}; only the projector learns).
+   */
+  encoder: EncoderName;
+  /**
+   * With `encoder: "features"`, the frozen network. Default: the run's evaluation extractor when it is a built-in
+   * LeNet (lenet-mnist for the digits, lenet-emoji for the emoji at 32²).
+   */
+  featureNet?: FeatureNetConfig;
+  /** Divide every learned weight matrix by its largest singular value (spectral normalisation). */
+  spectralNorm: boolean;
+  /** Add an embedding of each pair's timestep to the pooled features, so the encoder knows x̂0's noise level. */
+  timeConditioned: boolean;
+  /** Patch side of the transformer encoder's patch embedding; must divide `model.inputSize`. Default: the DiT patch. */
   patchSize: number;
-  /** Transformer width of the encoder. */
+  /** Width of the encoder: the transformer's, or the conv body's last channel count. */
   width: number;
-  /** Number of encoder blocks. */
+  /** Number of encoder blocks (transformer) or stride-2 convolutions (conv). */
   depth: number;
   /** Attention heads of the encoder; must divide `width`. */
   numHeads: number;
@@ -112,6 +139,11 @@ export type BuiltinArch = keyof typeof BUILTIN_EXTRACTORS;
 
 export function isBuiltinExtractor(arch: string): arch is BuiltinArch {
   return Object.hasOwn(BUILTIN_EXTRACTORS, arch);
+}
+
+/** The weights shipped with sadm for a built-in extractor (`assets/<arch>.safetensors`). */
+export function builtinExtractorWeights(arch: BuiltinArch = "lenet-mnist"): string {
+  return path.resolve(__dirname, "..", "assets", `${arch}.safetensors`);
 }
 
 /** A feature extractor for the metrics: a named architecture and its weights (safetensors). */
@@ -293,13 +325,16 @@ export interface CoreConfig {
   seed: number;
   model: ModelConfig;
   diffusion: DiffusionConfig;
-  discriminator: DiscriminatorConfig;
+  discriminator: CoreDiscriminatorConfig;
   ditOptim: OptimConfig;
   discOptim: OptimConfig;
   /** Name patterns of the trainable DiT parameters (`["*"]` = all). */
   trainable: string[];
   precision: "fp32" | "bf16";
 }
+
+/** The discriminator as the core reads it: a feature network's weights as a resolved path. */
+export type CoreDiscriminatorConfig = Omit<DiscriminatorConfig, "featureNet"> & { featureNet?: { arch: string; weights: string } };
 
 /** Architecture fields of a DiT model preset. */
 export interface ModelPreset {
@@ -461,6 +496,9 @@ export const BASE_DEFAULTS: SadmConfigInput = {
   diffusion: { numTimesteps: 1000, schedule: "linear", prediction: "epsilon", lossWeighting: "uniform", minSnrGamma: 5 },
   data: { name: "mnist" },
   discriminator: {
+    encoder: "transformer",
+    spectralNorm: false,
+    timeConditioned: false,
     width: 128,
     depth: 2,
     numHeads: 4,
@@ -567,6 +605,15 @@ const diffusionSchema = z.strictObject({
 });
 
 const discriminatorSchema = z.strictObject({
+  encoder: oneOf(ENCODERS).optional(),
+  featureNet: z
+    .strictObject({
+      arch: oneOf(Object.keys(BUILTIN_EXTRACTORS) as [BuiltinArch, ...BuiltinArch[]]),
+      weights: z.string({ error: "must be the path of a safetensors file" }).min(1, { error: "must not be empty" }).optional(),
+    })
+    .optional(),
+  spectralNorm: bool().optional(),
+  timeConditioned: bool().optional(),
   patchSize: num(1, 64, true).optional(),
   width: num(1, 16384, true).optional(),
   depth: num(1, 64, true).optional(),
@@ -897,6 +944,10 @@ export function resolveConfig(input: unknown): SadmConfig {
     },
     data,
     discriminator: {
+      encoder: requireField(disc.encoder, "config.discriminator.encoder"),
+      ...resolveFeatureNet(disc, m.eval?.extractor?.arch, [model.inChannels, model.inputSize]),
+      spectralNorm: requireField(disc.spectralNorm, "config.discriminator.spectralNorm"),
+      timeConditioned: requireField(disc.timeConditioned, "config.discriminator.timeConditioned"),
       patchSize: disc.patchSize ?? requireField(model.patchSize, "config.model.patchSize"),
       width: requireField(disc.width, "config.discriminator.width"),
       depth: requireField(disc.depth, "config.discriminator.depth"),
@@ -1016,6 +1067,41 @@ export function normalizeDevice(device: string): string {
   return device === "cuda" ? "cuda:0" : device;
 }
 
+/** A `features` discriminator's network: the user's, else the evaluation extractor when it is a built-in LeNet. */
+function resolveFeatureNet(
+  disc: DeepPartial<DiscriminatorConfig>,
+  evalArch: string | undefined,
+  [channels, size]: [number | undefined, number | undefined],
+): { featureNet?: FeatureNetConfig } {
+  const f = disc.featureNet;
+  if (f?.arch !== undefined) return { featureNet: { arch: f.arch, ...(f.weights !== undefined ? { weights: f.weights } : {}) } };
+  if (disc.encoder !== "features" || evalArch === undefined || !isBuiltinExtractor(evalArch)) return {};
+  const [c, h, w] = BUILTIN_EXTRACTORS[evalArch].input;
+  return c === channels && h === size && w === size ? { featureNet: { arch: evalArch } } : {};
+}
+
+/** The feature network is there exactly when the encoder reads one, and it reads the model's images. */
+function checkFeatureNet(d: DiscriminatorConfig, m: ModelConfig): void {
+  if (d.encoder !== "features") {
+    if (d.featureNet)
+      throw new ConfigError("config.discriminator.featureNet", `is read only with discriminator.encoder "features" (got "${d.encoder}")`);
+    return;
+  }
+  if (!d.featureNet)
+    throw new ConfigError(
+      "config.discriminator.featureNet",
+      `a "features" encoder needs a frozen network for these ${m.inChannels}×${m.inputSize}×${m.inputSize} images: ` +
+        `set discriminator.featureNet.arch (${Object.keys(BUILTIN_EXTRACTORS).join(", ")}) or use encoder "transformer" or "conv"`,
+    );
+  const want = BUILTIN_EXTRACTORS[d.featureNet.arch].input;
+  if (want[0] !== m.inChannels || want[1] !== m.inputSize || want[2] !== m.inputSize)
+    throw new ConfigError(
+      "config.discriminator.featureNet.arch",
+      `${d.featureNet.arch} reads ${BUILTIN_EXTRACTORS[d.featureNet.arch].reads}, not the model's ${m.inChannels}×${m.inputSize}×${m.inputSize} images; ` +
+        `pick the LeNet for these images or use discriminator.encoder "transformer" or "conv"`,
+    );
+}
+
 function checkCrossFields(c: SadmConfig, facts: DataFacts): void {
   if (c.vae !== undefined && c.data.name !== "latents")
     throw new ConfigError("config.vae", `decodes latents; the ${c.data.name} data are images, so a run on them needs no VAE`);
@@ -1073,7 +1159,8 @@ function checkCrossFields(c: SadmConfig, facts: DataFacts): void {
       `must be a multiple of 4 (2-D sin-cos position embedding) (got ${m.hiddenSize})`,
     );
   const d = c.discriminator;
-  if (m.inputSize % d.patchSize !== 0)
+  checkFeatureNet(d, m);
+  if (d.encoder === "transformer" && m.inputSize % d.patchSize !== 0)
     throw new ConfigError(
       "config.discriminator.patchSize",
       `must divide model.inputSize (${m.inputSize}) (got ${d.patchSize})`,
@@ -1114,11 +1201,15 @@ function checkCrossFields(c: SadmConfig, facts: DataFacts): void {
 
 /** The part of the config the native core needs (`NativeTrainer.create(JSON.stringify(core), device)`). */
 export function toCoreConfig(cfg: SadmConfig): CoreConfig {
+  const { featureNet, ...disc } = cfg.discriminator;
   return {
     seed: cfg.seed,
     model: { ...cfg.model },
     diffusion: { ...cfg.diffusion },
-    discriminator: { ...cfg.discriminator },
+    discriminator: {
+      ...disc,
+      ...(featureNet ? { featureNet: { arch: featureNet.arch, weights: path.resolve(featureNet.weights ?? builtinExtractorWeights(featureNet.arch)) } } : {}),
+    },
     ditOptim: { ...cfg.ditOptim },
     discOptim: { ...cfg.discOptim },
     trainable: trainablePatterns(cfg.trainable),

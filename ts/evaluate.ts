@@ -19,6 +19,7 @@ import {
   type EvalConfig,
   type ExtractorConfig,
   type SadmConfig,
+  builtinExtractorWeights,
 } from "./config.js";
 import {
   MnistDataset,
@@ -40,15 +41,12 @@ import { gridLabels } from "./sampler.js";
 import { readIndex, type VaeIdentity } from "./data/latents.js";
 import { checkSameVae, decodeLatents, loadVae, type Vae } from "./latent/vae.js";
 
+export { builtinExtractorWeights };
+
 /** The architecture of the extractor shipped with sadm for digits (the default). */
 export const BUILTIN_ARCH = "lenet-mnist";
 /** The feature-extractor architectures the core knows. */
 export const EXTRACTOR_ARCHS = ["lenet-mnist", "lenet-emoji", "inception-v3-fid"] as const;
-
-/** Where a shipped LeNet's weights live (inside the installed package). */
-export function builtinExtractorWeights(arch: BuiltinArch = BUILTIN_ARCH): string {
-  return path.resolve(__dirname, "..", "assets", `${arch}.safetensors`);
-}
 
 /** What {@link evaluateModel} measures. */
 export interface EvalMetrics {

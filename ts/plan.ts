@@ -88,12 +88,10 @@ export function coreDifferences(ours: unknown, theirs: unknown, prefix: string):
 }
 
 /**
- * Discriminator settings that shape the structure loss but not the networks: a resumed run may change them (e.g. a
- * second stage with another kernel), like λ and the learning rates.
+ * A resumed run may change the discriminator, like λ and the learning rates: a second stage with another kernel
+ * keeps the trained encoder, one with another architecture starts a fresh one (the core says so).
  */
-const STRUCTURE_LOSS_FIELDS = new Set(
-  ["kernel", "tau", "distance", "huberDelta", "pairs", "weighting", "tMax", "steps"].map((k) => `discriminator.${k}`),
-);
+const isDiscriminatorField = (field: string): boolean => field.startsWith("discriminator.");
 
 function findResume(resume: string, input: SadmConfigInput): { dir: string; state: CheckpointState } {
   let dir: string;
@@ -117,11 +115,11 @@ function resumedConfig(resume: { dir: string; state: CheckpointState }, input: S
   const runDir = runDirOf(resume.dir);
   if (input.outDir === undefined && runDir !== undefined) base.outDir = runDir;
   const cfg = resolveConfig(deepMerge(base, input as Record<string, unknown>));
-  const diffs = coreDifferences(toCoreConfig(cfg), resume.state.config, "").filter((d) => !STRUCTURE_LOSS_FIELDS.has(d));
+  const diffs = coreDifferences(toCoreConfig(cfg), resume.state.config, "").filter((d) => !isDiscriminatorField(d));
   if (diffs.length > 0)
     throw new ConfigError(
       `config.${diffs[0]}`,
-      `differs from the checkpoint being resumed (${resume.dir}); the model, diffusion, discriminator architecture, ` +
+      `differs from the checkpoint being resumed (${resume.dir}); the model, diffusion, ` +
         "optimizer settings and seed cannot change on resume",
     );
   return cfg;

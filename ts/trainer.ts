@@ -100,15 +100,18 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
     if (!opts.quiet) (opts.log ?? ((l: string) => process.stdout.write(l + "\n")))(line);
   };
   const data = await plan.data.open({ quiet: opts.quiet, tty: opts.tty, log: opts.log });
-  const trainer = createTrainer(plan);
+  const { trainer, notes } = createTrainer(plan);
   prepareRunDir(plan, data);
-  const run = new Run(plan, trainer, data, opts, t0);
+  const run = new Run(plan, trainer, data, opts, t0, notes);
   run.announce(say);
   return run.execute();
 }
 
-/** The native trainer a plan starts from: fresh, a checkpoint, or pretrained weights. @throws NativeError */
-function createTrainer(plan: RunPlan): NativeTrainer {
+/**
+ * The native trainer a plan starts from: fresh, a checkpoint, or pretrained weights; with the notes to print (what
+ * a fine-tune did not take over, a resumed run's new discriminator). @throws NativeError
+ */
+function createTrainer(plan: RunPlan): { trainer: NativeTrainer; notes: string[] } {
   const { cfg } = plan;
   const native = loadNative(cfg.device);
   const core = JSON.stringify(toCoreConfig(cfg));
@@ -129,15 +132,17 @@ function createTrainer(plan: RunPlan): NativeTrainer {
           : "cannot create the trainer",
     );
   }
+  const notes = plan.finetune ? parseNotes(trainer.extraJson()) : [];
   const disc = toCoreConfig(cfg).discriminator;
   if (plan.resume && coreDifferences(disc, plan.resume.state.config.discriminator, "").length > 0) {
     try {
-      trainer.setStructureLoss(JSON.stringify(disc));
+      const note = trainer.setDiscriminator(JSON.stringify(disc));
+      if (note) notes.push(note);
     } catch (e) {
-      throw NativeError.wrap(e, "cannot change the structure loss on resume");
+      throw NativeError.wrap(e, "cannot change the discriminator on resume");
     }
   }
-  return trainer;
+  return { trainer, notes };
 }
 
 /** Creates the run directory (clearing a previous run's files under --force) and writes the config and bad-file list. */
@@ -193,6 +198,8 @@ class Run {
     private readonly data: OpenedData,
     private readonly opts: TrainOptions,
     private readonly t0: number,
+    /** What the start did not take over or changed (a fine-tune's class table, a resumed run's new discriminator). */
+    private readonly notes: string[],
   ) {
     const { cfg, resume } = plan;
     this.cfg = cfg;
@@ -248,8 +255,8 @@ class Run {
       );
       if (cfg.trainable !== "all")
         say(`sadm: training ${this.trainer.trainableNames().length} DiT parameter tensors (trainable: ${JSON.stringify(cfg.trainable)})`);
-      if (finetune) for (const note of parseNotes(this.trainer.extraJson())) say(`sadm: note: ${note}`);
     }
+    for (const note of this.notes) say(`sadm: note: ${note}`);
     say(`sadm: data: ${this.data.summary}`);
     for (const note of this.plan.data.notes) say(`sadm: data: ${note}`);
     if (this.data.bad.length > 0)

@@ -151,11 +151,16 @@ impl LeNet {
 
     /// (features before the last ReLU, logits) for a batch of N×C×H×W images.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let h = self.conv1.forward(x)?.relu()?.max_pool2d(2)?;
-        let h = self.conv2.forward(&h)?.relu()?.max_pool2d(2)?;
-        let features = self.fc1.forward(&h.flatten_from(1)?)?;
+        let features = self.features(x)?;
         let logits = self.fc2.forward(&features.relu()?)?;
         Ok((features, logits))
+    }
+
+    /// The 128-d features alone (what FD compares, and what a feature-space discriminator reads).
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        let h = crate::ops::max_pool2d(&self.conv1.forward(x)?.relu()?, 2)?;
+        let h = crate::ops::max_pool2d(&self.conv2.forward(&h)?.relu()?, 2)?;
+        Ok(self.fc1.forward(&h.flatten_from(1)?)?)
     }
 }
 
@@ -254,6 +259,18 @@ pub fn train_lenet(
     Ok(vars.into_iter().map(|(name, v)| (name, v.as_tensor().detach())).collect())
 }
 
+/// The tensors of `arch` in a weight file (cast to f32 on `device`), after checking that every one the network
+/// needs is there with its shape and that nothing else is (bar the [`Arch::unused`] ones).
+pub fn checked_tensors(arch: Arch, tensors: &HashMap<String, Tensor>, source: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let used: HashMap<String, Tensor> =
+        tensors.iter().filter(|(k, _)| !arch.unused(k)).map(|(k, t)| (k.clone(), t.clone())).collect();
+    // The expected names and shapes are those the network asks for when built on placeholder variables.
+    let varmap = VarMap::new();
+    Net::new(arch, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    check_shapes(source, &expected(&sorted_vars(&varmap)), &used, &[])?;
+    used.into_iter().map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(device)?))).collect()
+}
+
 enum Net {
     LeNet(LeNet),
     Inception(InceptionV3),
@@ -286,17 +303,7 @@ pub struct Extracted {
 impl Extractor {
     /// Builds `arch` from weights by name, naming the first missing or mis-shaped tensor.
     pub fn from_tensors(arch: Arch, tensors: &HashMap<String, Tensor>, source: &Path, device: &Device) -> Result<Self> {
-        let used: HashMap<String, Tensor> =
-            tensors.iter().filter(|(k, _)| !arch.unused(k)).map(|(k, t)| (k.clone(), t.clone())).collect();
-        // The expected names and shapes are those the network asks for when built on placeholder variables.
-        let varmap = VarMap::new();
-        Net::new(arch, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
-        check_shapes(source, &expected(&sorted_vars(&varmap)), &used, &[])?;
-        drop(varmap);
-        let cast: HashMap<String, Tensor> = used
-            .into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(device)?)))
-            .collect::<Result<_>>()?;
+        let cast = checked_tensors(arch, tensors, source, device)?;
         let net = Net::new(arch, VarBuilder::from_tensors(cast, DType::F32, device))?;
         Ok(Self { arch, net, device: device.clone() })
     }

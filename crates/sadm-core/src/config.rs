@@ -146,9 +146,45 @@ pub enum Weighting {
     Cutoff,
 }
 
+/// The body of the discriminator's encoder, before the pooled features go through the projector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EncoderKind {
+    /// Linear patch embedding and pre-norm transformer blocks (the DiT's own ops), mean-pooled.
+    #[default]
+    Transformer,
+    /// `depth` stride-2 3×3 convolutions up to `width` channels, global mean pool.
+    Conv,
+    /// A frozen pretrained feature network ([`FeatureNet`]): only the projector learns, so the structure is compared
+    /// in a feature space that already separates the data's classes.
+    Features,
+}
+
+/// The frozen network of `encoder: features`: a built-in LeNet architecture and its weights. The weights are read
+/// once, when the discriminator is created; a checkpoint keeps its own copy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FeatureNet {
+    pub arch: String,
+    pub weights: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiscriminatorConfig {
+    #[serde(default)]
+    pub encoder: EncoderKind,
+    /// With `encoder: features`, the frozen network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_net: Option<FeatureNet>,
+    /// Divide every learned weight matrix by its largest singular value (Miyato et al. 2018), which bounds the
+    /// encoder's Lipschitz constant: the discriminator cannot win by growing its weights.
+    #[serde(default)]
+    pub spectral_norm: bool,
+    /// Add an embedding of each pair's timestep to the pooled features: the encoder may then judge x̂0 against
+    /// what a reconstruction from that noise level can be (real z_i and ẑ_i both get t_i).
+    #[serde(default)]
+    pub time_conditioned: bool,
     pub patch_size: usize,
     pub width: usize,
     pub depth: usize,
@@ -277,9 +313,31 @@ impl CoreConfig {
         check(self.diffusion.num_timesteps >= 2, || "diffusion.numTimesteps must be at least 2".into())?;
         check(self.diffusion.min_snr_gamma > 0.0, || "diffusion.minSnrGamma must be positive".into())?;
         let d = &self.discriminator;
-        check(d.patch_size > 0 && m.input_size % d.patch_size == 0, || {
-            format!("discriminator.patchSize {} must divide model.inputSize {}", d.patch_size, m.input_size)
-        })?;
+        if d.encoder == EncoderKind::Transformer {
+            check(d.patch_size > 0 && m.input_size % d.patch_size == 0, || {
+                format!("discriminator.patchSize {} must divide model.inputSize {}", d.patch_size, m.input_size)
+            })?;
+        }
+        match (&d.feature_net, d.encoder) {
+            (None, EncoderKind::Features) => {
+                return Err(Error::Config("discriminator.encoder 'features' needs discriminator.featureNet (arch and weights)".into()))
+            }
+            (Some(f), EncoderKind::Features) => {
+                let arch = crate::classifier::Arch::parse(&f.arch)?;
+                let input = arch.lenet().map(|l| l.input);
+                check(input == Some((m.in_channels, m.input_size, m.input_size)), || {
+                    format!(
+                        "discriminator.featureNet {} reads {:?} images, but the model's are {}×{}×{}; a feature \
+                         discriminator needs a built-in LeNet for the model's images (lenet-mnist, lenet-emoji)",
+                        f.arch, input, m.in_channels, m.input_size, m.input_size
+                    )
+                })?;
+            }
+            (Some(_), _) => {
+                return Err(Error::Config("discriminator.featureNet is only read with discriminator.encoder 'features'".into()))
+            }
+            (None, _) => {}
+        }
         check(d.width > 0 && d.depth > 0 && d.proj_dim > 0, || "discriminator width, depth and projDim must be positive".into())?;
         check(d.width % 4 == 0, || format!("discriminator.width {} must be a multiple of 4", d.width))?;
         check(d.num_heads > 0 && d.width % d.num_heads == 0, || {
@@ -325,6 +383,10 @@ impl CoreConfig {
                 min_snr_gamma: 5.0,
             },
             discriminator: DiscriminatorConfig {
+                encoder: EncoderKind::Transformer,
+                feature_net: None,
+                spectral_norm: false,
+                time_conditioned: false,
                 patch_size: 4,
                 width: 64,
                 depth: 2,

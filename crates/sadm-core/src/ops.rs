@@ -554,6 +554,20 @@ pub fn gated_residual(x: &Tensor, h: &Tensor, gate: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// k×k max pooling with stride k, whose backward is right. candle's `max_pool2d` backward scales the gradient by
+/// the share of maxima in each window and never multiplies the window's size back in, so every gradient through
+/// it comes out k² times too small (16× through a LeNet's two 2×2 pools); where a side is not a multiple of k it
+/// also upsamples the mask onto the wrong pixels. Adam hides that from the weights of a
+/// network trained alone, but not from a gradient that flows on into another network. A reshape and two max
+/// reductions give the same values, and their backward routes the whole gradient to each window's maximum.
+pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ho, wo) = (h / k, w / k);
+    // Floor odd sides, as candle does.
+    let x = x.narrow(2, 0, ho * k)?.narrow(3, 0, wo * k)?;
+    x.reshape((n, c, ho, k, wo, k))?.max(5)?.max(3)
+}
+
 /// tanh-approximated GELU.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if fused(x) { x.contiguous()?.apply_op1(Gelu) } else { x.gelu() }
@@ -832,6 +846,30 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn max_pool_matches_candle_forward_and_finite_differences_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(12);
+        // Odd sides (floored) and a 3×3 window; Gaussian values have no ties.
+        for (shape, k) in [([2usize, 3, 8, 8], 2usize), ([1, 2, 9, 7], 2), ([1, 2, 9, 9], 3)] {
+            let x = Var::from_tensor(&rng.randn(&shape, &dev)?)?;
+            assert_eq!(max_diff(&max_pool2d(&x, k)?, &x.as_tensor().max_pool2d(k)?), 0.0);
+            let probe = rng.randn(max_pool2d(&x, k)?.dims(), &dev)?;
+            let f = || (max_pool2d(x.as_tensor(), k)? * &probe)?.sum_all();
+            crate::nn::check_grad(&f, &x, &[0, 5, 17, 40, shape.iter().product::<usize>() - 1])?;
+            if shape[2] % k != 0 || shape[3] % k != 0 {
+                continue;
+            }
+            // candle's own backward is k² times smaller: the reason this op exists. If candle fixes it, this
+            // fails and the workaround can go.
+            let ours = f()?.backward()?.get(x.as_tensor()).unwrap().sum_all()?.to_scalar::<f32>()?;
+            let theirs = (x.as_tensor().max_pool2d(k)? * &probe)?.sum_all()?.backward()?;
+            let theirs = theirs.get(x.as_tensor()).unwrap().sum_all()?.to_scalar::<f32>()?;
+            assert!((ours - theirs * (k * k) as f32).abs() < 1e-4 * ours.abs().max(1.0), "{ours} vs {theirs}·{}", k * k);
+        }
+        Ok(())
     }
 
     /// Forward and backward of a fused op against candle's own differentiation of the reference composition.

@@ -2,7 +2,7 @@
 //! detached reconstructions, denoiser update on `L_den + λ·D` with φ fixed, EMA. One call, one step.
 use crate::config::{glob_match, CoreConfig};
 use crate::diffusion::{self, GaussianDiffusion, SampleOptions};
-use crate::model::discriminator::{self, Encoder};
+use crate::model::discriminator;
 use crate::model::dit::{self, DiT};
 use crate::error::{check_range, Error, Result};
 use crate::nn::sorted_vars;
@@ -67,7 +67,6 @@ pub struct Trainer {
     dit: DiT,
     pub(crate) dit_vars: Vec<(String, Var)>,
     pub(crate) ema: Vec<Tensor>,
-    disc: Encoder,
     pub(crate) disc_vars: Vec<(String, Var)>,
     pub(crate) opt_dit: AdamW,
     pub(crate) opt_disc: AdamW,
@@ -89,21 +88,13 @@ impl Trainer {
     pub(crate) fn build(cfg: CoreConfig, device: &Device, init: bool) -> Result<Self> {
         cfg.validate()?;
         let m = &cfg.model;
-        let (mut dit, dit_map, disc, disc_map) = if init {
+        let (mut dit, dit_map, disc_map) = if init {
             let (dit, dm) = dit::new_trainable(m, &mut Rng::derive(cfg.seed, STREAM_INIT_DIT), device)?;
-            let (disc, cm) = discriminator::new_trainable(
-                &cfg.discriminator,
-                m.in_channels,
-                m.input_size,
-                &mut Rng::derive(cfg.seed, STREAM_INIT_DISC),
-                device,
-            )?;
-            (dit, dm, disc, cm)
+            (dit, dm, Self::new_disc_vars(&cfg, device)?)
         } else {
-            let (dm, cm) = (VarMap::new(), VarMap::new());
+            let dm = VarMap::new();
             let dit = DiT::new(m, VarBuilder::from_varmap(&dm, DType::F32, device))?;
-            let disc = Encoder::new(&cfg.discriminator, m.in_channels, m.input_size, VarBuilder::from_varmap(&cm, DType::F32, device))?;
-            (dit, dm, disc, cm)
+            (dit, dm, discriminator::empty_vars(&cfg.discriminator, m.in_channels, m.input_size, device)?)
         };
         dit.set_precision(cfg.precision);
         let dit_vars = sorted_vars(&dit_map);
@@ -125,17 +116,30 @@ impl Trainer {
         Ok(Self {
             diffusion: GaussianDiffusion::new(&cfg.diffusion),
             opt_dit: AdamW::new(trainable, cfg.dit_optim.clone())?,
-            opt_disc: AdamW::new(disc_vars.clone(), cfg.disc_optim.clone())?,
+            opt_disc: Self::disc_optimizer(&disc_vars, &cfg)?,
             rng: Rng::derive(cfg.seed, STREAM_TRAIN),
             step: 0,
             device: device.clone(),
             dit,
             dit_vars,
             ema,
-            disc,
             disc_vars,
             cfg,
         })
+    }
+
+    /// The discriminator's variables with their initialisation from `cfg.seed` (its own stream, so the DiT and the
+    /// training draws are the same whatever the discriminator is).
+    fn new_disc_vars(cfg: &CoreConfig, device: &Device) -> Result<VarMap> {
+        let m = &cfg.model;
+        let mut rng = Rng::derive(cfg.seed, STREAM_INIT_DISC);
+        discriminator::new_vars(&cfg.discriminator, m.in_channels, m.input_size, &mut rng, device)
+    }
+
+    /// The discriminator's AdamW over its learned variables (a frozen feature network is not among them).
+    fn disc_optimizer(disc_vars: &[(String, Var)], cfg: &CoreConfig) -> Result<AdamW> {
+        let learned = disc_vars.iter().filter(|(n, _)| !discriminator::is_frozen(n)).cloned().collect();
+        AdamW::new(learned, cfg.disc_optim.clone())
     }
 
     /// A fresh trainer (new discriminator, optimizers and RNG from `cfg.seed`) whose DiT starts from `weights`
@@ -171,24 +175,25 @@ impl Trainer {
         Ok((tr, notes))
     }
 
-    /// Changes how the structure distance is computed (kernel, τ, distance, Huber δ, pairs, pair weighting, tMax,
-    /// discriminator steps) without touching the networks: a second stage may use another loss than the run it
-    /// continues. The encoder's architecture fields must stay as they are.
-    pub fn set_structure_loss(&mut self, d: crate::config::DiscriminatorConfig) -> Result<()> {
-        let old = &self.cfg.discriminator;
-        let arch = |c: &crate::config::DiscriminatorConfig| (c.patch_size, c.width, c.depth, c.num_heads, c.proj_dim);
-        if arch(&d) != arch(old) {
-            return Err(Error::Config(format!(
-                "the discriminator's architecture (patchSize, width, depth, numHeads, projDim) cannot change: {:?} → {:?}",
-                arch(old),
-                arch(&d)
-            )));
-        }
+    /// Replaces the discriminator's settings. The structure loss (kernel, τ, distance, Huber δ, pairs, pair
+    /// weighting, tMax, discriminator steps) and spectral normalisation change in place: a second stage may use
+    /// another loss than the run it continues. A new architecture (body, sizes, time conditioning) means a new
+    /// encoder: it starts from its initialisation with a fresh optimizer, and the returned note says so.
+    pub fn set_discriminator(&mut self, d: crate::config::DiscriminatorConfig) -> Result<Option<String>> {
         let mut cfg = self.cfg.clone();
         cfg.discriminator = d;
         cfg.validate()?;
+        let (old, new) = (discriminator::architecture(&self.cfg.discriminator), discriminator::architecture(&cfg.discriminator));
+        let note = if old != new {
+            let vars = sorted_vars(&Self::new_disc_vars(&cfg, &self.device)?);
+            self.opt_disc = Self::disc_optimizer(&vars, &cfg)?;
+            self.disc_vars = vars;
+            Some(format!("the discriminator changes from ({old}) to ({new}): it starts fresh, with a new optimizer"))
+        } else {
+            None
+        };
         self.cfg = cfg;
-        Ok(())
+        Ok(note)
     }
 
     /// Names of the DiT parameters the optimizer updates.
@@ -247,7 +252,8 @@ impl Trainer {
     /// the batch costs far less than two passes.
     fn disc_structure(&self, x0: &Tensor, x0_hat: &Tensor, t: &[usize]) -> Result<Tensor> {
         let b = x0.dim(0)?;
-        let z = self.disc.forward(&Tensor::cat(&[x0, x0_hat], 0)?)?;
+        let tt = self.timesteps(t)?;
+        let z = self.encoder(true)?.forward(&Tensor::cat(&[x0, x0_hat], 0)?, &Tensor::cat(&[&tt, &tt], 0)?)?;
         self.distance(&z.narrow(0, 0, b)?, &z.narrow(0, b, b)?, t)
     }
 
@@ -255,15 +261,20 @@ impl Trainer {
     /// same storage), so the backward computes x̂0's gradient and no weight gradient, and the real embeddings
     /// carry no graph at all.
     fn denoiser_structure(&self, x0: &Tensor, x0_hat: &Tensor, t: &[usize]) -> Result<Tensor> {
-        let weights = self.disc_vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
-        let m = &self.cfg.model;
-        let frozen = Encoder::new(
-            &self.cfg.discriminator,
-            m.in_channels,
-            m.input_size,
-            VarBuilder::from_tensors(weights, DType::F32, &self.device),
-        )?;
-        self.distance(&frozen.forward(x0)?, &frozen.forward(x0_hat)?, t)
+        let enc = self.encoder(false)?;
+        let tt = self.timesteps(t)?;
+        self.distance(&enc.forward(x0, &tt)?, &enc.forward(x0_hat, &tt)?, t)
+    }
+
+    /// The encoder on the current weights: tracked (the discriminator's update) or detached (φ fixed).
+    fn encoder(&self, track: bool) -> Result<discriminator::Encoder> {
+        let (d, m) = (&self.cfg.discriminator, &self.cfg.model);
+        let weights = discriminator::weights(d, &self.disc_vars, track)?;
+        discriminator::build(d, m.in_channels, m.input_size, weights, &self.device)
+    }
+
+    fn timesteps(&self, t: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::new(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), &self.device)?)
     }
 
     /// The structural distance between the real embeddings z and the reconstructions' ẑ, with the pair weights.
@@ -480,7 +491,8 @@ mod tests {
         let x0 = Tensor::from_slice(&x, (8, 1, 28, 28), &dev)?;
         let x0_hat = Var::from_tensor(&(Rng::new(3).randn(&[8, 1, 28, 28], &dev)? * 0.5)?)?;
         let t = vec![10usize, 100, 200, 300, 400, 500, 600, 50];
-        let plain = tr.distance(&tr.disc.forward(&x0)?, &tr.disc.forward(x0_hat.as_tensor())?, &t)?;
+        let (enc, tt) = (tr.encoder(true)?, tr.timesteps(&t)?);
+        let plain = tr.distance(&enc.forward(&x0, &tt)?, &enc.forward(x0_hat.as_tensor(), &tt)?, &t)?;
         let batched = tr.disc_structure(&x0, x0_hat.as_tensor(), &t)?;
         let frozen = tr.denoiser_structure(&x0, x0_hat.as_tensor(), &t)?;
         let v = scalar(&plain)?;
@@ -673,19 +685,34 @@ mod tests {
     }
 
     #[test]
-    fn the_structure_loss_can_change_but_not_the_encoder() -> Result<()> {
+    fn the_structure_loss_changes_in_place_and_a_new_encoder_starts_fresh() -> Result<()> {
         let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
         let (x, y) = batch(4, 1);
         let cosine = tr.step(&x, &y, &params(0.1))?.structure.unwrap();
+        let trained = weights(&tr.disc_vars);
         let mut d = tr.config().discriminator.clone();
         d.kernel = crate::config::Kernel::Gaussian;
         d.pairs = crate::config::Pairs::Cross;
-        tr.set_structure_loss(d.clone())?;
+        d.spectral_norm = true;
+        assert_eq!(tr.set_discriminator(d.clone())?, None);
         assert_eq!(tr.config().discriminator, d);
+        assert!(weights(&tr.disc_vars) == trained, "a loss change must keep the trained encoder");
         let gaussian = tr.step(&x, &y, &params(0.1))?.structure.unwrap();
         assert_ne!(cosine, gaussian);
-        d.width = 32;
-        assert!(tr.set_structure_loss(d).unwrap_err().to_string().contains("architecture"));
+        // A conv encoder with time conditioning: new variables from the seed's discriminator stream, and a
+        // trainer built with that discriminator from the start is the same one.
+        d.encoder = crate::config::EncoderKind::Conv;
+        d.time_conditioned = true;
+        let note = tr.set_discriminator(d.clone())?.expect("a note");
+        assert!(note.contains("conv depth 2") && note.contains("starts fresh"), "{note}");
+        let mut cfg = tr.config().clone();
+        cfg.discriminator = d.clone();
+        let fresh = Trainer::new(cfg, &Device::Cpu)?;
+        assert!(weights(&tr.disc_vars) == weights(&fresh.disc_vars));
+        assert!(tr.step(&x, &y, &params(0.1))?.structure.unwrap().is_finite());
+        d.num_heads = 3;
+        d.encoder = crate::config::EncoderKind::Transformer;
+        assert!(tr.set_discriminator(d).unwrap_err().to_string().contains("numHeads"));
         Ok(())
     }
 

@@ -235,13 +235,14 @@ impl NativeTrainer {
         self.extra.clone()
     }
 
-    /// Replaces the structure-loss settings (a DiscriminatorConfig JSON whose architecture fields are unchanged),
-    /// e.g. to continue a run with another kernel or pair weighting.
+    /// Replaces the discriminator's settings (a DiscriminatorConfig JSON), e.g. to continue a run with another
+    /// kernel or pair weighting. A new architecture starts a fresh encoder; the returned note says so (null when
+    /// the encoder is kept).
     #[napi(catch_unwind)]
-    pub fn set_structure_loss(&self, discriminator_json: String) -> Result<()> {
-        guarded("setStructureLoss", || {
+    pub fn set_discriminator(&self, discriminator_json: String) -> Result<Option<String>> {
+        guarded("setDiscriminator", || {
             let d = serde_json::from_str(&discriminator_json).map_err(|e| sadm_core::Error::Config(format!("discriminator: {e}")))?;
-            lock(&self.inner)?.set_structure_loss(d)
+            lock(&self.inner)?.set_discriminator(d)
         })
     }
 

@@ -1,95 +1,7 @@
-//! The structure discriminator: an encoder f_φ that maps samples to a low-dimensional unit sphere, and the
-//! structural distance between the pairwise-relation matrices of a real batch and its reconstructions
-//! (design §1.2). The encoder is built from the DiT's own ops: linear patch embedding, pre-norm transformer
-//! blocks, mean pool, 2-layer MLP projector.
+//! The structural distance between the pairwise-relation matrices of a real batch and its reconstructions
+//! (design §1.2), and the per-sample pair weights.
 use crate::config::{DiscriminatorConfig, Distance, Kernel, Pairs, Weighting};
-use crate::nn::{self, Attention, Init, LayerNorm, Linear, Mlp};
-use crate::rng::Rng;
-use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{VarBuilder, VarMap};
-
-struct Block {
-    norm1: LayerNorm,
-    attn: Attention,
-    norm2: LayerNorm,
-    mlp: Mlp,
-}
-
-impl Block {
-    fn new(cfg: &DiscriminatorConfig, vb: VarBuilder) -> Result<Self> {
-        let w = cfg.width;
-        Ok(Self {
-            norm1: LayerNorm::new(w, vb.pp("norm1"))?,
-            attn: Attention::new(w, cfg.num_heads, vb.pp("attn"))?,
-            norm2: LayerNorm::new(w, vb.pp("norm2"))?,
-            mlp: Mlp::new(w, 4 * w, vb.pp("mlp"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
-        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
-    }
-}
-
-pub struct Encoder {
-    patch: usize,
-    patch_embed: Linear,
-    pos_embed: Tensor,
-    blocks: Vec<Block>,
-    norm: LayerNorm,
-    head0: Linear,
-    head2: Linear,
-}
-
-impl Encoder {
-    pub fn new(cfg: &DiscriminatorConfig, in_channels: usize, input_size: usize, vb: VarBuilder) -> Result<Self> {
-        let (p, w) = (cfg.patch_size, cfg.width);
-        Ok(Self {
-            patch: p,
-            patch_embed: nn::linear(in_channels * p * p, w, vb.pp("patch_embed"))?,
-            pos_embed: nn::sincos_pos_embed(w, input_size / p, vb.device())?.unsqueeze(0)?,
-            blocks: (0..cfg.depth).map(|i| Block::new(cfg, vb.pp("blocks").pp(i))).collect::<Result<_>>()?,
-            norm: LayerNorm::new(w, vb.pp("norm"))?,
-            head0: nn::linear(w, w, vb.pp("head").pp("0"))?,
-            head2: nn::linear(w, cfg.proj_dim, vb.pp("head").pp("2"))?,
-        })
-    }
-
-    /// [B, C, H, W] → unit vectors [B, k].
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.patch_embed.forward(&nn::patchify(x, self.patch)?)?.broadcast_add(&self.pos_embed)?;
-        for block in &self.blocks {
-            h = block.forward(&h)?;
-        }
-        let pooled = self.norm.forward(&h)?.mean(1)?;
-        let z = self.head2.forward(&crate::ops::gelu(&self.head0.forward(&pooled)?)?)?;
-        let norm = (z.sqr()?.sum_keepdim(D::Minus1)? + 1e-12)?.sqrt()?;
-        z.broadcast_div(&norm)
-    }
-}
-
-pub fn encoder_init(name: &str) -> Init {
-    let is_norm = name.contains("norm");
-    match (is_norm, name.ends_with("weight")) {
-        (true, true) => Init::Ones,
-        (_, false) => Init::Zeros,
-        (false, true) => Init::XavierUniform,
-    }
-}
-
-pub fn new_trainable(
-    cfg: &DiscriminatorConfig,
-    in_channels: usize,
-    input_size: usize,
-    rng: &mut Rng,
-    device: &Device,
-) -> Result<(Encoder, VarMap)> {
-    let varmap = VarMap::new();
-    let enc = Encoder::new(cfg, in_channels, input_size, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    nn::init_vars(&varmap, rng, encoder_init)?;
-    Ok((enc, varmap))
-}
+use candle_core::{DType, Result, Tensor};
 
 /// Pairwise relations between the rows of `a` and `b` (unit vectors): the affinity matrix under `kernel`.
 fn affinity(a: &Tensor, b: &Tensor, cfg: &DiscriminatorConfig, offdiag: &Tensor) -> Result<Tensor> {
@@ -165,24 +77,14 @@ pub fn structure_distance(z: &Tensor, z_hat: &Tensor, w: &[f32], cfg: &Discrimin
 mod tests {
     use super::*;
     use crate::config::CoreConfig;
+    use crate::rng::Rng;
+    use candle_core::Device;
 
     fn unit(rows: &[[f32; 2]]) -> Tensor {
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let t = Tensor::from_vec(flat, (rows.len(), 2), &Device::Cpu).unwrap();
         let n = t.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
         t.broadcast_div(&n).unwrap()
-    }
-
-    #[test]
-    fn encoder_outputs_unit_vectors() -> Result<()> {
-        let cfg = CoreConfig::tiny_mnist().discriminator;
-        let (enc, _) = new_trainable(&cfg, 1, 28, &mut Rng::new(0), &Device::Cpu)?;
-        let z = enc.forward(&Rng::new(1).randn(&[5, 1, 28, 28], &Device::Cpu)?)?;
-        assert_eq!(z.dims(), &[5, cfg.proj_dim]);
-        for n in z.sqr()?.sum(1)?.to_vec1::<f32>()? {
-            assert!((n - 1.0).abs() < 1e-5);
-        }
-        Ok(())
     }
 
     #[test]
@@ -261,7 +163,7 @@ mod tests {
             cfg.pairs = pairs;
             cfg.huber_delta = 0.05;
             let f = || structure_distance(&norm(&raw)?, &norm(raw_hat.as_tensor())?, &w, &cfg);
-            nn::check_grad(&f, &raw_hat, &[0, 9, 17, 26, 39])?;
+            crate::nn::check_grad(&f, &raw_hat, &[0, 9, 17, 26, 39])?;
         }
         Ok(())
     }
