@@ -62,10 +62,11 @@ export declare class NativeTrainer {
   /** The `extra` of the checkpoint this trainer was loaded from ("{}" when fresh). */
   extraJson(): string
   /**
-   * Replaces the structure-loss settings (a DiscriminatorConfig JSON whose architecture fields are unchanged),
-   * e.g. to continue a run with another kernel or pair weighting.
+   * Replaces the discriminator's settings (a DiscriminatorConfig JSON), e.g. to continue a run with another
+   * kernel or pair weighting. A new architecture starts a fresh encoder; the returned note says so (null when
+   * the encoder is kept).
    */
-  setStructureLoss(discriminatorJson: string): void
+  setDiscriminator(discriminatorJson: string): string | null
   /** Names of the DiT parameters the optimizer updates (all of them unless `trainable` restricts it). */
   trainableNames(): Array<string>
   paramCounts(): ParamCounts
