@@ -13,16 +13,11 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { spawn } from "node:child_process";
 import yargs from "yargs";
-import type * as Sadm from "../dist/index.js";
+import { CLI, COLORS, commandLine, evalPoints, meanStd, pm, runCli, sadm, type EvalPoint } from "./common.js";
 import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 
-// Compiled to dist-experiments/experiments/: the package root is two levels up, and the built library is read from
-// there (a type-only import above, a runtime require here) so the experiment uses exactly what `sadm` runs.
-const ROOT = path.resolve(__dirname, "..", "..");
-const CLI = path.join(ROOT, "dist", "cli.js");
-const { checkpointName, readMetrics, version } = require(path.join(ROOT, "dist", "index.js")) as typeof Sadm;
+const { checkpointName, version } = sadm;
 
 interface Options {
   preset: string;
@@ -60,15 +55,6 @@ interface Job {
   runDir: string;
   /** For a second stage: the run whose evaluations up to `sadmFrom` it shares. */
   continues?: string;
-}
-
-interface EvalPoint {
-  step: number;
-  fd: number;
-  kid: number;
-  precision: number;
-  recall: number;
-  accuracy: number;
 }
 
 interface RunResult {
@@ -230,42 +216,23 @@ function readDone(job: Job): Done | undefined {
   }
 }
 
-/** The run's command line, with paths inside the package relative to it (so the report reads the same anywhere). */
-function commandLine(args: string[]): string {
-  const rel = (a: string): string => (a.startsWith(ROOT + path.sep) ? path.relative(ROOT, a) : a);
-  return ["sadm", ...args.map(rel).map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a}'`))].join(" ");
-}
-
 /** When a finished run ended (its done.json's write time). */
 function finishedAt(job: Job): number {
   return fs.statSync(path.join(job.runDir, DONE)).mtimeMs;
 }
 
 /** Runs one job as a child process; a half-finished earlier attempt is discarded first. */
-function runJob(job: Job, threads: number): Promise<Done> {
+async function runJob(job: Job, threads: number): Promise<Done> {
   fs.rmSync(job.runDir, { recursive: true, force: true });
   fs.mkdirSync(job.runDir, { recursive: true });
   const logFile = path.join(job.runDir, "..", `${path.basename(job.runDir)}.log`);
-  const log = fs.openSync(logFile, "w");
-  const t0 = Date.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...job.args], {
-      cwd: ROOT,
-      env: { ...process.env, RAYON_NUM_THREADS: String(threads), NO_COLOR: "1" },
-      stdio: ["ignore", log, log],
-    });
-    child.on("error", reject);
-    child.on("exit", (code) => {
-      fs.closeSync(log);
-      if (code !== 0) {
-        reject(new Error(`${job.id} failed (exit ${code}); see ${logFile}`));
-        return;
-      }
-      const done: Done = { seconds: (Date.now() - t0) / 1000, command: commandLine(job.args) };
-      fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(done, null, 2) + "\n");
-      resolve(done);
-    });
+  fs.rmSync(logFile, { force: true });
+  const seconds = await runCli(job.args, logFile, threads).catch((e: unknown) => {
+    throw new Error(`${job.id}: ${e instanceof Error ? e.message : String(e)}`);
   });
+  const done: Done = { seconds, command: commandLine(job.args) };
+  fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(done, null, 2) + "\n");
+  return done;
 }
 
 async function runAll(jobs: Job[], o: Options): Promise<void> {
@@ -299,22 +266,6 @@ async function runAll(jobs: Job[], o: Options): Promise<void> {
   if (failure) throw failure;
 }
 
-function evalPoints(runDir: string): EvalPoint[] {
-  const byStep = new Map<number, EvalPoint>();
-  for (const r of readMetrics(path.join(runDir, "metrics.jsonl"))) {
-    if (typeof r.fd !== "number" || typeof r.step !== "number") continue;
-    byStep.set(r.step, {
-      step: r.step,
-      fd: r.fd,
-      kid: Number(r.kid),
-      precision: Number(r.precision),
-      recall: Number(r.recall),
-      accuracy: typeof r.accuracy === "number" ? r.accuracy : Number.NaN,
-    });
-  }
-  return [...byStep.values()].sort((a, b) => a.step - b.step);
-}
-
 function collect(jobs: Job[]): RunResult[] {
   const byId = new Map(jobs.map((j) => [j.id, j]));
   return jobs.flatMap((j) => {
@@ -331,19 +282,6 @@ function collect(jobs: Job[]): RunResult[] {
       command: commandLine(j.args), seconds: d.seconds, curve, final: curve[curve.length - 1],
     }];
   });
-}
-
-function meanStd(xs: number[]): [number, number] {
-  const v = xs.filter((x) => Number.isFinite(x));
-  if (v.length === 0) return [Number.NaN, Number.NaN];
-  const m = v.reduce((a, b) => a + b, 0) / v.length;
-  const s = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - m) ** 2, 0) / (v.length - 1)) : 0;
-  return [m, s];
-}
-
-function pm(xs: number[], digits: number): string {
-  const [m, s] = meanStd(xs);
-  return Number.isFinite(m) ? `${m.toFixed(digits)} ± ${s.toFixed(digits)}` : "–";
 }
 
 function armsOf(results: RunResult[], group: Group): string[] {
@@ -374,7 +312,6 @@ function table(results: RunResult[], group: Group, baseline: string | undefined)
   return rows;
 }
 
-const COLORS = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
 function panel(results: RunResult[], groups: Group[], title: string): Panel {
   const series: Series[] = [];

@@ -1,0 +1,89 @@
+/**
+ * What the experiment scripts share: where the built CLI is, running it as a child process, reading a run's
+ * evaluations, and the mean ± std arithmetic of the tables.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { spawn } from "node:child_process";
+import type * as Sadm from "../dist/index.js";
+
+// Compiled to dist-experiments/experiments/: the package root is two levels up, and the built library is read from
+// there (a type-only import above, a runtime require here) so the experiment uses exactly what `sadm` runs.
+export const ROOT = path.resolve(__dirname, "..", "..");
+export const CLI = path.join(ROOT, "dist", "cli.js");
+export const sadm = require(path.join(ROOT, "dist", "index.js")) as typeof Sadm;
+
+/** One evaluation of a run (metrics.jsonl's records with an FD). */
+export interface EvalPoint {
+  step: number;
+  fd: number;
+  kid: number;
+  precision: number;
+  recall: number;
+  accuracy: number;
+}
+
+/** A run's evaluations by step (the last record of a step wins: a resumed run re-evaluates). */
+export function evalPoints(runDir: string): EvalPoint[] {
+  const file = path.join(runDir, "metrics.jsonl");
+  if (!fs.existsSync(file)) return [];
+  const byStep = new Map<number, EvalPoint>();
+  for (const r of sadm.readMetrics(file)) {
+    if (typeof r.fd !== "number" || typeof r.step !== "number") continue;
+    byStep.set(r.step, {
+      step: r.step,
+      fd: r.fd,
+      kid: Number(r.kid),
+      precision: Number(r.precision),
+      recall: Number(r.recall),
+      accuracy: typeof r.accuracy === "number" ? r.accuracy : Number.NaN,
+    });
+  }
+  return [...byStep.values()].sort((a, b) => a.step - b.step);
+}
+
+/** The command line of a CLI run, with paths inside the package relative to it (so a report reads the same anywhere). */
+export function commandLine(args: string[]): string {
+  const rel = (a: string): string => (a.startsWith(ROOT + path.sep) ? path.relative(ROOT, a) : a);
+  return ["sadm", ...args.map(rel).map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a}'`))].join(" ");
+}
+
+/**
+ * Runs the CLI with `args`, output to `logFile` (appended, so a resumed run keeps its history), with `threads`
+ * compute threads. Resolves to the wall seconds; rejects naming the log on a non-zero exit.
+ */
+export function runCli(args: string[], logFile: string, threads: number): Promise<number> {
+  fs.mkdirSync(path.dirname(logFile), { recursive: true });
+  const log = fs.openSync(logFile, "a");
+  const t0 = Date.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, RAYON_NUM_THREADS: String(threads), NO_COLOR: "1" },
+      stdio: ["ignore", log, log],
+    });
+    child.on("error", reject);
+    child.on("exit", (code) => {
+      fs.closeSync(log);
+      if (code !== 0) reject(new Error(`sadm ${args[0]} failed (exit ${code}); see ${logFile}`));
+      else resolve((Date.now() - t0) / 1000);
+    });
+  });
+}
+
+/** Mean and sample standard deviation of the finite values (NaN, NaN when there are none). */
+export function meanStd(xs: number[]): [number, number] {
+  const v = xs.filter((x) => Number.isFinite(x));
+  if (v.length === 0) return [Number.NaN, Number.NaN];
+  const m = v.reduce((a, b) => a + b, 0) / v.length;
+  const s = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - m) ** 2, 0) / (v.length - 1)) : 0;
+  return [m, s];
+}
+
+/** "mean ± std" with `digits` decimals, or "–". */
+export function pm(xs: number[], digits: number): string {
+  const [m, s] = meanStd(xs);
+  return Number.isFinite(m) ? `${m.toFixed(digits)} ± ${s.toFixed(digits)}` : "–";
+}
+
+export const COLORS = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];

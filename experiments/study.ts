@@ -1,0 +1,558 @@
+/**
+ * The SADM study, one resumable command: `npm run experiment:study`.
+ *
+ * Does the structure term improve a model that already denoises well? For each domain (the digits with
+ * `mnist-small`, the emoji set at 32² with `rgb-32`):
+ * 1. **Stage 1**: plain training (λ = 0) in chunks until FD plateaus: the best of the last `--plateau-window`
+ *    evaluations is no more than `--plateau-tol` better than the best before them.
+ * 2. **Stage 2**: from the plateau's checkpoint (its EMA weights, fresh optimizers), every arm continues for the
+ *    same number of steps with 3 seeds: plain; SADM at each λ with the Gaussian kernel and cross pairs (the two
+ *    structure settings that hurt least in the first experiment); and at one λ each discriminator option
+ *    (spectral norm, conv encoder, t-conditioned encoder, frozen LeNet features, low-t pairs only).
+ * 3. **Batch 128**: plain and the best stage-2 SADM arm again at twice the batch.
+ * 4. **Fine-tuning** (emoji): pre-train on five categories to a plateau, fine-tune on four others (their class
+ *    embeddings never trained: DiffFit's fresh class table), `trainable: efficient` and `all`, λ = 0 against SADM.
+ *
+ * Every run is a `sadm` CLI call (recorded in the report). Runs checkpoint as they go, and an interrupted run
+ * resumes from its last checkpoint (exactly: sadm's resume is bit-exact), so the study survives across sessions;
+ * a finished run (its `done.json`) never runs again. The report (`results.md`, `results.json`, plots) is rewritten
+ * after every finished run, so it always shows what is done so far.
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import yargs from "yargs";
+import { CLI, COLORS, commandLine, evalPoints, meanStd, pm, runCli, sadm, type EvalPoint } from "./common.js";
+import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
+
+const { checkpointName, version } = sadm;
+
+type DomainKey = "digits" | "emoji";
+type Group = "stage1" | "main" | "option" | "batch" | "pretrain" | "finetune";
+
+interface Domain {
+  key: DomainKey;
+  title: string;
+  preset: string;
+  data: string[];
+  extractor: string;
+}
+
+const DOMAINS: Record<DomainKey, Domain> = {
+  digits: { key: "digits", title: "Digits (MNIST, `mnist-small`)", preset: "mnist-small", data: [], extractor: "lenet-mnist" },
+  emoji: { key: "emoji", title: "Emoji (RGB 32², `rgb-32`, 10 categories)", preset: "rgb-32", data: ["--data", "emoji"], extractor: "lenet-emoji" },
+};
+
+/** The fine-tuning split of the emoji categories (Component, 5 images, is left out). */
+const PRETRAIN_CLASSES = ["Animals & Nature", "Food & Drink", "People & Body", "Smileys & Emotion", "Travel & Places"];
+const FINETUNE_CLASSES = ["Activities", "Flags", "Objects", "Symbols"];
+
+/** The structure settings of every SADM arm: the two that hurt least in the first experiment. */
+const STRUCTURE = ["--set", "discriminator.kernel=gaussian", "--set", "discriminator.pairs=cross"];
+
+/** The discriminator options, each tried at `--option-lambda` on top of {@link STRUCTURE}. */
+const OPTIONS: Array<[string, string, string[]]> = [
+  ["sn", "spectral norm", ["--set", "discriminator.spectralNorm=true"]],
+  ["conv", "conv encoder", ["--set", "discriminator.encoder=conv"]],
+  ["tcond", "t-conditioned encoder", ["--set", "discriminator.timeConditioned=true"]],
+  ["features", "frozen LeNet features + projector", ["--set", "discriminator.encoder=features"]],
+  ["lowt", "pairs with t < 200 only", ["--set", "discriminator.weighting=cutoff", "--set", "discriminator.tMax=200"]],
+];
+
+interface Options {
+  domains: DomainKey[];
+  seeds: number[];
+  lambdas: number[];
+  optionLambda: number;
+  stage1Chunk: number;
+  stage1Max: number;
+  plateauWindow: number;
+  plateauTol: number;
+  stage2Steps: number;
+  finetuneSteps: number;
+  evalEvery: number;
+  evalSamples: number;
+  jobs: number;
+  runs: string;
+  out: string;
+  set: string[];
+}
+
+interface Job {
+  id: string;
+  domain: DomainKey;
+  group: Group;
+  arm: string;
+  seed: number;
+  lambda: number;
+  runDir: string;
+  deps: string[];
+  /** Steps the run trains to; for a plateau job, the first chunk (it grows until FD plateaus). */
+  steps: number;
+  plateau: boolean;
+  /** The fresh start's arguments, resolved when the job starts (a dependent arm may read earlier results). */
+  start: (steps: number) => string[];
+}
+
+interface Done {
+  seconds: number;
+  command: string;
+  steps: number;
+  /** A plateau job: why it stopped. */
+  plateau?: string;
+}
+
+const DONE = "done.json";
+const SECONDS = "seconds.json";
+
+function readJson<T>(file: string): T | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(file, "utf8")) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+const readDone = (dir: string): Done | undefined => readJson<Done>(path.join(dir, DONE));
+
+/** The newest complete checkpoint's step of a run directory, if any. */
+function latestStep(runDir: string): number | undefined {
+  const dir = path.join(runDir, "checkpoints");
+  if (!fs.existsSync(dir)) return undefined;
+  const steps = fs
+    .readdirSync(dir)
+    .filter((n) => /^step-\d+$/.test(n) && fs.existsSync(path.join(dir, n, "state.json")))
+    .map((n) => Number(n.slice(5)));
+  return steps.length ? Math.max(...steps) : undefined;
+}
+
+/** Whether a run's FD has stopped improving, and the sentence that says so (or why not yet). */
+function plateau(curve: EvalPoint[], o: Options): { reached: boolean; why: string } {
+  if (curve.length < o.plateauWindow + 2) return { reached: false, why: `${curve.length} evaluations so far` };
+  const last = curve.slice(-o.plateauWindow);
+  const before = curve.slice(0, -o.plateauWindow);
+  const bestBefore = Math.min(...before.map((p) => p.fd));
+  const bestLast = Math.min(...last.map((p) => p.fd));
+  const gain = 1 - bestLast / bestBefore;
+  const span = `steps ${last[0].step}–${last[last.length - 1].step}`;
+  return gain <= o.plateauTol
+    ? { reached: true, why: `the best FD of the last ${o.plateauWindow} evaluations (${span}: ${bestLast.toFixed(1)}) is ${(100 * gain).toFixed(1)} % better than the best before them (${bestBefore.toFixed(1)}), within ${(100 * o.plateauTol).toFixed(0)} %` }
+    : { reached: false, why: `${span} improved the best FD by ${(100 * gain).toFixed(1)} % (${bestBefore.toFixed(1)} → ${bestLast.toFixed(1)})` };
+}
+
+/** The checkpoint a finished plateau job hands to its second stages: its last one. */
+function branchPoint(runDir: string): string {
+  const step = readDone(runDir)?.steps ?? latestStep(runDir);
+  if (step === undefined) throw new Error(`${runDir} has no checkpoint to continue from`);
+  return path.join(runDir, "checkpoints", checkpointName(step));
+}
+
+function plan(o: Options): Job[] {
+  const jobs: Job[] = [];
+  const dir = (...p: string[]): string => path.join(o.runs, ...p);
+  const every = (steps: number): string[] => [
+    "--eval-every", String(Math.min(o.evalEvery, steps)), "--eval-samples", String(o.evalSamples),
+    "--checkpoint-every", String(Math.min(o.evalEvery, steps)), "--keep", "1000", "--sample-every", String(steps), "-q",
+    ...o.set.flatMap((s) => ["--set", s]),
+  ];
+  const ramp = (steps: number): string[] => ["--adv-warmup", "0", "--adv-ramp", String(Math.max(1, Math.round(steps / 10)))];
+  const firstChunk = o.stage1Chunk * 2;
+
+  for (const key of o.domains) {
+    const d = DOMAINS[key];
+    const stage1 = dir(key, "stage1");
+    jobs.push({
+      id: `${key}-stage1`, domain: key, group: "stage1", arm: "stage 1: plain to a plateau", seed: 0, lambda: 0,
+      runDir: stage1, deps: [], steps: firstChunk, plateau: true,
+      start: (steps) => ["train", "--preset", d.preset, ...d.data, "--lambda", "0", "--seed", "0", "--steps", String(steps), ...every(o.evalEvery), "--out", stage1],
+    });
+    if (key === "emoji") {
+      const pre = dir(key, "pretrain");
+      jobs.push({
+        id: `${key}-pretrain`, domain: key, group: "pretrain", arm: `pre-train on ${PRETRAIN_CLASSES.length} categories to a plateau`,
+        seed: 0, lambda: 0, runDir: pre, deps: [], steps: firstChunk, plateau: true,
+        start: (steps) => ["train", "--preset", d.preset, ...d.data, "--classes", PRETRAIN_CLASSES.join(","), "--lambda", "0", "--seed", "0", "--steps", String(steps), ...every(o.evalEvery), "--out", pre],
+      });
+    }
+  }
+
+  /** A stage-2 arm: continue the domain's plateau checkpoint with `extra`. */
+  const arm = (key: DomainKey, group: Group, name: string, label: string, seed: number, lambda: number, extra: () => string[], deps: string[] = []): Job => {
+    const d = DOMAINS[key];
+    const runDir = dir(key, name, `seed-${seed}`);
+    return {
+      id: `${key}-${name}-s${seed}`, domain: key, group, arm: label, seed, lambda, runDir, deps: [`${key}-stage1`, ...deps],
+      steps: o.stage2Steps, plateau: false,
+      start: (steps) => [
+        "finetune", "--from", branchPoint(dir(key, "stage1")), "--preset", d.preset, ...d.data, "--seed", String(seed),
+        "--steps", String(steps), "--lambda", String(lambda), ...(lambda > 0 ? [...ramp(steps), ...STRUCTURE] : []),
+        ...every(steps), ...extra(), "--out", runDir,
+      ],
+    };
+  };
+  const mainArms = (key: DomainKey, seed: number): Job[] => [
+    arm(key, "main", "plain", "plain (λ = 0)", seed, 0, () => []),
+    ...o.lambdas.map((l) => arm(key, "main", `sadm-${l}`, `SADM λ = ${l}`, seed, l, () => [])),
+  ];
+  // Seed by seed, so that partial results are whole comparisons; the cheaper domain first.
+  const order = [...o.domains].sort((a, b) => (a === "emoji" ? -1 : b === "emoji" ? 1 : 0));
+  for (const seed of o.seeds) {
+    for (const key of order) {
+      jobs.push(...mainArms(key, seed));
+      for (const [name, label, flags] of OPTIONS)
+        jobs.push(arm(key, "option", `${name}-${o.optionLambda}`, `SADM λ = ${o.optionLambda}, ${label}`, seed, o.optionLambda, () => flags));
+    }
+  }
+  for (const seed of o.seeds) {
+    for (const key of order) {
+      const mains = o.seeds.flatMap((s) => mainArms(key, s).map((j) => j.id));
+      jobs.push(arm(key, "batch", "plain-b128", "plain (λ = 0), batch 128", seed, 0, () => ["--batch-size", "128"], mains));
+      const best = (): { lambda: number } => bestArm(jobs, key, o);
+      const job = arm(key, "batch", "best-b128", "best SADM arm, batch 128", seed, Number.NaN, () => ["--batch-size", "128"], mains);
+      jobs.push(withLambdaArgs(job, best));
+    }
+    if (o.domains.includes("emoji")) {
+      const d = DOMAINS.emoji;
+      for (const trainable of ["efficient", "all"]) {
+        for (const lambda of [0, o.optionLambda]) {
+          const name = `ft-${trainable}-${lambda === 0 ? "plain" : `sadm-${lambda}`}`;
+          const runDir = dir("emoji", name, `seed-${seed}`);
+          jobs.push({
+            id: `emoji-${name}-s${seed}`, domain: "emoji", group: "finetune",
+            arm: `fine-tune, trainable ${trainable}, ${lambda === 0 ? "plain (λ = 0)" : `SADM λ = ${lambda}`}`,
+            seed, lambda, runDir, deps: ["emoji-pretrain"], steps: o.finetuneSteps, plateau: false,
+            start: (steps) => [
+              "finetune", "--from", branchPoint(dir("emoji", "pretrain")), "--preset", d.preset, ...d.data,
+              "--classes", FINETUNE_CLASSES.join(","), "--trainable", trainable, "--seed", String(seed), "--steps", String(steps),
+              "--lambda", String(lambda), ...(lambda > 0 ? [...ramp(steps), ...STRUCTURE] : []), ...every(steps), "--out", runDir,
+            ],
+          });
+        }
+      }
+    }
+  }
+  return jobs;
+}
+
+/** A job whose λ is the best stage-2 λ, chosen when it starts: its `--lambda` (and the SADM flags) follow. */
+function withLambdaArgs(job: Job, best: () => { lambda: number }): Job {
+  const base = job.start;
+  job.start = (steps) => {
+    const args = base(steps);
+    const l = best().lambda;
+    const i = args.indexOf("--lambda");
+    const out = [...args.slice(0, i), "--lambda", String(l), ...args.slice(i + 2)];
+    const at = out.indexOf("--out");
+    return [...out.slice(0, at), "--adv-warmup", "0", "--adv-ramp", String(Math.max(1, Math.round(steps / 10))), ...STRUCTURE, ...out.slice(at)];
+  };
+  return job;
+}
+
+/** The stage-2 SADM λ with the lowest mean final FD in `key` (ties: the smaller λ). */
+function bestArm(jobs: Job[], key: DomainKey, o: Options): { lambda: number } {
+  const rs = collect(jobs, o).filter((r) => r.domain === key && r.group === "main" && r.lambda > 0 && r.final);
+  const byLambda = o.lambdas.map((l) => ({ lambda: l, fd: meanStd(rs.filter((r) => r.lambda === l).map((r) => (r.final as EvalPoint).fd))[0] }));
+  const known = byLambda.filter((b) => Number.isFinite(b.fd)).sort((a, b) => a.fd - b.fd || a.lambda - b.lambda);
+  return { lambda: known[0]?.lambda ?? o.optionLambda };
+}
+
+/** Runs a job to its end: resuming its last checkpoint if it has one, growing a plateau job chunk by chunk. */
+async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
+  const secondsFile = path.join(job.runDir, SECONDS);
+  const logFile = path.join(path.dirname(job.runDir), `${path.basename(job.runDir)}.log`);
+  let command = readJson<{ command: string }>(secondsFile)?.command;
+  let seconds = readJson<{ seconds: number }>(secondsFile)?.seconds ?? 0;
+  let target = job.steps;
+  for (;;) {
+    const at = latestStep(job.runDir);
+    if (job.plateau && at !== undefined) {
+      const p = plateau(evalPoints(job.runDir), o);
+      if (at >= target && (p.reached || at >= o.stage1Max)) {
+        const why = p.reached ? `plateau at step ${at}: ${p.why}` : `stopped at the cap (${o.stage1Max} steps) before a plateau: ${p.why}`;
+        return { seconds, command: command ?? "", steps: at, plateau: why };
+      }
+      if (at >= target) target = Math.min(o.stage1Max, at + o.stage1Chunk);
+    } else if (at !== undefined && at >= target) {
+      return { seconds, command: command ?? "", steps: at };
+    }
+    let args: string[];
+    if (at === undefined) {
+      fs.rmSync(job.runDir, { recursive: true, force: true });
+      args = job.start(target);
+      command = commandLine(args);
+    } else {
+      args = ["train", "--resume", job.runDir, "--steps", String(target), "-q"];
+    }
+    seconds += await runCli(args, logFile, threads).catch((e: unknown) => {
+      throw new Error(`${job.id}: ${e instanceof Error ? e.message : String(e)}`);
+    });
+    fs.writeFileSync(secondsFile, JSON.stringify({ seconds, command }) + "\n");
+  }
+}
+
+async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void> {
+  const threads = Math.max(1, Math.floor(os.cpus().length / o.jobs));
+  const done = new Set(jobs.filter((j) => readDone(j.runDir)).map((j) => j.id));
+  const started = new Set<string>(done);
+  const pending = (): Job[] => jobs.filter((j) => !started.has(j.id));
+  let failure: Error | undefined;
+  const stamp = (): string => new Date().toISOString().slice(11, 19);
+  const worker = async (): Promise<void> => {
+    for (;;) {
+      if (failure) return;
+      const next = pending().find((j) => j.deps.every((d) => done.has(d)));
+      if (!next) {
+        if (pending().length === 0) return;
+        await new Promise((r) => setTimeout(r, 1000));
+        continue;
+      }
+      started.add(next.id);
+      process.stdout.write(`[${stamp()}] start ${next.id} (${done.size}/${jobs.length} done)\n`);
+      try {
+        const d = await runJob(next, o, threads);
+        fs.writeFileSync(path.join(next.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
+        done.add(next.id);
+        process.stdout.write(`[${stamp()}] done  ${next.id} in ${d.seconds.toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}\n`);
+        onDone();
+      } catch (e) {
+        failure = e instanceof Error ? e : new Error(String(e));
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: o.jobs }, () => worker()));
+  if (failure) throw failure;
+}
+
+interface RunResult {
+  id: string;
+  domain: DomainKey;
+  group: Group;
+  arm: string;
+  seed: number;
+  lambda: number;
+  command: string;
+  seconds: number;
+  steps: number;
+  plateau?: string;
+  curve: EvalPoint[];
+  final: EvalPoint | undefined;
+}
+
+function collect(jobs: Job[], _o: Options): RunResult[] {
+  return jobs.flatMap((j) => {
+    const d = readDone(j.runDir);
+    if (!d) return [];
+    const curve = evalPoints(j.runDir);
+    const lambda = j.group === "batch" && !Number.isFinite(j.lambda) ? lambdaOf(d.command) : j.lambda;
+    const arm = j.group === "batch" && lambda > 0 ? `SADM λ = ${lambda} (the best stage-2 λ), batch 128` : j.arm;
+    return [{
+      id: j.id, domain: j.domain, group: j.group, arm, seed: j.seed, lambda, command: d.command, seconds: d.seconds,
+      steps: d.steps, plateau: d.plateau, curve, final: curve[curve.length - 1],
+    }];
+  });
+}
+
+function lambdaOf(command: string): number {
+  const m = / --lambda ([\d.e-]+)/.exec(command);
+  return m ? Number(m[1]) : Number.NaN;
+}
+
+const HEADER = [
+  "| arm | seeds | FD ↓ | Δ FD vs plain (paired) | KID ↓ | precision ↑ | recall ↑ | accuracy ↑ | min/run |",
+  "|---|---|---|---|---|---|---|---|---|",
+];
+
+/** One table: an arm per row, mean ± std over seeds, Δ FD paired by seed with `baseline`'s runs. */
+function table(rows: RunResult[], baseline: RunResult[]): string[] {
+  const arms = [...new Set(rows.map((r) => r.arm))];
+  const out = [...HEADER];
+  for (const a of arms) {
+    const rs = rows.filter((r) => r.arm === a && r.final);
+    const f = rs.map((r) => r.final as EvalPoint);
+    const isBase = baseline.some((b) => b.arm === a);
+    const deltas = rs.flatMap((r) => {
+      const b = baseline.find((x) => x.seed === r.seed)?.final;
+      return b ? [(r.final as EvalPoint).fd - b.fd] : [];
+    });
+    out.push(
+      `| ${a} | ${rs.map((r) => r.seed).join(", ")} | ${pm(f.map((p) => p.fd), 1)} | ${isBase || deltas.length === 0 ? "–" : pm(deltas, 1)} | ` +
+        `${pm(f.map((p) => p.kid), 1)} | ${pm(f.map((p) => p.precision), 3)} | ${pm(f.map((p) => p.recall), 3)} | ` +
+        `${pm(f.map((p) => p.accuracy), 3)} | ${(meanStd(rs.map((r) => r.seconds))[0] / 60).toFixed(0)} |`,
+    );
+  }
+  return out;
+}
+
+function fdPanel(results: RunResult[], title: string, offset: (r: RunResult) => number): Panel {
+  const series: Series[] = [];
+  const arms = [...new Set(results.map((r) => r.arm))];
+  arms.forEach((a, i) => {
+    const color = COLORS[i % COLORS.length];
+    const rs = results.filter((r) => r.arm === a);
+    for (const r of rs) series.push({ label: a, color, thin: rs.length > 1, points: r.curve.map((p) => [p.step + offset(r), p.fd]) });
+    if (rs.length > 1) {
+      const steps = [...new Set(rs.flatMap((r) => r.curve.map((p) => p.step)))].sort((x, y) => x - y);
+      const mean = steps.flatMap((s) => {
+        const v = rs.flatMap((r) => r.curve.filter((p) => p.step === s).map((p) => p.fd));
+        return v.length === rs.length ? [[s, meanStd(v)[0]] as [number, number]] : [];
+      });
+      series.push({ label: `${a} (mean of ${rs.length})`, color, points: mean });
+    }
+  });
+  return { title, xLabel: "training step", yLabel: "Fréchet distance", series, logY: true };
+}
+
+function report(o: Options, jobs: Job[], results: RunResult[]): string {
+  const cpu = os.cpus()[0]?.model ?? "unknown CPU";
+  const total = results.reduce((a, r) => a + r.seconds, 0);
+  const L: string[] = [];
+  L.push("# Does SADM help a converged model? The study");
+  L.push("");
+  L.push(`Written by \`npm run experiment:study\` (experiments/study.ts), sadm ${version()}, ${new Date().toISOString().slice(0, 10)}; ` +
+    `${results.length} of ${jobs.length} runs done (${(total / 3600).toFixed(1)} h of run time on ${cpu}, ${os.cpus().length} cores, ${o.jobs} runs at a time). ` +
+    "The command resumes where it stopped; this file is rewritten after every finished run.");
+  L.push("");
+  L.push(
+    `Protocol: stage 1 trains plain (λ = 0) in chunks of ${o.stage1Chunk} steps, evaluating every ${o.evalEvery}, until FD plateaus ` +
+      `(the best of the last ${o.plateauWindow} evaluations within ${(100 * o.plateauTol).toFixed(0)} % of the best before them). ` +
+      `Every stage-2 arm continues that checkpoint's EMA weights (fresh optimizers, the preset's LR warm-up) for ${o.stage2Steps} steps, ` +
+      `seeds ${o.seeds.join(", ")}; SADM arms use the Gaussian kernel and cross pairs, λ ramped over the first 10 %. ` +
+      `Metrics on the final EMA model: ${o.evalSamples} class-balanced samples (UniPC, 10 steps, no guidance) against ${o.evalSamples} real images, ` +
+      "on the shipped LeNet's features (lenet-mnist for the digits, lenet-emoji for the emoji); accuracy = the LeNet's accuracy on the samples " +
+      "w.r.t. their labels. Mean ± sample std over seeds; Δ FD is paired by seed (the same data order and noise; negative = SADM better).",
+  );
+  for (const key of o.domains) {
+    const d = DOMAINS[key];
+    const mine = results.filter((r) => r.domain === key);
+    L.push("");
+    L.push(`## ${d.title}`);
+    L.push("");
+    const s1 = mine.find((r) => r.group === "stage1");
+    if (s1) {
+      L.push(`Stage 1: ${s1.steps} steps, ${(s1.seconds / 60).toFixed(0)} min; ${s1.plateau}. FD by step: ` +
+        s1.curve.map((p) => `${p.step}: ${p.fd.toFixed(1)}`).join(", ") + ".");
+    } else L.push("Stage 1 has not finished yet.");
+    const base = mine.filter((r) => r.group === "main" && r.lambda === 0);
+    L.push("");
+    L.push(`### Stage 2: ${o.stage2Steps} more steps from the plateau`);
+    L.push("");
+    L.push(...table(mine.filter((r) => r.group === "main" || r.group === "option"), base));
+    const batch = mine.filter((r) => r.group === "batch");
+    if (batch.length > 0) {
+      L.push("");
+      L.push("### Batch 128 (Δ against plain at batch 128)");
+      L.push("");
+      L.push(...table(batch, batch.filter((r) => r.lambda === 0)));
+    }
+    if (key === "emoji") {
+      const pre = mine.find((r) => r.group === "pretrain");
+      L.push("");
+      L.push(`### Fine-tuning: pre-train on ${PRETRAIN_CLASSES.join(", ")}; fine-tune ${o.finetuneSteps} steps on ${FINETUNE_CLASSES.join(", ")}`);
+      L.push("");
+      L.push(pre ? `Pre-training: ${pre.steps} steps; ${pre.plateau}.` : "Pre-training has not finished yet.");
+      L.push("");
+      for (const t of ["efficient", "all"]) {
+        const ft = mine.filter((r) => r.group === "finetune" && r.arm.includes(`trainable ${t}`));
+        if (ft.length > 0) L.push(...table(ft, ft.filter((r) => r.lambda === 0)), "");
+      }
+    }
+  }
+  L.push("");
+  L.push("## Runs");
+  L.push("");
+  L.push("| run | steps | FD | KID | precision | recall | accuracy | min | command |");
+  L.push("|---|---|---|---|---|---|---|---|---|");
+  for (const r of results) {
+    const f = r.final;
+    const n = (v: number | undefined, k: number): string => (v !== undefined && Number.isFinite(v) ? v.toFixed(k) : "–");
+    L.push(`| ${r.id} | ${r.steps} | ${n(f?.fd, 1)} | ${n(f?.kid, 1)} | ${n(f?.precision, 3)} | ${n(f?.recall, 3)} | ${n(f?.accuracy, 3)} | ${(r.seconds / 60).toFixed(0)} | \`${r.command}\` |`);
+  }
+  const pending = jobs.filter((j) => !results.some((r) => r.id === j.id)).map((j) => j.id);
+  if (pending.length > 0) L.push("", `Not yet run: ${pending.join(", ")}.`);
+  L.push("");
+  return L.join("\n");
+}
+
+function write(o: Options, jobs: Job[]): void {
+  const results = collect(jobs, o);
+  fs.mkdirSync(o.out, { recursive: true });
+  fs.writeFileSync(path.join(o.out, "results.json"), JSON.stringify({ options: o, results }, null, 2) + "\n");
+  fs.writeFileSync(path.join(o.out, "results.md"), report(o, jobs, results));
+  const panels: Panel[] = [];
+  for (const key of o.domains) {
+    const mine = results.filter((r) => r.domain === key);
+    const s1 = mine.filter((r) => r.group === "stage1" || r.group === "pretrain");
+    if (s1.length > 0) panels.push(fdPanel(s1, `${key}: stage 1 (plain) to a plateau`, () => 0));
+    const s2 = mine.filter((r) => r.group === "main");
+    if (s2.length > 0) panels.push(fdPanel(s2, `${key}: stage 2 (λ sweep)`, () => 0));
+    const opt = mine.filter((r) => r.group === "option" || (r.group === "main" && r.lambda === 0));
+    if (opt.some((r) => r.group === "option")) panels.push(fdPanel(opt, `${key}: discriminator options`, () => 0));
+  }
+  if (panels.length > 0) writePng(chartSvg(panels, `FD every ${o.evalEvery} steps (stage 2: from the plateau); thin: seeds, thick: mean.`), path.join(o.out, "fd.png"));
+}
+
+function parseList(s: string): number[] {
+  return s.split(",").map((x) => Number(x.trim())).filter((x) => Number.isFinite(x));
+}
+
+async function main(): Promise<void> {
+  const a = await yargs(process.argv.slice(2))
+    .usage("npm run experiment:study -- [options]")
+    .option("quick", { type: "boolean", describe: "The whole pipeline on a toy model in a few minutes (meaningless numbers)" })
+    .option("domains", { type: "string", default: "digits,emoji" })
+    .option("seeds", { type: "string", default: "0,1,2" })
+    .option("lambdas", { type: "string", default: "0.003,0.01,0.03" })
+    .option("option-lambda", { type: "number", default: 0.01, describe: "λ of the discriminator-option and fine-tuning arms" })
+    .option("stage1-chunk", { type: "number", default: 2000, describe: "Stage 1 grows by this many steps until FD plateaus" })
+    .option("stage1-max", { type: "number", default: 30000, describe: "Stage 1 stops here even without a plateau" })
+    .option("plateau-window", { type: "number", default: 4, describe: "Evaluations that must not improve FD" })
+    .option("plateau-tol", { type: "number", default: 0.03, describe: "…by more than this fraction" })
+    .option("stage2-steps", { type: "number", default: 1000 })
+    .option("finetune-steps", { type: "number", default: 1000 })
+    .option("eval-every", { type: "number", default: 500 })
+    .option("eval-samples", { type: "number", default: 1000 })
+    .option("jobs", { type: "number", default: 2, describe: "Runs at a time (cores are split between them)" })
+    .option("runs", { type: "string", default: "runs/study", describe: "Where the run directories go" })
+    .option("out", { type: "string", default: "experiments/results/study", describe: "Where the report goes" })
+    .option("set", { type: "string", array: true, default: [] as string[], describe: "Config overrides for every run" })
+    .strict()
+    .parseAsync();
+  const quick = a.quick === true;
+  const domains = a.domains.split(",").map((s) => s.trim()) as DomainKey[];
+  for (const d of domains) if (!(d in DOMAINS)) throw new Error(`--domains: unknown domain "${d}" (known: ${Object.keys(DOMAINS).join(", ")})`);
+  const o: Options = {
+    domains,
+    seeds: parseList(a.seeds),
+    lambdas: parseList(a.lambdas),
+    optionLambda: a["option-lambda"],
+    stage1Chunk: quick ? 4 : a["stage1-chunk"],
+    stage1Max: quick ? 24 : a["stage1-max"],
+    plateauWindow: quick ? 2 : a["plateau-window"],
+    plateauTol: a["plateau-tol"],
+    stage2Steps: quick ? 4 : a["stage2-steps"],
+    finetuneSteps: quick ? 4 : a["finetune-steps"],
+    evalEvery: quick ? 2 : a["eval-every"],
+    evalSamples: quick ? 20 : a["eval-samples"],
+    jobs: Math.max(1, a.jobs),
+    runs: path.resolve(a.runs),
+    out: path.resolve(a.out),
+    set: [
+      ...(quick
+        ? ["model.hiddenSize=32", "model.depth=1", "model.numHeads=2", "discriminator.width=32", "discriminator.depth=1",
+           "discriminator.numHeads=2", "discriminator.projDim=16", "batchSize=8", "data.limit=200", "samplesPerClass=1", "eval.steps=2"]
+        : []),
+      ...a.set,
+    ],
+  };
+  if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
+  const jobs = plan(o);
+  write(o, jobs);
+  await runAll(jobs, o, () => write(o, jobs));
+  write(o, jobs);
+  process.stdout.write(`wrote ${path.join(o.out, "results.md")}, results.json and fd.png\n`);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`error: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exitCode = 1;
+});
