@@ -87,3 +87,14 @@ export function pm(xs: number[], digits: number): string {
 }
 
 export const COLORS = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
+
+/** Comma-separated numbers ("0,1,2"). */
+export function parseList(s: string): number[] {
+  return s.split(",").map((x) => Number(x.trim())).filter((x) => Number.isFinite(x));
+}
+
+/** The `--set` overrides of a `--quick` run: a toy model on 200 images, so the whole pipeline runs in minutes. */
+export const QUICK_SET = [
+  "model.hiddenSize=32", "model.depth=1", "model.numHeads=2", "discriminator.width=32", "discriminator.depth=1",
+  "discriminator.numHeads=2", "discriminator.projDim=16", "batchSize=8", "data.limit=200", "samplesPerClass=1",
+];

@@ -14,7 +14,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import yargs from "yargs";
-import { CLI, COLORS, commandLine, evalPoints, meanStd, pm, runCli, sadm, type EvalPoint } from "./common.js";
+import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm, runCli, sadm, type EvalPoint } from "./common.js";
 import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 
 const { checkpointName, version } = sadm;
@@ -392,10 +392,6 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
   return lines.join("\n");
 }
 
-function parseList(s: string): number[] {
-  return s.split(",").map((x) => Number(x.trim())).filter((x) => Number.isFinite(x));
-}
-
 async function main(): Promise<void> {
   const a = await yargs(process.argv.slice(2))
     .usage("npm run experiment -- [options]")
@@ -437,10 +433,7 @@ async function main(): Promise<void> {
     runs: path.resolve(a.runs),
     out: path.resolve(a.out),
     set: [
-      ...(quick
-        ? ["model.hiddenSize=32", "model.depth=1", "model.numHeads=2", "discriminator.width=32", "discriminator.depth=1",
-           "discriminator.numHeads=2", "discriminator.projDim=16", "batchSize=8", "data.limit=200", "samplesPerClass=1"]
-        : []),
+      ...(quick ? [...QUICK_SET] : []),
       ...a.set,
     ],
   };

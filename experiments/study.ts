@@ -22,7 +22,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import yargs from "yargs";
-import { CLI, COLORS, commandLine, evalPoints, meanStd, pm, runCli, sadm, type EvalPoint } from "./common.js";
+import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm, runCli, sadm, type EvalPoint } from "./common.js";
 import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 
 const { checkpointName, version } = sadm;
@@ -250,7 +250,7 @@ function withLambdaArgs(job: Job, best: () => { lambda: number }): Job {
 
 /** The stage-2 SADM λ with the lowest mean final FD in `key` (ties: the smaller λ). */
 function bestArm(jobs: Job[], key: DomainKey, o: Options): { lambda: number } {
-  const rs = collect(jobs, o).filter((r) => r.domain === key && r.group === "main" && r.lambda > 0 && r.final);
+  const rs = collect(jobs).filter((r) => r.domain === key && r.group === "main" && r.lambda > 0 && r.final);
   const byLambda = o.lambdas.map((l) => ({ lambda: l, fd: meanStd(rs.filter((r) => r.lambda === l).map((r) => (r.final as EvalPoint).fd))[0] }));
   const known = byLambda.filter((b) => Number.isFinite(b.fd)).sort((a, b) => a.fd - b.fd || a.lambda - b.lambda);
   return { lambda: known[0]?.lambda ?? o.optionLambda };
@@ -323,13 +323,7 @@ async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void
   if (failure) throw failure;
 }
 
-interface RunResult {
-  id: string;
-  domain: DomainKey;
-  group: Group;
-  arm: string;
-  seed: number;
-  lambda: number;
+interface RunResult extends Pick<Job, "id" | "domain" | "group" | "arm" | "seed" | "lambda"> {
   command: string;
   seconds: number;
   steps: number;
@@ -338,7 +332,7 @@ interface RunResult {
   final: EvalPoint | undefined;
 }
 
-function collect(jobs: Job[], _o: Options): RunResult[] {
+function collect(jobs: Job[]): RunResult[] {
   return jobs.flatMap((j) => {
     const d = readDone(j.runDir);
     if (!d) return [];
@@ -474,7 +468,7 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
 }
 
 function write(o: Options, jobs: Job[]): void {
-  const results = collect(jobs, o);
+  const results = collect(jobs);
   fs.mkdirSync(o.out, { recursive: true });
   fs.writeFileSync(path.join(o.out, "results.json"), JSON.stringify({ options: o, results }, null, 2) + "\n");
   fs.writeFileSync(path.join(o.out, "results.md"), report(o, jobs, results));
@@ -489,10 +483,6 @@ function write(o: Options, jobs: Job[]): void {
     if (opt.some((r) => r.group === "option")) panels.push(fdPanel(opt, `${key}: discriminator options`, () => 0));
   }
   if (panels.length > 0) writePng(chartSvg(panels, `FD every ${o.evalEvery} steps (stage 2: from the plateau); thin: seeds, thick: mean.`), path.join(o.out, "fd.png"));
-}
-
-function parseList(s: string): number[] {
-  return s.split(",").map((x) => Number(x.trim())).filter((x) => Number.isFinite(x));
 }
 
 async function main(): Promise<void> {
@@ -537,10 +527,7 @@ async function main(): Promise<void> {
     runs: path.resolve(a.runs),
     out: path.resolve(a.out),
     set: [
-      ...(quick
-        ? ["model.hiddenSize=32", "model.depth=1", "model.numHeads=2", "discriminator.width=32", "discriminator.depth=1",
-           "discriminator.numHeads=2", "discriminator.projDim=16", "batchSize=8", "data.limit=200", "samplesPerClass=1", "eval.steps=2"]
-        : []),
+      ...(quick ? [...QUICK_SET, "eval.steps=2"] : []),
       ...a.set,
     ],
   };
