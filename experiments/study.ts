@@ -115,6 +115,17 @@ function readJson<T>(file: string): T | undefined {
 
 const readDone = (dir: string): Done | undefined => readJson<Done>(path.join(dir, DONE));
 
+/**
+ * The finished runs of an earlier report (its results.json, committed with the repository): a run whose directory
+ * is gone (a fresh machine) keeps its figures instead of running again. A plateau run is not taken from here: its
+ * checkpoint is what the second stages continue, so without its directory it runs again (deterministically).
+ */
+let recorded = new Map<string, RunResult>();
+
+function finished(j: Job): boolean {
+  return readDone(j.runDir) !== undefined || (!j.plateau && recorded.has(j.id));
+}
+
 /** The newest complete checkpoint's step of a run directory, if any. */
 function latestStep(runDir: string): number | undefined {
   const dir = path.join(runDir, "checkpoints");
@@ -292,7 +303,7 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
 
 async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void> {
   const threads = Math.max(1, Math.floor(os.cpus().length / o.jobs));
-  const done = new Set(jobs.filter((j) => readDone(j.runDir)).map((j) => j.id));
+  const done = new Set(jobs.filter(finished).map((j) => j.id));
   const started = new Set<string>(done);
   const pending = (): Job[] => jobs.filter((j) => !started.has(j.id));
   let failure: Error | undefined;
@@ -335,7 +346,8 @@ interface RunResult extends Pick<Job, "id" | "domain" | "group" | "arm" | "seed"
 function collect(jobs: Job[]): RunResult[] {
   return jobs.flatMap((j) => {
     const d = readDone(j.runDir);
-    if (!d) return [];
+    const before = recorded.get(j.id);
+    if (!d) return before && !j.plateau ? [before] : [];
     const curve = evalPoints(j.runDir);
     const lambda = j.group === "batch" && !Number.isFinite(j.lambda) ? lambdaOf(d.command) : j.lambda;
     const arm = j.group === "batch" && lambda > 0 ? `SADM λ = ${lambda} (the best stage-2 λ), batch 128` : j.arm;
@@ -482,6 +494,12 @@ function write(o: Options, jobs: Job[]): void {
     const opt = mine.filter((r) => r.group === "option" || (r.group === "main" && r.lambda === 0));
     if (opt.some((r) => r.group === "option")) panels.push(fdPanel(opt, `${key}: discriminator options`, () => 0));
   }
+  // The final sample grids of the first seed, to see what the numbers mean.
+  for (const r of results.filter((x) => x.seed === o.seeds[0])) {
+    const job = jobs.find((j) => j.id === r.id);
+    const grid = job && path.join(job.runDir, "samples", `${checkpointName(r.steps)}.png`);
+    if (grid && fs.existsSync(grid)) fs.copyFileSync(grid, path.join(o.out, `grid-${r.id}.png`));
+  }
   if (panels.length > 0) writePng(chartSvg(panels, `FD every ${o.evalEvery} steps (stage 2: from the plateau); thin: seeds, thick: mean.`), path.join(o.out, "fd.png"));
 }
 
@@ -533,6 +551,8 @@ async function main(): Promise<void> {
   };
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
   const jobs = plan(o);
+  const earlier = readJson<{ results: RunResult[] }>(path.join(o.out, "results.json"));
+  recorded = new Map((earlier?.results ?? []).map((r) => [r.id, r]));
   write(o, jobs);
   await runAll(jobs, o, () => write(o, jobs));
   write(o, jobs);
