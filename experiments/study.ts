@@ -177,14 +177,6 @@ function plan(o: Options): Job[] {
       runDir: stage1, deps: [], steps: firstChunk, plateau: true,
       start: (steps) => ["train", "--preset", d.preset, ...d.data, "--lambda", "0", "--seed", "0", "--steps", String(steps), ...every(o.evalEvery), "--out", stage1],
     });
-    if (key === "emoji") {
-      const pre = dir(key, "pretrain");
-      jobs.push({
-        id: `${key}-pretrain`, domain: key, group: "pretrain", arm: `pre-train on ${PRETRAIN_CLASSES.length} categories to a plateau`,
-        seed: 0, lambda: 0, runDir: pre, deps: [], steps: firstChunk, plateau: true,
-        start: (steps) => ["train", "--preset", d.preset, ...d.data, "--classes", PRETRAIN_CLASSES.join(","), "--lambda", "0", "--seed", "0", "--steps", String(steps), ...every(o.evalEvery), "--out", pre],
-      });
-    }
   }
 
   /** A stage-2 arm: continue the domain's plateau checkpoint with `extra`. */
@@ -213,6 +205,16 @@ function plan(o: Options): Job[] {
       for (const [name, label, flags] of OPTIONS)
         jobs.push(arm(key, "option", `${name}-${o.optionLambda}`, `SADM λ = ${o.optionLambda}, ${label}`, seed, o.optionLambda, () => flags));
     }
+  }
+  // The fine-tuning source trains after every stage-2 arm has been queued: the main tables come first.
+  if (o.domains.includes("emoji")) {
+    const d = DOMAINS.emoji;
+    const pre = dir("emoji", "pretrain");
+    jobs.push({
+      id: "emoji-pretrain", domain: "emoji", group: "pretrain", arm: `pre-train on ${PRETRAIN_CLASSES.length} categories to a plateau`,
+      seed: 0, lambda: 0, runDir: pre, deps: [], steps: firstChunk, plateau: true,
+      start: (steps) => ["train", "--preset", d.preset, ...d.data, "--classes", PRETRAIN_CLASSES.join(","), "--lambda", "0", "--seed", "0", "--steps", String(steps), ...every(o.evalEvery), "--out", pre],
+    });
   }
   for (const seed of o.seeds) {
     for (const key of order) {

@@ -717,6 +717,32 @@ mod tests {
     }
 
     #[test]
+    fn every_discriminator_option_trains_in_a_full_step() -> Result<()> {
+        // Spectral norm, the conv body, time conditioning and the shipped LeNet as a frozen feature network: each
+        // takes SADM steps with a finite structure term, its learned variables move and the frozen ones do not.
+        use crate::config::{EncoderKind, FeatureNet};
+        let lenet = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/lenet-mnist.safetensors");
+        let (x, y) = batch(4, 1);
+        for (encoder, sn, tc) in [(EncoderKind::Transformer, true, true), (EncoderKind::Conv, true, false), (EncoderKind::Features, false, true)] {
+            let mut cfg = CoreConfig::tiny_mnist();
+            let d = &mut cfg.discriminator;
+            (d.encoder, d.spectral_norm, d.time_conditioned) = (encoder, sn, tc);
+            d.feature_net = (encoder == EncoderKind::Features).then(|| FeatureNet { arch: "lenet-mnist".into(), weights: lenet.into() });
+            let mut tr = Trainer::new(cfg, &Device::Cpu)?;
+            let before = weights(&tr.disc_vars);
+            for _ in 0..2 {
+                let s = tr.step(&x, &y, &params(0.1))?;
+                assert!(s.skipped.is_none() && s.structure.is_some_and(f64::is_finite), "{encoder:?}: {s:?}");
+            }
+            for ((name, var), old) in tr.disc_vars.iter().zip(before) {
+                let moved = var.as_tensor().flatten_all()?.to_vec1::<f32>()? != old;
+                assert_eq!(moved, !discriminator::is_frozen(name), "{encoder:?}: {name}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn bad_batches_are_rejected() -> Result<()> {
         let mut tr = Trainer::new(CoreConfig::tiny_mnist(), &Device::Cpu)?;
         let (x, y) = batch(4, 1);

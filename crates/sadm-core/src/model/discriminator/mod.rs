@@ -25,15 +25,15 @@ use candle_nn::{Conv2d, Conv2dConfig, VarBuilder, VarMap};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Name prefix of the frozen feature network's tensors: saved with the discriminator, never optimised or
-/// normalised, and detached in every forward (so no weight gradient is ever computed for them).
-pub const FROZEN_PREFIX: &str = "features.";
+/// Where the frozen feature network's tensors live (`features.conv1.weight`, …): saved with the discriminator,
+/// never optimised or normalised, and detached in every forward (so no weight gradient is ever computed for them).
+pub const FROZEN: &str = "features";
 
 /// Sinusoidal frequencies of the timestep embedding (the DiT's uses 256 for a much wider network).
 const T_FREQUENCIES: usize = 64;
 
 pub fn is_frozen(name: &str) -> bool {
-    name.starts_with(FROZEN_PREFIX)
+    name.strip_prefix(FROZEN).is_some_and(|rest| rest.starts_with('.'))
 }
 
 struct Block {
@@ -68,7 +68,7 @@ enum Body {
 
 /// Output channels of the conv body's stages: doubling up to `width` in the last, at least 8.
 fn conv_channels(cfg: &DiscriminatorConfig) -> Vec<usize> {
-    (0..cfg.depth).map(|i| (cfg.width >> (cfg.depth - 1 - i).min(usize::BITS as usize - 1)).max(8)).collect()
+    (0..cfg.depth).map(|i| cfg.width.checked_shr((cfg.depth - 1 - i) as u32).unwrap_or(0).max(8)).collect()
 }
 
 pub struct Encoder {
@@ -108,7 +108,7 @@ impl Encoder {
                 let spec = Arch::parse(&net.arch)?
                     .lenet()
                     .ok_or_else(|| Error::Config(format!("featureNet {} is not a LeNet", net.arch)))?;
-                (Body::Features(LeNet::new(spec, vb.pp(FROZEN_PREFIX.trim_end_matches('.')))?), LeNet::FEATURES)
+                (Body::Features(LeNet::new(spec, vb.pp(FROZEN))?), LeNet::FEATURES)
             }
         };
         let t_embed = if cfg.time_conditioned {
@@ -183,7 +183,7 @@ pub fn new_vars(cfg: &DiscriminatorConfig, in_channels: usize, input_size: usize
         let tensors = classifier::checked_tensors(Arch::parse(&net.arch)?, &loaded, path, device)?;
         let vars = varmap.data().lock().map_err(|_| Error::Input("discriminator variables are poisoned".into()))?;
         for (name, t) in tensors {
-            if let Some(var) = vars.get(&format!("{FROZEN_PREFIX}{name}")) {
+            if let Some(var) = vars.get(&format!("{FROZEN}.{name}")) {
                 var.set(&t)?;
             }
         }
