@@ -146,8 +146,9 @@ function plateau(curve: EvalPoint[], o: Options): { reached: boolean; why: strin
   const bestLast = Math.min(...last.map((p) => p.fd));
   const gain = 1 - bestLast / bestBefore;
   const span = `steps ${last[0].step}–${last[last.length - 1].step}`;
+  const than = `${Math.abs(100 * gain).toFixed(1)} % ${gain >= 0 ? "better" : "worse"} than the best before them (${bestBefore.toFixed(1)})`;
   return gain <= o.plateauTol
-    ? { reached: true, why: `the best FD of the last ${o.plateauWindow} evaluations (${span}: ${bestLast.toFixed(1)}) is ${(100 * gain).toFixed(1)} % better than the best before them (${bestBefore.toFixed(1)}), within ${(100 * o.plateauTol).toFixed(0)} %` }
+    ? { reached: true, why: `the best FD of the last ${o.plateauWindow} evaluations (${span}: ${bestLast.toFixed(1)}) is ${than}, not more than ${(100 * o.plateauTol).toFixed(0)} % better` }
     : { reached: false, why: `${span} improved the best FD by ${(100 * gain).toFixed(1)} % (${bestBefore.toFixed(1)} → ${bestLast.toFixed(1)})` };
 }
 
