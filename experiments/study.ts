@@ -351,7 +351,9 @@ function collect(jobs: Job[]): RunResult[] {
     const d = readDone(j.runDir);
     const before = recorded.get(j.id);
     if (!d) return before && !j.plateau ? [before] : [];
-    const curve = evalPoints(j.runDir);
+    // A stage-2 curve starts where its arms branch: the plateau's last evaluation, at step 0.
+    const branch = ["main", "option", "batch"].includes(j.group) ? evalPoints(path.join(path.dirname(path.dirname(j.runDir)), "stage1")).slice(-1) : [];
+    const curve = [...branch.map((p) => ({ ...p, step: 0 })), ...evalPoints(j.runDir)];
     const lambda = j.group === "batch" && !Number.isFinite(j.lambda) ? lambdaOf(d.command) : j.lambda;
     const arm = j.group === "batch" && lambda > 0 ? `SADM λ = ${lambda} (the best stage-2 λ), batch 128` : j.arm;
     return [{
