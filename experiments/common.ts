@@ -3,6 +3,7 @@
  * evaluations, and the mean ± std arithmetic of the tables.
  */
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
 import type * as Sadm from "../dist/index.js";
@@ -98,3 +99,49 @@ export const QUICK_SET = [
   "model.hiddenSize=32", "model.depth=1", "model.numHeads=2", "discriminator.width=32", "discriminator.depth=1",
   "discriminator.numHeads=2", "discriminator.projDim=16", "batchSize=8", "data.limit=200", "samplesPerClass=1",
 ];
+
+/** A job of {@link runQueue}: its id and the ids of the jobs it waits for. */
+export interface QueuedJob {
+  id: string;
+  deps: string[];
+}
+
+/** Compute threads per run when `workers` runs share this machine's cores. */
+export function threadsPerRun(workers: number): number {
+  return Math.max(1, Math.floor(os.cpus().length / workers));
+}
+
+/**
+ * Runs `jobs` `workers` at a time, in list order, each once the jobs it depends on are done; the ones `isDone`
+ * says are finished are skipped. `run` resolves to what the progress line prints after "done <id>". The first
+ * failure stops new starts and is thrown once the running jobs have ended.
+ */
+export async function runQueue<J extends QueuedJob>(jobs: J[], workers: number, isDone: (j: J) => boolean, run: (j: J) => Promise<string>): Promise<void> {
+  const done = new Set(jobs.filter(isDone).map((j) => j.id));
+  const started = new Set<string>(done);
+  const pending = (): J[] => jobs.filter((j) => !started.has(j.id));
+  const stamp = (): string => new Date().toISOString().slice(11, 19);
+  let failure: Error | undefined;
+  const worker = async (): Promise<void> => {
+    for (;;) {
+      if (failure) return;
+      const next = pending().find((j) => j.deps.every((d) => done.has(d)));
+      if (!next) {
+        if (pending().length === 0) return;
+        await new Promise((r) => setTimeout(r, 500));
+        continue;
+      }
+      started.add(next.id);
+      process.stdout.write(`[${stamp()}] start ${next.id} (${done.size}/${jobs.length} done)\n`);
+      try {
+        const what = await run(next);
+        done.add(next.id);
+        process.stdout.write(`[${stamp()}] done  ${next.id} ${what}\n`);
+      } catch (e) {
+        failure = e instanceof Error ? e : new Error(String(e));
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: workers }, () => worker()));
+  if (failure) throw failure;
+}

@@ -14,7 +14,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import yargs from "yargs";
-import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm, runCli, sadm, type EvalPoint } from "./common.js";
+import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm, runCli, runQueue, sadm, threadsPerRun, type EvalPoint } from "./common.js";
 import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 
 const { checkpointName, version } = sadm;
@@ -236,34 +236,8 @@ async function runJob(job: Job, threads: number): Promise<Done> {
 }
 
 async function runAll(jobs: Job[], o: Options): Promise<void> {
-  const threads = Math.max(1, Math.floor(os.cpus().length / o.jobs));
-  const done = new Set(jobs.filter((j) => readDone(j)).map((j) => j.id));
-  const started = new Set<string>(done);
-  const pending = (): Job[] => jobs.filter((j) => !started.has(j.id));
-  let failure: Error | undefined;
-  const worker = async (): Promise<void> => {
-    for (;;) {
-      if (failure) return;
-      const next = pending().find((j) => j.deps.every((d) => done.has(d)));
-      if (!next) {
-        if (pending().length === 0) return;
-        await new Promise((r) => setTimeout(r, 500));
-        continue;
-      }
-      started.add(next.id);
-      const t = new Date().toISOString().slice(11, 19);
-      process.stdout.write(`[${t}] start ${next.id} (${done.size}/${jobs.length} done)\n`);
-      try {
-        const d = await runJob(next, threads);
-        done.add(next.id);
-        process.stdout.write(`[${new Date().toISOString().slice(11, 19)}] done  ${next.id} in ${d.seconds.toFixed(0)}s\n`);
-      } catch (e) {
-        failure = e instanceof Error ? e : new Error(String(e));
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: o.jobs }, () => worker()));
-  if (failure) throw failure;
+  const threads = threadsPerRun(o.jobs);
+  await runQueue(jobs, o.jobs, (j) => readDone(j) !== undefined, async (job) => `in ${(await runJob(job, threads)).seconds.toFixed(0)}s`);
 }
 
 function collect(jobs: Job[]): RunResult[] {
@@ -344,7 +318,7 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
   lines.push(`Written by \`npm run experiment\` (experiments/sadm-vs-dit.ts), sadm ${version()}, ${new Date().toISOString().slice(0, 10)}.`);
   lines.push(
     `Machine: ${cpu}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ${o.jobs} runs at a time, ` +
-      `${Math.max(1, Math.floor(os.cpus().length / o.jobs))} thread(s) each. ` +
+      `${threadsPerRun(o.jobs)} thread(s) each. ` +
       `Compute: ${results.length}/${jobs.length} runs, ${(total / 60).toFixed(0)} min of run time, ${(wall / 60).toFixed(0)} min wall ` +
         "from the first run's start to the last one's end.",
   );

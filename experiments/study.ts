@@ -22,7 +22,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import yargs from "yargs";
-import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm, runCli, sadm, type EvalPoint } from "./common.js";
+import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm, runCli, runQueue, sadm, threadsPerRun, type EvalPoint } from "./common.js";
 import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 
 const { checkpointName, version } = sadm;
@@ -305,36 +305,13 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
 }
 
 async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void> {
-  const threads = Math.max(1, Math.floor(os.cpus().length / o.jobs));
-  const done = new Set(jobs.filter(finished).map((j) => j.id));
-  const started = new Set<string>(done);
-  const pending = (): Job[] => jobs.filter((j) => !started.has(j.id));
-  let failure: Error | undefined;
-  const stamp = (): string => new Date().toISOString().slice(11, 19);
-  const worker = async (): Promise<void> => {
-    for (;;) {
-      if (failure) return;
-      const next = pending().find((j) => j.deps.every((d) => done.has(d)));
-      if (!next) {
-        if (pending().length === 0) return;
-        await new Promise((r) => setTimeout(r, 1000));
-        continue;
-      }
-      started.add(next.id);
-      process.stdout.write(`[${stamp()}] start ${next.id} (${done.size}/${jobs.length} done)\n`);
-      try {
-        const d = await runJob(next, o, threads);
-        fs.writeFileSync(path.join(next.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
-        done.add(next.id);
-        process.stdout.write(`[${stamp()}] done  ${next.id} in ${d.seconds.toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}\n`);
-        onDone();
-      } catch (e) {
-        failure = e instanceof Error ? e : new Error(String(e));
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: o.jobs }, () => worker()));
-  if (failure) throw failure;
+  const threads = threadsPerRun(o.jobs);
+  await runQueue(jobs, o.jobs, finished, async (job) => {
+    const d = await runJob(job, o, threads);
+    fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
+    onDone();
+    return `in ${d.seconds.toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
+  });
 }
 
 interface RunResult extends Pick<Job, "id" | "domain" | "group" | "arm" | "seed" | "lambda"> {
