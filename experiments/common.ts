@@ -72,6 +72,27 @@ export function runCli(args: string[], logFile: string, threads: number): Promis
   });
 }
 
+/**
+ * The compute seconds a run's `metrics.jsonl` records: training and evaluation, summed over the processes that
+ * wrote it (each resume restarts its clock), so an interrupted and resumed run costs what it cost to run.
+ */
+export function runSeconds(runDir: string): number {
+  const file = path.join(runDir, "metrics.jsonl");
+  if (!fs.existsSync(file)) return 0;
+  let total = 0;
+  let clock = 0;
+  let evalsAfter = 0;
+  for (const r of sadm.readMetrics(file)) {
+    if (typeof r.time === "number") {
+      // A clock that went back is a new process: the last one ran to `clock` plus the evaluations after it.
+      if (r.time < clock) total += clock + evalsAfter;
+      evalsAfter = 0;
+      clock = r.time;
+    } else if (typeof r.evalSeconds === "number") evalsAfter += r.evalSeconds;
+  }
+  return total + clock + evalsAfter;
+}
+
 /** Mean and sample standard deviation of the finite values (NaN, NaN when there are none). */
 export function meanStd(xs: number[]): [number, number] {
   const v = xs.filter((x) => Number.isFinite(x));
@@ -104,6 +125,8 @@ export const QUICK_SET = [
 export interface QueuedJob {
   id: string;
   deps: string[];
+  /** Asked once its deps are done: a reason not to run it after all (it then counts as done), or undefined. */
+  skip?: () => string | undefined;
 }
 
 /** Compute threads per run when `workers` runs share this machine's cores. */
@@ -113,7 +136,7 @@ export function threadsPerRun(workers: number): number {
 
 /**
  * Runs `jobs` `workers` at a time, in list order, each once the jobs it depends on are done; the ones `isDone`
- * says are finished are skipped. `run` resolves to what the progress line prints after "done <id>". The first
+ * says are finished are skipped, and so is one whose `skip` gives a reason. `run` resolves to what the progress line prints after "done <id>". The first
  * failure stops new starts and is thrown once the running jobs have ended.
  */
 export async function runQueue<J extends QueuedJob>(jobs: J[], workers: number, isDone: (j: J) => boolean, run: (j: J) => Promise<string>): Promise<void> {
@@ -132,6 +155,12 @@ export async function runQueue<J extends QueuedJob>(jobs: J[], workers: number, 
         continue;
       }
       started.add(next.id);
+      const reason = next.skip?.();
+      if (reason !== undefined) {
+        done.add(next.id);
+        process.stdout.write(`[${stamp()}] skip  ${next.id}: ${reason}\n`);
+        continue;
+      }
       process.stdout.write(`[${stamp()}] start ${next.id} (${done.size}/${jobs.length} done)\n`);
       try {
         const what = await run(next);

@@ -8,7 +8,8 @@
  * 2. **Stage 2**: from the plateau's checkpoint (its EMA weights, fresh optimizers), every arm continues for the
  *    same number of steps with 3 seeds: plain; SADM at each λ with the Gaussian kernel and cross pairs (the two
  *    structure settings that hurt least in the first experiment); and at one λ each discriminator option
- *    (spectral norm, conv encoder, t-conditioned encoder, frozen LeNet features, low-t pairs only).
+ *    (spectral norm, conv encoder, t-conditioned encoder, frozen LeNet features, low-t pairs only), screened:
+ *    an option's later seeds run only where its first seed beat plain (`--no-screen-options` runs them all).
  * 3. **Batch 128**: plain and the best stage-2 SADM arm again at twice the batch.
  * 4. **Fine-tuning** (emoji): pre-train on five categories to a plateau, fine-tune on four others (their class
  *    embeddings never trained: DiffFit's fresh class table), `trainable: efficient` and `all`, λ = 0 against SADM.
@@ -22,7 +23,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import yargs from "yargs";
-import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm, runCli, runQueue, sadm, threadsPerRun, type EvalPoint } from "./common.js";
+import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm, runCli, runQueue, runSeconds, sadm, threadsPerRun, type EvalPoint } from "./common.js";
 import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 
 const { checkpointName, version } = sadm;
@@ -64,6 +65,8 @@ interface Options {
   seeds: number[];
   lambdas: number[];
   optionLambda: number;
+  /** Option arms run their later seeds only where the first seed beat plain. */
+  screenOptions: boolean;
   stage1Chunk: number;
   stage1Max: number;
   plateauWindow: number;
@@ -90,6 +93,8 @@ interface Job {
   /** Steps the run trains to; for a plateau job, the first chunk (it grows until FD plateaus). */
   steps: number;
   plateau: boolean;
+  /** Why not to run it after all, asked when its deps are done (see {@link QueuedJob}). */
+  skip?: () => string | undefined;
   /** The fresh start's arguments, resolved when the job starts (a dependent arm may read earlier results). */
   start: (steps: number) => string[];
 }
@@ -203,8 +208,18 @@ function plan(o: Options): Job[] {
   for (const seed of o.seeds) {
     for (const key of order) {
       jobs.push(...mainArms(key, seed));
-      for (const [name, label, flags] of OPTIONS)
-        jobs.push(arm(key, "option", `${name}-${o.optionLambda}`, `SADM λ = ${o.optionLambda}, ${label}`, seed, o.optionLambda, () => flags));
+      for (const [name, label, flags] of OPTIONS) {
+        const id = `${name}-${o.optionLambda}`;
+        const first = o.seeds[0];
+        if (!o.screenOptions || seed === first) {
+          jobs.push(arm(key, "option", id, `SADM λ = ${o.optionLambda}, ${label}`, seed, o.optionLambda, () => flags));
+          continue;
+        }
+        const screened = [`${key}-${id}-s${first}`, `${key}-plain-s${first}`];
+        const job = arm(key, "option", id, `SADM λ = ${o.optionLambda}, ${label}`, seed, o.optionLambda, () => flags, screened);
+        job.skip = () => screenedOut(jobs, screened[0], screened[1], first);
+        jobs.push(job);
+      }
     }
   }
   // The fine-tuning source trains after every stage-2 arm has been queued: the main tables come first.
@@ -246,6 +261,19 @@ function plan(o: Options): Job[] {
     }
   }
   return jobs;
+}
+
+/**
+ * The screen of a discriminator option: its later seeds are only worth their hours where the first seed beat
+ * plain (paired Δ FD < 0). A reason to skip, or undefined to run.
+ */
+function screenedOut(jobs: Job[], optionId: string, plainId: string, seed: number): string | undefined {
+  const rs = collect(jobs);
+  const opt = rs.find((r) => r.id === optionId)?.final;
+  const plain = rs.find((r) => r.id === plainId)?.final;
+  if (!opt || !plain) return undefined;
+  const delta = opt.fd - plain.fd;
+  return delta >= 0 ? `seed ${seed} did not beat plain (Δ FD ${delta >= 0 ? "+" : ""}${delta.toFixed(1)})` : undefined;
 }
 
 /** A job whose λ is the best stage-2 λ, chosen when it starts: its `--lambda` (and the SADM flags) follow. */
@@ -294,6 +322,9 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
       fs.rmSync(job.runDir, { recursive: true, force: true });
       args = job.start(target);
       command = commandLine(args);
+      // Recorded before it runs: a run killed mid-way and resumed still reports how it was started.
+      fs.mkdirSync(job.runDir, { recursive: true });
+      fs.writeFileSync(secondsFile, JSON.stringify({ seconds, command }) + "\n");
     } else {
       args = ["train", "--resume", job.runDir, "--steps", String(target), "-q"];
     }
@@ -310,7 +341,7 @@ async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void
     const d = await runJob(job, o, threads);
     fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
     onDone();
-    return `in ${d.seconds.toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
+    return `in ${runSeconds(job.runDir).toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
   });
 }
 
@@ -334,7 +365,10 @@ function collect(jobs: Job[]): RunResult[] {
     const lambda = j.group === "batch" && !Number.isFinite(j.lambda) ? lambdaOf(d.command) : j.lambda;
     const arm = j.group === "batch" && lambda > 0 ? `SADM λ = ${lambda} (the best stage-2 λ), batch 128` : j.arm;
     return [{
-      id: j.id, domain: j.domain, group: j.group, arm, seed: j.seed, lambda, command: d.command, seconds: d.seconds,
+      // Runs before the command was recorded up front lost it when killed; every job but the batch arm's (whose λ
+      // depended on results then) starts the same way again.
+      id: j.id, domain: j.domain, group: j.group, arm, seed: j.seed, lambda,
+      command: d.command || (j.group === "batch" ? "" : commandLine(j.start(j.steps))), seconds: runSeconds(j.runDir),
       steps: d.steps, plateau: d.plateau, curve, final: curve[curve.length - 1],
     }];
   });
@@ -409,6 +443,11 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
       "on the shipped LeNet's features (lenet-mnist for the digits, lenet-emoji for the emoji); accuracy = the LeNet's accuracy on the samples " +
       "w.r.t. their labels. Mean ± sample std over seeds; Δ FD is paired by seed (the same data order and noise; negative = SADM better).",
   );
+  if (o.screenOptions && o.seeds.length > 1) {
+    L.push("");
+    L.push(`Discriminator options are screened: an option arm's seeds after the first (here ${o.seeds.slice(1).join(", ")}) run only if its ` +
+      `seed-${o.seeds[0]} run beat plain seed ${o.seeds[0]} (Δ FD < 0), so the hours go to the options that might help.`);
+  }
   for (const key of o.domains) {
     const d = DOMAINS[key];
     const mine = results.filter((r) => r.domain === key);
@@ -455,7 +494,13 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
     const n = (v: number | undefined, k: number): string => (v !== undefined && Number.isFinite(v) ? v.toFixed(k) : "–");
     L.push(`| ${r.id} | ${r.steps} | ${n(f?.fd, 1)} | ${n(f?.kid, 1)} | ${n(f?.precision, 3)} | ${n(f?.recall, 3)} | ${n(f?.accuracy, 3)} | ${(r.seconds / 60).toFixed(0)} | \`${r.command}\` |`);
   }
-  const pending = jobs.filter((j) => !results.some((r) => r.id === j.id)).map((j) => j.id);
+  const left = jobs.filter((j) => !results.some((r) => r.id === j.id));
+  const skipped = left.flatMap((j) => {
+    const why = j.skip?.();
+    return why === undefined ? [] : [`${j.id} (${why})`];
+  });
+  const pending = left.filter((j) => j.skip?.() === undefined).map((j) => j.id);
+  if (skipped.length > 0) L.push("", `Skipped by the screen: ${skipped.join("; ")}.`);
   if (pending.length > 0) L.push("", `Not yet run: ${pending.join(", ")}.`);
   L.push("");
   return L.join("\n");
@@ -493,6 +538,7 @@ async function main(): Promise<void> {
     .option("seeds", { type: "string", default: "0,1,2" })
     .option("lambdas", { type: "string", default: "0.003,0.01,0.03" })
     .option("option-lambda", { type: "number", default: 0.01, describe: "λ of the discriminator-option and fine-tuning arms" })
+    .option("screen-options", { type: "boolean", default: true, describe: "Run an option arm's later seeds only where its first seed beat plain" })
     .option("stage1-chunk", { type: "number", default: 2000, describe: "Stage 1 grows by this many steps until FD plateaus" })
     .option("stage1-max", { type: "number", default: 30000, describe: "Stage 1 stops here even without a plateau" })
     .option("plateau-window", { type: "number", default: 4, describe: "Evaluations that must not improve FD" })
@@ -515,6 +561,7 @@ async function main(): Promise<void> {
     seeds: parseList(a.seeds),
     lambdas: parseList(a.lambdas),
     optionLambda: a["option-lambda"],
+    screenOptions: a["screen-options"],
     stage1Chunk: quick ? 4 : a["stage1-chunk"],
     stage1Max: quick ? 24 : a["stage1-max"],
     plateauWindow: quick ? 2 : a["plateau-window"],
