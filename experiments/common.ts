@@ -51,21 +51,24 @@ export function commandLine(args: string[]): string {
 
 /**
  * Runs the CLI with `args`, output to `logFile` (appended, so a resumed run keeps its history), with `threads`
- * compute threads. Resolves to the wall seconds; rejects naming the log on a non-zero exit.
+ * compute threads; with `stdoutFile`, standard output goes there instead (truncated first). Resolves to the wall
+ * seconds; rejects naming the log on a non-zero exit.
  */
-export function runCli(args: string[], logFile: string, threads: number): Promise<number> {
+export function runCli(args: string[], logFile: string, threads: number, stdoutFile?: string): Promise<number> {
   fs.mkdirSync(path.dirname(logFile), { recursive: true });
   const log = fs.openSync(logFile, "a");
+  const out = stdoutFile === undefined ? log : fs.openSync(stdoutFile, "w");
   const t0 = Date.now();
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], {
       cwd: ROOT,
       env: { ...process.env, RAYON_NUM_THREADS: String(threads), NO_COLOR: "1" },
-      stdio: ["ignore", log, log],
+      stdio: ["ignore", out, log],
     });
     child.on("error", reject);
     child.on("exit", (code) => {
       fs.closeSync(log);
+      if (out !== log) fs.closeSync(out);
       if (code !== 0) reject(new Error(`sadm ${args[0]} failed (exit ${code}); see ${logFile}`));
       else resolve((Date.now() - t0) / 1000);
     });

@@ -29,7 +29,7 @@ import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 const { checkpointName, version } = sadm;
 
 type DomainKey = "digits" | "emoji";
-type Group = "stage1" | "main" | "option" | "batch" | "pretrain" | "finetune";
+type Group = "stage1" | "main" | "option" | "batch" | "pretrain" | "finetune" | "noise";
 
 interface Domain {
   key: DomainKey;
@@ -65,6 +65,8 @@ interface Options {
   seeds: number[];
   lambdas: number[];
   optionLambda: number;
+  /** Sampling seeds of the evaluation-noise measurement (one checkpoint evaluated again with each). */
+  noiseSeeds: number;
   /** Option arms run their later seeds only where the first seed beat plain. */
   screenOptions: boolean;
   stage1Chunk: number;
@@ -208,6 +210,7 @@ function plan(o: Options): Job[] {
   for (const seed of o.seeds) {
     for (const key of order) {
       jobs.push(...mainArms(key, seed));
+      if (seed === o.seeds[0] && o.noiseSeeds > 0) jobs.push(noiseJob(key, dir(key, "plain", `seed-${seed}`), `${key}-plain-s${seed}`, o));
       for (const [name, label, flags] of OPTIONS) {
         const id = `${name}-${o.optionLambda}`;
         const first = o.seeds[0];
@@ -264,6 +267,44 @@ function plan(o: Options): Job[] {
 }
 
 /**
+ * How much of a difference is the evaluation's own: `checkpoint`'s final model evaluated again with other sampling
+ * seeds (every run's evaluation uses seed 0, so paired differences share their sampling noise; this is its size).
+ */
+function noiseJob(key: DomainKey, of: string, ofId: string, o: Options): Job {
+  const runDir = path.join(o.runs, key, "eval-noise");
+  return {
+    id: `${key}-eval-noise`, domain: key, group: "noise", arm: `evaluation noise: ${ofId} re-evaluated with ${o.noiseSeeds} sampling seeds`,
+    seed: 0, lambda: 0, runDir, deps: [ofId], steps: 0, plateau: false,
+    start: () => ["eval", "-k", of, "--no-append", "--json"],
+  };
+}
+
+const noiseFile = (runDir: string, seed: number): string => path.join(runDir, `seed-${seed}.json`);
+
+/** Evaluates the noise job's checkpoint with sampling seeds 1…n (each result kept, so an interruption loses one). */
+async function runNoise(job: Job, o: Options, threads: number): Promise<Done> {
+  fs.mkdirSync(job.runDir, { recursive: true });
+  const args = job.start(0);
+  let seconds = 0;
+  for (let seed = 1; seed <= o.noiseSeeds; seed++) {
+    const file = noiseFile(job.runDir, seed);
+    if (fs.existsSync(file)) continue;
+    const tmp = `${file}.partial`;
+    seconds += await runCli([...args, "--seed", String(seed)], path.join(job.runDir, "eval.log"), threads, tmp);
+    fs.renameSync(tmp, file);
+  }
+  return { seconds, command: `${commandLine(args)} --seed 1…${o.noiseSeeds}`, steps: 0 };
+}
+
+/** The noise job's evaluations, one per sampling seed. */
+function noisePoints(runDir: string): EvalPoint[] {
+  return fs.readdirSync(runDir).filter((f) => /^seed-\d+\.json$/.test(f)).flatMap((f) => {
+    const r = readJson<EvalPoint & { step: number; accuracy: number | null }>(path.join(runDir, f));
+    return r ? [{ step: r.step, fd: r.fd, kid: r.kid, precision: r.precision, recall: r.recall, accuracy: r.accuracy ?? Number.NaN }] : [];
+  });
+}
+
+/**
  * The screen of a discriminator option: its later seeds are only worth their hours where the first seed beat
  * plain (paired Δ FD < 0). A reason to skip, or undefined to run.
  */
@@ -300,6 +341,7 @@ function bestArm(jobs: Job[], key: DomainKey, o: Options): { lambda: number } {
 
 /** Runs a job to its end: resuming its last checkpoint if it has one, growing a plateau job chunk by chunk. */
 async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
+  if (job.group === "noise") return runNoise(job, o, threads);
   const secondsFile = path.join(job.runDir, SECONDS);
   const logFile = path.join(path.dirname(job.runDir), `${path.basename(job.runDir)}.log`);
   let command = readJson<{ command: string }>(secondsFile)?.command;
@@ -341,7 +383,7 @@ async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void
     const d = await runJob(job, o, threads);
     fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
     onDone();
-    return `in ${runSeconds(job.runDir).toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
+    return `in ${(job.group === "noise" ? d.seconds : runSeconds(job.runDir)).toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
   });
 }
 
@@ -352,6 +394,8 @@ interface RunResult extends Pick<Job, "id" | "domain" | "group" | "arm" | "seed"
   plateau?: string;
   curve: EvalPoint[];
   final: EvalPoint | undefined;
+  /** The evaluation-noise job: its checkpoint's metrics under each sampling seed. */
+  noise?: EvalPoint[];
 }
 
 function collect(jobs: Job[]): RunResult[] {
@@ -359,6 +403,10 @@ function collect(jobs: Job[]): RunResult[] {
     const d = readDone(j.runDir);
     const before = recorded.get(j.id);
     if (!d) return before && !j.plateau ? [before] : [];
+    if (j.group === "noise") {
+      const noise = noisePoints(j.runDir);
+      return [{ id: j.id, domain: j.domain, group: j.group, arm: j.arm, seed: 0, lambda: 0, command: d.command, seconds: d.seconds, steps: 0, curve: [], final: undefined, noise }];
+    }
     // A stage-2 curve starts where its arms branch: the plateau's last evaluation, at step 0.
     const branch = ["main", "option", "batch"].includes(j.group) ? evalPoints(path.join(path.dirname(path.dirname(j.runDir)), "stage1")).slice(-1) : [];
     const curve = [...branch.map((p) => ({ ...p, step: 0 })), ...evalPoints(j.runDir)];
@@ -464,6 +512,14 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
     L.push(`### Stage 2: ${o.stage2Steps} more steps from the plateau`);
     L.push("");
     L.push(...table(mine.filter((r) => r.group === "main" || r.group === "option"), base));
+    const noise = mine.find((r) => r.group === "noise")?.noise ?? [];
+    if (noise.length > 0) {
+      L.push("");
+      L.push(`Evaluation noise: plain seed ${o.seeds[0]}'s final model evaluated again with ${noise.length} other sampling seeds gives ` +
+        `FD ${pm(noise.map((p) => p.fd), 1)}, KID ${pm(noise.map((p) => p.kid), 1)}, precision ${pm(noise.map((p) => p.precision), 3)}, ` +
+        `recall ${pm(noise.map((p) => p.recall), 3)}, accuracy ${pm(noise.map((p) => p.accuracy), 3)}: a difference within that std ` +
+        "is the evaluation's, not the model's (every run above is evaluated with sampling seed 0, so paired differences share it).");
+    }
     const batch = mine.filter((r) => r.group === "batch");
     if (batch.length > 0) {
       L.push("");
@@ -538,6 +594,7 @@ async function main(): Promise<void> {
     .option("seeds", { type: "string", default: "0,1,2" })
     .option("lambdas", { type: "string", default: "0.003,0.01,0.03" })
     .option("option-lambda", { type: "number", default: 0.01, describe: "λ of the discriminator-option and fine-tuning arms" })
+    .option("noise-seeds", { type: "number", default: 5, describe: "Sampling seeds of the evaluation-noise measurement (0: none)" })
     .option("screen-options", { type: "boolean", default: true, describe: "Run an option arm's later seeds only where its first seed beat plain" })
     .option("stage1-chunk", { type: "number", default: 2000, describe: "Stage 1 grows by this many steps until FD plateaus" })
     .option("stage1-max", { type: "number", default: 30000, describe: "Stage 1 stops here even without a plateau" })
@@ -562,6 +619,7 @@ async function main(): Promise<void> {
     lambdas: parseList(a.lambdas),
     optionLambda: a["option-lambda"],
     screenOptions: a["screen-options"],
+    noiseSeeds: quick ? 2 : Math.max(0, a["noise-seeds"]),
     stage1Chunk: quick ? 4 : a["stage1-chunk"],
     stage1Max: quick ? 24 : a["stage1-max"],
     plateauWindow: quick ? 2 : a["plateau-window"],
