@@ -5,6 +5,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { spawn } from "node:child_process";
 import yargs from "yargs";
 import type { Argv } from "yargs";
 import { ConfigError, SadmError, errorMessage, fsError, isFsError } from "./errors.js";
@@ -20,6 +21,7 @@ import { INDEX_FILE } from "./data/latents.js";
 import { discoverClasses } from "./data/scan.js";
 import { encode } from "./latent/encode.js";
 import { decodeFile } from "./latent/decode.js";
+import { writeReport } from "./report/index.js";
 
 type PlainObject = { [key: string]: unknown };
 
@@ -610,6 +612,22 @@ function runInfo(a: { json?: boolean; checkpoint?: string }): number {
   return a.checkpoint !== undefined ? runCheckpointInfo({ checkpoint: a.checkpoint, json: a.json }) : runBuildInfo(a);
 }
 
+function runReport(a: { runs?: string[]; out?: string; open?: boolean; inlineImages?: boolean; title?: string }): number {
+  const file = writeReport(a.runs ?? [], { out: a.out, inlineImages: a.inlineImages, title: a.title });
+  process.stdout.write(`wrote ${file}\n`);
+  if (a.open) openInBrowser(file);
+  return 0;
+}
+
+/** Opens a file with the desktop's handler (xdg-open, open, start); says so when there is none. */
+function openInBrowser(file: string): void {
+  const [cmd, args] =
+    process.platform === "darwin" ? ["open", [file]] : process.platform === "win32" ? ["cmd", ["/c", "start", "", file]] : ["xdg-open", [file]];
+  const child = spawn(cmd, args, { detached: true, stdio: "ignore" });
+  child.on("error", () => process.stderr.write(`sadm: cannot open a browser (${cmd} failed): open ${file} yourself\n`));
+  child.unref();
+}
+
 function runPresets(): number {
   const lines = ["run presets:"];
   for (const [name, p] of Object.entries(RUN_PRESETS))
@@ -710,9 +728,9 @@ export function buildCli(argv: string[]): Argv {
       process.exitCode = result;
     });
   return yargs(argv)
-    // A flag given twice takes its last value, as in most CLIs; only --set collects.
+    // A flag given twice takes its last value, as in most CLIs; only --set (and report's runs) collect.
     .middleware((args) => {
-      for (const [k, v] of Object.entries(args)) if (Array.isArray(v) && k !== "_" && k !== "set") args[k] = v[v.length - 1] as unknown;
+      for (const [k, v] of Object.entries(args)) if (Array.isArray(v) && k !== "_" && k !== "set" && k !== "runs") args[k] = v[v.length - 1] as unknown;
     }, true)
     .scriptName("sadm")
     .usage("$0 <command> [options]")
@@ -859,8 +877,22 @@ export function buildCli(argv: string[]): Argv {
           .option("json", { type: "boolean", describe: "Print JSON" }),
       (a) => setResult(runInfo(a)),
     )
+    .command(
+      "report <runs..>",
+      "Write a run's HTML report (several runs: their curves overlaid); training keeps RUN/report.html up to date itself",
+      (y) =>
+        y
+          .positional("runs", { type: "string", array: true, demandOption: true, describe: "Run directories" })
+          .option("out", { alias: "o", type: "string", describe: "The HTML file (default: report.html in the first run)" })
+          .option("open", { type: "boolean", describe: "Open it in the browser" })
+          .option("inline-images", { type: "boolean", describe: "Embed the sample grids in the file (one file to share) instead of linking them" })
+          .option("title", { type: "string", describe: "The page's title (default: the run names)" })
+          .example("$0 report runs/mnist --open", "look at a run")
+          .example("$0 report runs/baseline runs/sadm -o compare.html", "λ = 0 against SADM, overlaid"),
+      (a) => setResult(runReport(a)),
+    )
     .command("presets", "List the presets", (y) => y, () => setResult(runPresets()))
-    .demandCommand(1, "give a command: train, finetune, sample, eval, encode, decode, info, presets or train-classifier")
+    .demandCommand(1, "give a command: train, finetune, sample, eval, report, encode, decode, info, presets or train-classifier")
     .strict()
     .recommendCommands()
     .help()

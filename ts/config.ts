@@ -265,6 +265,8 @@ export interface SadmConfig {
   checkpointEvery: number;
   /** Keep the last K checkpoints. */
   keepCheckpoints: number;
+  /** Keep `report.html` in the run directory up to date (rewritten at every checkpoint); `sadm report` writes it on demand. */
+  report: boolean;
   /**
    * A step whose loss or gradient norm is not finite is skipped (nothing is updated) and logged; this many
    * skipped steps in a row stop the run with an error naming the last good checkpoint.
@@ -523,6 +525,7 @@ export const BASE_DEFAULTS: SadmConfigInput = {
   emaDecay: 0.9999,
   emaWarmup: true,
   keepCheckpoints: 3,
+  report: true,
   maxBadSteps: 5,
   logEvery: 10,
   printEvery: 100,
@@ -699,6 +702,7 @@ export const configInputSchema = z.strictObject({
   sampleEvery: num(0, MAX_STEPS, true).optional(),
   checkpointEvery: num(0, MAX_STEPS, true).optional(),
   keepCheckpoints: num(1, 1_000_000, true).optional(),
+  report: bool().optional(),
   maxBadSteps: num(1, 1_000_000, true).optional(),
   logEvery: num(1, MAX_STEPS, true).optional(),
   printEvery: num(1, MAX_STEPS, true).optional(),
@@ -977,6 +981,7 @@ export function resolveConfig(input: unknown): SadmConfig {
     sampleEvery: m.sampleEvery ?? steps,
     checkpointEvery: m.checkpointEvery ?? steps,
     keepCheckpoints: requireField(m.keepCheckpoints, "config.keepCheckpoints"),
+    report: m.report ?? true,
     maxBadSteps: requireField(m.maxBadSteps, "config.maxBadSteps"),
     logEvery: requireField(m.logEvery, "config.logEvery"),
     printEvery: requireField(m.printEvery, "config.printEvery"),

@@ -175,3 +175,15 @@ export {
   type ClassifierReport,
 } from "./evaluate.js";
 export { version } from "./version.js";
+export {
+  writeReport,
+  renderReport,
+  readRun,
+  wallSeconds,
+  type ReportOptions,
+  type ReportData,
+  type ReportRun,
+  type RunStatus,
+  type StepSeries,
+} from "./report/index.js";
+export { readRunStatus, STATUS_FILE, REPORT_FILE, type RunStatusFile } from "./rundir.js";

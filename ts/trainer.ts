@@ -17,13 +17,10 @@ import { planSamples, sampleFrom } from "./sampler.js";
 import { version } from "./version.js";
 import { evalRecord, evaluateModel, formatMetrics, runVae, type EvalMetrics } from "./evaluate.js";
 import { coreDifferences, planRun, type PlanOptions, type RunPlan } from "./plan.js";
+import { BAD_IMAGES_FILE, CONFIG_FILE, REPORT_FILE, SAMPLES_DIR, STATUS_FILE, writeRunStatus, type RunStatusFile } from "./rundir.js";
+import { writeReport } from "./report/index.js";
 
-/** File name of the resolved config saved in the run directory. */
-export const CONFIG_FILE = "config.json";
-/** Folder of the sample grids written during training. */
-export const SAMPLES_DIR = "samples";
-/** The list of files the run's data skipped because they did not decode (path, then the decoder's message). */
-export const BAD_IMAGES_FILE = "bad-images.txt";
+export { BAD_IMAGES_FILE, CONFIG_FILE, SAMPLES_DIR } from "./rundir.js";
 const HISTORY_CAP = 2000;
 
 /** Per-step information passed to `onStep`: the native statistics plus the schedule values used. */
@@ -104,7 +101,16 @@ export async function train(config: SadmConfigInput | unknown = {}, opts: TrainO
   prepareRunDir(plan, data);
   const run = new Run(plan, trainer, data, opts, t0, notes);
   run.announce(say);
-  return run.execute();
+  run.record("running");
+  let result: TrainResult;
+  try {
+    result = await run.execute();
+  } catch (e) {
+    run.record("failed", e);
+    throw e;
+  }
+  run.record(result.aborted ? "aborted" : "finished");
+  return result;
 }
 
 /**
@@ -149,7 +155,7 @@ function createTrainer(plan: RunPlan): { trainer: NativeTrainer; notes: string[]
 function prepareRunDir(plan: RunPlan, data: OpenedData): void {
   const { outDir, cfg } = plan;
   if (plan.force)
-    for (const name of [METRICS_FILE, CHECKPOINTS_DIR, SAMPLES_DIR, CONFIG_FILE, BAD_IMAGES_FILE])
+    for (const name of [METRICS_FILE, CHECKPOINTS_DIR, SAMPLES_DIR, CONFIG_FILE, BAD_IMAGES_FILE, STATUS_FILE, REPORT_FILE])
       fs.rmSync(path.join(outDir, name), { recursive: true, force: true });
   try {
     fs.mkdirSync(outDir, { recursive: true });
@@ -191,6 +197,8 @@ class Run {
   private skippedSteps = 0;
   /** The grids' VAE of a latent run, once looked for (null: there is none). */
   private vae: Vae | null | undefined;
+  private readonly started = new Date().toISOString();
+  private reportFailed = false;
 
   constructor(
     private readonly plan: RunPlan,
@@ -265,6 +273,26 @@ class Run {
           `${this.data.bad[0].reason}); all are listed in ${path.join(this.plan.outDir, BAD_IMAGES_FILE)}`,
       );
     for (const note of this.plan.notes) say(`sadm: note: ${note}`);
+  }
+
+  /**
+   * Writes status.json and, unless `report: false`, refreshes report.html: at the start, at every checkpoint and
+   * at the end (also a failed one). Neither may cost the run: a report that cannot be written is said once.
+   */
+  record(state: RunStatusFile["state"], err?: unknown): void {
+    const { cfg, plan } = this;
+    const error = err instanceof Error ? { name: err.name, message: err.message } : err === undefined ? undefined : { name: "Error", message: String(err) };
+    try {
+      writeRunStatus(plan.outDir, {
+        state, step: this.step, steps: cfg.steps, device: cfg.device, sadmVersion: version(), started: this.started,
+        ...(error ? { error } : {}),
+      });
+      if (cfg.report) writeReport([plan.outDir]);
+    } catch (e) {
+      if (this.reportFailed) return;
+      this.reportFailed = true;
+      this.progress.log(`sadm: note: cannot write the run's status or report (${e instanceof Error ? e.message : String(e)}); training goes on`);
+    }
   }
 
   /** Runs the loop to `cfg.steps` or an abort, with the final grid, evaluation and checkpoint. */
@@ -415,6 +443,7 @@ class Run {
     this.lastSavedStep = this.step;
     this.lastCheckpoint = dir;
     pruneCheckpoints(this.plan.outDir, this.cfg.keepCheckpoints);
+    this.record("running");
     this.opts.onCheckpoint?.(dir, this.step);
   }
 
