@@ -80,20 +80,26 @@ export function runCli(args: string[], logFile: string, threads: number, stdoutF
  * wrote it (each resume restarts its clock), so an interrupted and resumed run costs what it cost to run.
  */
 export function runSeconds(runDir: string): number {
-  const file = path.join(runDir, "metrics.jsonl");
-  if (!fs.existsSync(file)) return 0;
-  let total = 0;
-  let clock = 0;
-  let evalsAfter = 0;
-  for (const r of sadm.readMetrics(file)) {
-    if (typeof r.time === "number") {
-      // A clock that went back is a new process: the last one ran to `clock` plus the evaluations after it.
-      if (r.time < clock) total += clock + evalsAfter;
-      evalsAfter = 0;
-      clock = r.time;
-    } else if (typeof r.evalSeconds === "number") evalsAfter += r.evalSeconds;
-  }
-  return total + clock + evalsAfter;
+  return sadm.wallSeconds(sadm.readMetrics(path.join(runDir, "metrics.jsonl")));
+}
+
+/** A markdown link from `fromDir` (where results.md is) to a run's `report.html`, or "–" when it has none. */
+export function reportLink(fromDir: string, runDir: string, text = "report"): string {
+  const file = path.join(runDir, sadm.REPORT_FILE);
+  return fs.existsSync(file) ? `[${text}](${path.relative(fromDir, file).split(path.sep).join("/")})` : "–";
+}
+
+/**
+ * Writes one report per group that overlays its runs' curves (e.g. λ = 0 against SADM, one seed) into `dir`,
+ * skipping groups none of whose runs exist yet. Returns markdown links to them from `fromDir`.
+ */
+export function compareReports(groups: Array<{ name: string; title: string; runDirs: string[] }>, dir: string, fromDir: string): string[] {
+  return groups.flatMap((g) => {
+    const runs = g.runDirs.filter((d) => fs.existsSync(path.join(d, "config.json")));
+    if (runs.length === 0) return [];
+    const file = sadm.writeReport(runs, { out: path.join(dir, `${g.name}.html`), title: g.title });
+    return [`[${g.title}](${path.relative(fromDir, file).split(path.sep).join("/")})`];
+  });
 }
 
 /** Mean and sample standard deviation of the finite values (NaN, NaN when there are none). */

@@ -14,7 +14,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import yargs from "yargs";
-import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm, runCli, runQueue, sadm, threadsPerRun, type EvalPoint } from "./common.js";
+import { CLI, COLORS, QUICK_SET, commandLine, compareReports, evalPoints, meanStd, parseList, pm, reportLink, runCli, runQueue, sadm, threadsPerRun, type EvalPoint } from "./common.js";
 import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 
 const { checkpointName, version } = sadm;
@@ -304,7 +304,18 @@ function panel(results: RunResult[], groups: Group[], title: string): Panel {
   return { title, xLabel: "training step", yLabel: "Fréchet distance (LeNet features)", series, logY: true };
 }
 
-function report(o: Options, jobs: Job[], results: RunResult[]): string {
+/** One overlay report per seed of the from-scratch arms, and one of the fine-tuning arms; their links. */
+function comparisons(o: Options, jobs: Job[]): string[] {
+  const groups = o.seeds.map((seed) => ({
+    name: `compare-scratch-seed-${seed}`,
+    title: `from scratch, seed ${seed}`,
+    runDirs: jobs.filter((j) => j.group === "scratch" && j.seed === seed).map((j) => j.runDir),
+  }));
+  groups.push({ name: "compare-finetune", title: "fine-tuning 0–4 → 5–9", runDirs: jobs.filter((j) => j.group === "finetune").map((j) => j.runDir) });
+  return compareReports(groups, o.runs, o.out);
+}
+
+function report(o: Options, jobs: Job[], results: RunResult[], compared: string[]): string {
   // Wall time from the first run's start to the last run's end, across invocations of this script.
   const done = jobs.filter((j) => readDone(j));
   const start = Math.min(...done.map((j) => finishedAt(j) - (readDone(j)?.seconds ?? 0) * 1000));
@@ -353,13 +364,16 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
   lines.push("");
   lines.push("## Runs");
   lines.push("");
-  lines.push("| run | seed | FD | KID | precision | recall | accuracy | wall s | command |");
-  lines.push("|---|---|---|---|---|---|---|---|---|");
+  if (compared.length > 0) lines.push(`Curves side by side (\`sadm report\`, in the runs folder): ${compared.join(", ")}.`, "");
+  lines.push("| run | seed | FD | KID | precision | recall | accuracy | wall s | report | command |");
+  lines.push("|---|---|---|---|---|---|---|---|---|---|");
   for (const r of results) {
     const f = r.final;
+    const job = jobs.find((j) => j.id === r.id);
     lines.push(
       `| ${r.id} | ${r.seed} | ${f ? f.fd.toFixed(1) : "–"} | ${f ? f.kid.toFixed(1) : "–"} | ${f ? f.precision.toFixed(3) : "–"} | ` +
-        `${f ? f.recall.toFixed(3) : "–"} | ${f && Number.isFinite(f.accuracy) ? f.accuracy.toFixed(3) : "–"} | ${r.seconds.toFixed(0)} | \`${r.command}\` |`,
+        `${f ? f.recall.toFixed(3) : "–"} | ${f && Number.isFinite(f.accuracy) ? f.accuracy.toFixed(3) : "–"} | ${r.seconds.toFixed(0)} | ` +
+        `${job ? reportLink(o.out, job.runDir) : "–"} | \`${r.command}\` |`,
     );
   }
   lines.push("");
@@ -419,7 +433,7 @@ async function main(): Promise<void> {
   const results = collect(jobs);
   fs.mkdirSync(o.out, { recursive: true });
   fs.writeFileSync(path.join(o.out, "results.json"), JSON.stringify({ options: o, results }, null, 2) + "\n");
-  fs.writeFileSync(path.join(o.out, "results.md"), report(o, jobs, results));
+  fs.writeFileSync(path.join(o.out, "results.md"), report(o, jobs, results, comparisons(o, jobs)));
   const svg = chartSvg(
     [panel(results, ["scratch"], "From scratch"), panel(results, ["finetune"], "Fine-tuning 0–4 → 5–9")],
     `thin lines: single seeds; thick: mean over seeds. ${o.evalSamples} samples per point, DDIM ${o.evalSteps} steps.`,

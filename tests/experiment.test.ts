@@ -39,6 +39,11 @@ describe("npm run experiment -- --quick", () => {
     expect(md).toContain("| DiT (λ = 0) | 0, 1 |");
     expect(md).toContain("| SADM second stage, λ = 0.1 | 0, 1 |");
     expect(md).toContain("| fine-tune on 5–9 with SADM, λ = 0.1 | 0, 1 |");
+    // Every run's report, and the λ = 0 against SADM overlays, are linked and there.
+    const links = [...md.matchAll(/\[([^\]]+)\]\(([^)]+\.html)\)/g)].map((m) => m[2]);
+    expect(links.filter((l) => l.endsWith("/report.html"))).toHaveLength(res.results.length);
+    expect(links).toContain("../runs/compare-scratch-seed-0.html");
+    for (const l of links) expect(fs.existsSync(path.join(dir, "out", l)), l).toBe(true);
     const png = PNG.sync.read(fs.readFileSync(path.join(dir, "out", "fd-over-steps.png")));
     expect(png.width).toBe(1120);
     // Finished runs are not run again.

@@ -264,7 +264,8 @@ describe("train (with a fake native core)", () => {
     expect(lines[0]).toMatch(/^sadm: training mnist-tiny/);
     expect(lines[1]).toBe("sadm: data: 64 MNIST digits (28×28 grey)");
     expect(lines.filter((l) => l.startsWith("step "))).toHaveLength(2);
-    expect(lines[2]).toMatch(/^step 5\/10 .*it\/s .*loss .*mse .*D /);
+    expect(lines[2]).toMatch(/^sadm: report: .*report\.html \(refreshed at every checkpoint/);
+    expect(lines[3]).toMatch(/^step 5\/10 .*it\/s .*loss .*mse .*D /);
   });
 
   it("samples only the filtered classes", async () => {

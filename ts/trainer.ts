@@ -273,6 +273,7 @@ class Run {
           `${this.data.bad[0].reason}); all are listed in ${path.join(this.plan.outDir, BAD_IMAGES_FILE)}`,
       );
     for (const note of this.plan.notes) say(`sadm: note: ${note}`);
+    if (this.cfg.report) say(`sadm: report: ${path.join(this.plan.outDir, REPORT_FILE)} (refreshed at every checkpoint; open it in a browser)`);
   }
 
   /**

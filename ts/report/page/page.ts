@@ -77,6 +77,15 @@ function smooth(values: Array<number | null>, weight: number): Array<number | nu
   });
 }
 
+/** Axis numbers short enough for the axis: 0.00012, 0.5, 12.5, 3.2k, 1.2M. */
+function compact(v: number): string {
+  const a = Math.abs(v);
+  if (a === 0) return "0";
+  if (a >= 1e6) return `${+(v / 1e6).toPrecision(3)}M`;
+  if (a >= 1e4) return `${+(v / 1e3).toPrecision(3)}k`;
+  return String(+v.toPrecision(4));
+}
+
 /** Vertical marks at `steps` (skipped steps, the current step) drawn over a chart. */
 function markSteps(marks: Array<{ steps: number[]; color: string; dash: number[] }>): (u: Plot) => void {
   return (u) => {
@@ -143,7 +152,7 @@ function drawChart(spec: ChartSpec, box: HTMLElement): boolean {
     height: 220,
     series,
     scales: { x: { time: false }, y: state.log && positive && spec.kind !== "schedule" ? { distr: 3 } : {} },
-    axes: [{ label: "step" }, {}],
+    axes: [{ label: "step" }, { size: 56, values: (_u, ticks) => ticks.map(compact) }],
     legend: { live: true },
     hooks: { draw: [markSteps(marks)] },
   };
