@@ -331,6 +331,24 @@ function withLambdaArgs(job: Job, best: () => { lambda: number }): Job {
   return job;
 }
 
+/** The first chunk boundary (`first`, then every `chunk` steps) after `at`, at most `--stage1-max`. */
+function nextBoundary(first: number, chunk: number, at: number): number {
+  return at < first ? first : first + (Math.floor((at - first) / chunk) + 1) * chunk;
+}
+
+/**
+ * Where a plateau job stops, given the evaluations so far and its newest checkpoint `at`: the first chunk boundary
+ * (`first`, `first + chunk`, …, up to `at`) whose evaluations up to it show a plateau, or the cap; else undefined.
+ */
+function plateauAt(curve: EvalPoint[], o: Options, first: number, at: number): { step: number; why: string } | undefined {
+  for (let b = first; b <= at; b += o.stage1Chunk) {
+    const p = plateau(curve.filter((e) => e.step <= b), o);
+    if (p.reached) return { step: b, why: `plateau at step ${b}: ${p.why}` };
+    if (b >= o.stage1Max) return { step: b, why: `stopped at the cap (${o.stage1Max} steps) before a plateau: ${p.why}` };
+  }
+  return undefined;
+}
+
 /** The stage-2 SADM λ with the lowest mean final FD in `key` (ties: the smaller λ). */
 function bestArm(jobs: Job[], key: DomainKey, o: Options): { lambda: number } {
   const rs = collect(jobs).filter((r) => r.domain === key && r.group === "main" && r.lambda > 0 && r.final);
@@ -350,12 +368,11 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
   for (;;) {
     const at = latestStep(job.runDir);
     if (job.plateau && at !== undefined) {
-      const p = plateau(evalPoints(job.runDir), o);
-      if (at >= target && (p.reached || at >= o.stage1Max)) {
-        const why = p.reached ? `plateau at step ${at}: ${p.why}` : `stopped at the cap (${o.stage1Max} steps) before a plateau: ${p.why}`;
-        return { seconds, command: command ?? "", steps: at, plateau: why };
-      }
-      if (at >= target) target = Math.min(o.stage1Max, at + o.stage1Chunk);
+      // Tested at the chunk boundaries only, on the evaluations up to each: where a run stops does not depend on
+      // when the study was interrupted and resumed.
+      const stop = plateauAt(evalPoints(job.runDir), o, job.steps, at);
+      if (stop) return { seconds, command: command ?? "", steps: stop.step, plateau: stop.why };
+      target = nextBoundary(job.steps, o.stage1Chunk, at);
     } else if (at !== undefined && at >= target) {
       return { seconds, command: command ?? "", steps: at };
     }
@@ -408,8 +425,12 @@ function collect(jobs: Job[]): RunResult[] {
       return [{ id: j.id, domain: j.domain, group: j.group, arm: j.arm, seed: 0, lambda: 0, command: d.command, seconds: d.seconds, steps: 0, curve: [], final: undefined, noise }];
     }
     // A stage-2 curve starts where its arms branch: the plateau's last evaluation, at step 0.
-    const branch = ["main", "option", "batch"].includes(j.group) ? evalPoints(path.join(path.dirname(path.dirname(j.runDir)), "stage1")).slice(-1) : [];
-    const curve = [...branch.map((p) => ({ ...p, step: 0 })), ...evalPoints(j.runDir)];
+    const stage1 = path.join(path.dirname(path.dirname(j.runDir)), "stage1");
+    const branchStep = readDone(stage1)?.steps ?? Infinity;
+    const branch = ["main", "option", "batch"].includes(j.group) ? evalPoints(stage1).filter((p) => p.step <= branchStep).slice(-1) : [];
+    // A plateau run may have trained past the step where it stopped (an interrupted chunk): its curve ends there.
+    const own = evalPoints(j.runDir).filter((p) => !j.plateau || p.step <= d.steps);
+    const curve = [...branch.map((p) => ({ ...p, step: 0 })), ...own];
     const lambda = j.group === "batch" && !Number.isFinite(j.lambda) ? lambdaOf(d.command) : j.lambda;
     const arm = j.group === "batch" && lambda > 0 ? `SADM λ = ${lambda} (the best stage-2 λ), batch 128` : j.arm;
     return [{
