@@ -10,9 +10,10 @@
  *    structure settings that hurt least in the first experiment); and at one λ each discriminator option
  *    (spectral norm, conv encoder, t-conditioned encoder, frozen LeNet features, low-t pairs only), screened:
  *    an option's later seeds run only where its first seed beat plain (`--no-screen-options` runs them all).
- * 3. **Batch 128**: plain and the best stage-2 SADM arm again at twice the batch.
+ * 3. **Batch 128**: plain and the best stage-2 SADM arm (a λ or an option, by mean FD over all seeds) again at
+ *    twice the batch.
  * 4. **Fine-tuning** (emoji): pre-train on five categories to a plateau, fine-tune on four others (their class
- *    embeddings never trained: DiffFit's fresh class table), `trainable: efficient` and `all`, λ = 0 against SADM.
+ *    embeddings never trained: DiffFit's fresh class table), `trainable: efficient` and `all`, λ = 0 against the best stage-2 SADM arm.
  *
  * Every run is a `sadm` CLI call (recorded in the report). Runs checkpoint as they go, and an interrupted run
  * resumes from its last checkpoint (exactly: sadm's resume is bit-exact), so the study survives across sessions;
@@ -205,10 +206,11 @@ function plan(o: Options): Job[] {
     arm(key, "main", "plain", "plain (λ = 0)", seed, 0, () => []),
     ...o.lambdas.map((l) => arm(key, "main", `sadm-${l}`, `SADM λ = ${l}`, seed, l, () => [])),
   ];
-  // Seed by seed, so that partial results are whole comparisons; the cheaper domain first.
+  // The cheaper domain first, whole: its table is complete hours before the other's; seed by seed within it, so
+  // that partial results are whole comparisons.
   const order = [...o.domains].sort((a, b) => (a === "emoji" ? -1 : b === "emoji" ? 1 : 0));
-  for (const seed of o.seeds) {
-    for (const key of order) {
+  for (const key of order) {
+    for (const seed of o.seeds) {
       jobs.push(...mainArms(key, seed));
       if (seed === o.seeds[0] && o.noiseSeeds > 0) jobs.push(noiseJob(key, dir(key, "plain", `seed-${seed}`), `${key}-plain-s${seed}`, o));
       for (const [name, label, flags] of OPTIONS) {
@@ -224,42 +226,18 @@ function plan(o: Options): Job[] {
         jobs.push(job);
       }
     }
-  }
-  // The fine-tuning source trains after every stage-2 arm has been queued: the main tables come first.
-  if (o.domains.includes("emoji")) {
-    const d = DOMAINS.emoji;
-    const pre = dir("emoji", "pretrain");
-    jobs.push({
-      id: "emoji-pretrain", domain: "emoji", group: "pretrain", arm: `pre-train on ${PRETRAIN_CLASSES.length} categories to a plateau`,
-      seed: 0, lambda: 0, runDir: pre, deps: [], steps: firstChunk, plateau: true,
-      start: (steps) => ["train", "--preset", d.preset, ...d.data, "--classes", PRETRAIN_CLASSES.join(","), "--lambda", "0", "--seed", "0", "--steps", String(steps), ...every(o.evalEvery), "--out", pre],
-    });
-  }
-  for (const seed of o.seeds) {
-    for (const key of order) {
-      const mains = o.seeds.flatMap((s) => mainArms(key, s).map((j) => j.id));
-      jobs.push(arm(key, "batch", "plain-b128", "plain (λ = 0), batch 128", seed, 0, () => ["--batch-size", "128"], mains));
-      const best = (): { lambda: number } => bestArm(jobs, key, o);
-      const job = arm(key, "batch", "best-b128", "best SADM arm, batch 128", seed, Number.NaN, () => ["--batch-size", "128"], mains);
-      jobs.push(withLambdaArgs(job, best));
-    }
-    if (o.domains.includes("emoji")) {
-      const d = DOMAINS.emoji;
+    // Once the domain's stage 2 is in: plain and its best arm at batch 128, and (emoji) the fine-tuning study.
+    const stage2 = jobs.filter((j) => j.domain === key && (j.group === "main" || j.group === "option")).map((j) => j.id);
+    const best = (): Recipe => bestRecipe(jobs, key, o);
+    if (key === "emoji") jobs.push(pretrainJob(o, every(o.evalEvery), firstChunk));
+    for (const seed of o.seeds) {
+      jobs.push(arm(key, "batch", "plain-b128", "plain (λ = 0), batch 128", seed, 0, () => ["--batch-size", "128"], stage2));
+      const job = arm(key, "batch", "best-b128", "best SADM arm, batch 128", seed, Number.NaN, () => ["--batch-size", "128"], stage2);
+      jobs.push(withRecipe(job, best));
+      if (key !== "emoji") continue;
       for (const trainable of ["efficient", "all"]) {
-        for (const lambda of [0, o.optionLambda]) {
-          const name = `ft-${trainable}-${lambda === 0 ? "plain" : `sadm-${lambda}`}`;
-          const runDir = dir("emoji", name, `seed-${seed}`);
-          jobs.push({
-            id: `emoji-${name}-s${seed}`, domain: "emoji", group: "finetune",
-            arm: `fine-tune, trainable ${trainable}, ${lambda === 0 ? "plain (λ = 0)" : `SADM λ = ${lambda}`}`,
-            seed, lambda, runDir, deps: ["emoji-pretrain"], steps: o.finetuneSteps, plateau: false,
-            start: (steps) => [
-              "finetune", "--from", branchPoint(dir("emoji", "pretrain")), "--preset", d.preset, ...d.data,
-              "--classes", FINETUNE_CLASSES.join(","), "--trainable", trainable, "--seed", String(seed), "--steps", String(steps),
-              "--lambda", String(lambda), ...(lambda > 0 ? [...ramp(steps), ...STRUCTURE] : []), ...every(steps), "--out", runDir,
-            ],
-          });
-        }
+        jobs.push(finetuneJob(o, trainable, seed, undefined, every, []));
+        jobs.push(withRecipe(finetuneJob(o, trainable, seed, best, every, stage2), best));
       }
     }
   }
@@ -317,18 +295,81 @@ function screenedOut(jobs: Job[], optionId: string, plainId: string, seed: numbe
   return delta >= 0 ? `seed ${seed} did not beat plain (Δ FD ${delta >= 0 ? "+" : ""}${delta.toFixed(1)})` : undefined;
 }
 
-/** A job whose λ is the best stage-2 λ, chosen when it starts: its `--lambda` (and the SADM flags) follow. */
-function withLambdaArgs(job: Job, best: () => { lambda: number }): Job {
+/** An SADM setting: λ and the discriminator flags on top of {@link STRUCTURE}; `label` names it in the tables. */
+interface Recipe {
+  lambda: number;
+  flags: string[];
+  label: string;
+}
+
+/**
+ * A job that trains with the domain's best stage-2 recipe, chosen when it starts: its `--lambda` and the SADM
+ * flags follow `best()`.
+ */
+function withRecipe(job: Job, best: () => Recipe): Job {
   const base = job.start;
   job.start = (steps) => {
     const args = base(steps);
-    const l = best().lambda;
+    const r = best();
     const i = args.indexOf("--lambda");
-    const out = [...args.slice(0, i), "--lambda", String(l), ...args.slice(i + 2)];
+    const out = [...args.slice(0, i), "--lambda", String(r.lambda), ...args.slice(i + 2)];
     const at = out.indexOf("--out");
-    return [...out.slice(0, at), "--adv-warmup", "0", "--adv-ramp", String(Math.max(1, Math.round(steps / 10))), ...STRUCTURE, ...out.slice(at)];
+    return [...out.slice(0, at), "--adv-warmup", "0", "--adv-ramp", String(Math.max(1, Math.round(steps / 10))), ...STRUCTURE, ...r.flags, ...out.slice(at)];
   };
   return job;
+}
+
+/**
+ * The stage-2 SADM arm (a λ, or an option) with the lowest mean final FD in `key` over all the seeds: an option
+ * the screen stopped after one seed does not compete. Ties: the earlier arm.
+ */
+function bestRecipe(jobs: Job[], key: DomainKey, o: Options): Recipe {
+  const rs = collect(jobs).filter((r) => r.domain === key && (r.group === "main" || r.group === "option") && r.lambda > 0 && r.final);
+  const recipes: Recipe[] = [
+    ...o.lambdas.map((l) => ({ lambda: l, flags: [], label: `SADM λ = ${l}` })),
+    ...OPTIONS.map(([, label, flags]) => ({ lambda: o.optionLambda, flags, label: `SADM λ = ${o.optionLambda}, ${label}` })),
+  ];
+  const scored = recipes.flatMap((rc) => {
+    const mine = rs.filter((r) => r.arm === rc.label);
+    return mine.length === o.seeds.length ? [{ rc, fd: meanStd(mine.map((r) => (r.final as EvalPoint).fd))[0] }] : [];
+  });
+  scored.sort((a, b) => a.fd - b.fd);
+  return scored[0]?.rc ?? { lambda: o.optionLambda, flags: [], label: `SADM λ = ${o.optionLambda}` };
+}
+
+/** The recipe a batch-128 or fine-tuning run used, read back from its command line. */
+function recipeOf(command: string): string {
+  const lambda = lambdaOf(command);
+  const option = OPTIONS.find(([, , flags]) => flags.every((f) => f === "--set" || command.includes(f)));
+  return option ? `SADM λ = ${lambda}, ${option[1]}` : `SADM λ = ${lambda}`;
+}
+
+/** Emoji pre-training on five categories, to a plateau: the fine-tuning arms' source. */
+function pretrainJob(o: Options, every: string[], firstChunk: number): Job {
+  const d = DOMAINS.emoji;
+  const pre = path.join(o.runs, "emoji", "pretrain");
+  return {
+    id: "emoji-pretrain", domain: "emoji", group: "pretrain", arm: `pre-train on ${PRETRAIN_CLASSES.length} categories to a plateau`,
+    seed: 0, lambda: 0, runDir: pre, deps: [], steps: firstChunk, plateau: true,
+    start: (steps) => ["train", "--preset", d.preset, ...d.data, "--classes", PRETRAIN_CLASSES.join(","), "--lambda", "0", "--seed", "0", "--steps", String(steps), ...every, "--out", pre],
+  };
+}
+
+/** A fine-tuning arm on the other four categories: plain (`best` undefined) or with the best stage-2 recipe. */
+function finetuneJob(o: Options, trainable: string, seed: number, best: (() => Recipe) | undefined, every: (steps: number) => string[], deps: string[]): Job {
+  const d = DOMAINS.emoji;
+  const name = `ft-${trainable}-${best ? "sadm-best" : "plain"}`;
+  const runDir = path.join(o.runs, "emoji", name, `seed-${seed}`);
+  return {
+    id: `emoji-${name}-s${seed}`, domain: "emoji", group: "finetune",
+    arm: `fine-tune, trainable ${trainable}, ${best ? "the best stage-2 SADM arm" : "plain (λ = 0)"}`,
+    seed, lambda: best ? Number.NaN : 0, runDir, deps: ["emoji-pretrain", ...deps], steps: o.finetuneSteps, plateau: false,
+    start: (steps) => [
+      "finetune", "--from", branchPoint(path.join(o.runs, "emoji", "pretrain")), "--preset", d.preset, ...d.data,
+      "--classes", FINETUNE_CLASSES.join(","), "--trainable", trainable, "--seed", String(seed), "--steps", String(steps),
+      "--lambda", "0", ...every(steps), "--out", runDir,
+    ],
+  };
 }
 
 /** The first chunk boundary (`first`, then every `chunk` steps) after `at`, at most `--stage1-max`. */
@@ -347,14 +388,6 @@ function plateauAt(curve: EvalPoint[], o: Options, first: number, at: number): {
     if (b >= o.stage1Max) return { step: b, why: `stopped at the cap (${o.stage1Max} steps) before a plateau: ${p.why}` };
   }
   return undefined;
-}
-
-/** The stage-2 SADM λ with the lowest mean final FD in `key` (ties: the smaller λ). */
-function bestArm(jobs: Job[], key: DomainKey, o: Options): { lambda: number } {
-  const rs = collect(jobs).filter((r) => r.domain === key && r.group === "main" && r.lambda > 0 && r.final);
-  const byLambda = o.lambdas.map((l) => ({ lambda: l, fd: meanStd(rs.filter((r) => r.lambda === l).map((r) => (r.final as EvalPoint).fd))[0] }));
-  const known = byLambda.filter((b) => Number.isFinite(b.fd)).sort((a, b) => a.fd - b.fd || a.lambda - b.lambda);
-  return { lambda: known[0]?.lambda ?? o.optionLambda };
 }
 
 /** Runs a job to its end: resuming its last checkpoint if it has one, growing a plateau job chunk by chunk. */
@@ -431,13 +464,14 @@ function collect(jobs: Job[]): RunResult[] {
     // A plateau run may have trained past the step where it stopped (an interrupted chunk): its curve ends there.
     const own = evalPoints(j.runDir).filter((p) => !j.plateau || p.step <= d.steps);
     const curve = [...branch.map((p) => ({ ...p, step: 0 })), ...own];
-    const lambda = j.group === "batch" && !Number.isFinite(j.lambda) ? lambdaOf(d.command) : j.lambda;
-    const arm = j.group === "batch" && lambda > 0 ? `SADM λ = ${lambda} (the best stage-2 λ), batch 128` : j.arm;
+    // The best-recipe arms: λ and the recipe from the command they ran.
+    const lambda = Number.isFinite(j.lambda) ? j.lambda : lambdaOf(d.command);
+    const arm = Number.isFinite(j.lambda) ? j.arm : j.group === "batch" ? `${recipeOf(d.command)} (the best stage-2 arm), batch 128` : `${j.arm.replace("the best stage-2 SADM arm", recipeOf(d.command))}`;
     return [{
       // Runs before the command was recorded up front lost it when killed; every job but the batch arm's (whose λ
       // depended on results then) starts the same way again.
       id: j.id, domain: j.domain, group: j.group, arm, seed: j.seed, lambda,
-      command: d.command || (j.group === "batch" ? "" : commandLine(j.start(j.steps))), seconds: runSeconds(j.runDir),
+      command: d.command || (Number.isFinite(j.lambda) ? commandLine(j.start(j.steps)) : ""), seconds: runSeconds(j.runDir),
       steps: d.steps, plateau: d.plateau, curve, final: curve[curve.length - 1],
     }];
   });
@@ -614,7 +648,7 @@ async function main(): Promise<void> {
     .option("domains", { type: "string", default: "digits,emoji" })
     .option("seeds", { type: "string", default: "0,1,2" })
     .option("lambdas", { type: "string", default: "0.003,0.01,0.03" })
-    .option("option-lambda", { type: "number", default: 0.01, describe: "λ of the discriminator-option and fine-tuning arms" })
+    .option("option-lambda", { type: "number", default: 0.01, describe: "λ of the discriminator-option arms" })
     .option("noise-seeds", { type: "number", default: 5, describe: "Sampling seeds of the evaluation-noise measurement (0: none)" })
     .option("screen-options", { type: "boolean", default: true, describe: "Run an option arm's later seeds only where its first seed beat plain" })
     .option("stage1-chunk", { type: "number", default: 2000, describe: "Stage 1 grows by this many steps until FD plateaus" })
