@@ -66,6 +66,8 @@ interface Options {
   seeds: number[];
   lambdas: number[];
   optionLambda: number;
+  /** Sampling seeds beyond 0 whose evaluations of each arm's final model are averaged into its final metrics. */
+  finalSeeds: number;
   /** Sampling seeds of the evaluation-noise measurement (one checkpoint evaluated again with each). */
   noiseSeeds: number;
   /** Option arms run their later seeds only where the first seed beat plain. */
@@ -131,8 +133,12 @@ const readDone = (dir: string): Done | undefined => readJson<Done>(path.join(dir
 let recorded = new Map<string, RunResult>();
 
 function finished(j: Job): boolean {
-  return readDone(j.runDir) !== undefined || (!j.plateau && recorded.has(j.id));
+  if (!j.plateau && recorded.has(j.id) && !fs.existsSync(j.runDir)) return true;
+  return readDone(j.runDir) !== undefined && (!averaged(j) || seedPoints(finalEvalDir(j)).length >= finalSeedsWanted);
 }
+
+/** `--final-seeds`, for {@link finished} (set once in main). */
+let finalSeedsWanted = 0;
 
 /** The newest complete checkpoint's step of a run directory, if any. */
 function latestStep(runDir: string): number | undefined {
@@ -257,29 +263,49 @@ function noiseJob(key: DomainKey, of: string, ofId: string, o: Options): Job {
   };
 }
 
-const noiseFile = (runDir: string, seed: number): string => path.join(runDir, `seed-${seed}.json`);
+const seedFile = (dir: string, seed: number): string => path.join(dir, `seed-${seed}.json`);
 
-/** Evaluates the noise job's checkpoint with sampling seeds 1…n (each result kept, so an interruption loses one). */
-async function runNoise(job: Job, o: Options, threads: number): Promise<Done> {
-  fs.mkdirSync(job.runDir, { recursive: true });
-  const args = job.start(0);
+/**
+ * Evaluates `checkpoint` (a run dir: its newest checkpoint) with sampling seeds 1…n into `dir`/seed-k.json, each
+ * kept as it comes (an interruption loses one evaluation). Resolves to the seconds it took.
+ */
+async function evalSeeds(checkpoint: string, dir: string, n: number, threads: number): Promise<number> {
+  fs.mkdirSync(dir, { recursive: true });
   let seconds = 0;
-  for (let seed = 1; seed <= o.noiseSeeds; seed++) {
-    const file = noiseFile(job.runDir, seed);
+  for (let seed = 1; seed <= n; seed++) {
+    const file = seedFile(dir, seed);
     if (fs.existsSync(file)) continue;
     const tmp = `${file}.partial`;
-    seconds += await runCli([...args, "--seed", String(seed)], path.join(job.runDir, "eval.log"), threads, tmp);
+    seconds += await runCli(["eval", "-k", checkpoint, "--no-append", "--json", "--seed", String(seed)], path.join(dir, "eval.log"), threads, tmp);
     fs.renameSync(tmp, file);
   }
+  return seconds;
+}
+
+async function runNoise(job: Job, o: Options, threads: number): Promise<Done> {
+  const args = job.start(0);
+  const seconds = await evalSeeds(args[2], job.runDir, o.noiseSeeds, threads);
   return { seconds, command: `${commandLine(args)} --seed 1…${o.noiseSeeds}`, steps: 0 };
 }
 
-/** The noise job's evaluations, one per sampling seed. */
-function noisePoints(runDir: string): EvalPoint[] {
-  return fs.readdirSync(runDir).filter((f) => /^seed-\d+\.json$/.test(f)).flatMap((f) => {
-    const r = readJson<EvalPoint & { step: number; accuracy: number | null }>(path.join(runDir, f));
+/** The evaluations in `dir`, one per sampling seed (seed-k.json). */
+function seedPoints(dir: string): EvalPoint[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir).filter((f) => /^seed-\d+\.json$/.test(f)).flatMap((f) => {
+    const r = readJson<EvalPoint & { step: number; accuracy: number | null }>(path.join(dir, f));
     return r ? [{ step: r.step, fd: r.fd, kid: r.kid, precision: r.precision, recall: r.recall, accuracy: r.accuracy ?? Number.NaN }] : [];
   });
+}
+
+/** Where a stage-2 run's final model's evaluations with the other sampling seeds go. */
+const finalEvalDir = (j: Job): string => path.join(j.runDir, "final-evals");
+/** Jobs whose final model is evaluated with several sampling seeds: every comparison arm. */
+const averaged = (j: Job): boolean => ["main", "option", "batch", "finetune"].includes(j.group);
+
+/** Each metric's mean over the points (the final model under several sampling seeds). */
+function meanPoint(points: EvalPoint[]): EvalPoint {
+  const m = (k: keyof EvalPoint): number => meanStd(points.map((p) => p[k]))[0];
+  return { step: points[0].step, fd: m("fd"), kid: m("kid"), precision: m("precision"), recall: m("recall"), accuracy: m("accuracy") };
 }
 
 /**
@@ -430,8 +456,9 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
 async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void> {
   const threads = threadsPerRun(o.jobs);
   await runQueue(jobs, o.jobs, finished, async (job) => {
-    const d = await runJob(job, o, threads);
+    const d = readDone(job.runDir) ?? (await runJob(job, o, threads));
     fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
+    if (averaged(job)) await evalSeeds(job.runDir, finalEvalDir(job), o.finalSeeds, threads);
     onDone();
     return `in ${(job.group === "noise" ? d.seconds : runSeconds(job.runDir)).toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
   });
@@ -446,6 +473,15 @@ interface RunResult extends Pick<Job, "id" | "domain" | "group" | "arm" | "seed"
   final: EvalPoint | undefined;
   /** The evaluation-noise job: its checkpoint's metrics under each sampling seed. */
   noise?: EvalPoint[];
+  /** How many sampling seeds `final` is the mean of. */
+  finalEvals?: number;
+}
+
+/** A run's final metrics: its last evaluation (sampling seed 0), averaged with its final-evals/ seeds where it has them. */
+function finalOf(j: Job, curve: EvalPoint[]): EvalPoint | undefined {
+  const last = curve[curve.length - 1];
+  if (!last || !averaged(j)) return last;
+  return meanPoint([last, ...seedPoints(finalEvalDir(j)).filter((p) => p.step === last.step)]);
 }
 
 function collect(jobs: Job[]): RunResult[] {
@@ -454,7 +490,7 @@ function collect(jobs: Job[]): RunResult[] {
     const before = recorded.get(j.id);
     if (!d) return before && !j.plateau ? [before] : [];
     if (j.group === "noise") {
-      const noise = noisePoints(j.runDir);
+      const noise = seedPoints(j.runDir);
       return [{ id: j.id, domain: j.domain, group: j.group, arm: j.arm, seed: 0, lambda: 0, command: d.command, seconds: d.seconds, steps: 0, curve: [], final: undefined, noise }];
     }
     // A stage-2 curve starts where its arms branch: the plateau's last evaluation, at step 0.
@@ -472,7 +508,7 @@ function collect(jobs: Job[]): RunResult[] {
       // depended on results then) starts the same way again.
       id: j.id, domain: j.domain, group: j.group, arm, seed: j.seed, lambda,
       command: d.command || (Number.isFinite(j.lambda) ? commandLine(j.start(j.steps)) : ""), seconds: runSeconds(j.runDir),
-      steps: d.steps, plateau: d.plateau, curve, final: curve[curve.length - 1],
+      steps: d.steps, plateau: d.plateau, curve, final: finalOf(j, curve), finalEvals: averaged(j) ? 1 + seedPoints(finalEvalDir(j)).length : 1,
     }];
   });
 }
@@ -542,7 +578,8 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
       `(the best of the last ${o.plateauWindow} evaluations within ${(100 * o.plateauTol).toFixed(0)} % of the best before them). ` +
       `Every stage-2 arm continues that checkpoint's EMA weights (fresh optimizers, the preset's LR warm-up) for ${o.stage2Steps} steps, ` +
       `seeds ${o.seeds.join(", ")}; SADM arms use the Gaussian kernel and cross pairs, λ ramped over the first 10 %. ` +
-      `Metrics on the final EMA model: ${o.evalSamples} class-balanced samples (UniPC, 10 steps, no guidance) against ${o.evalSamples} real images, ` +
+      `Metrics on the final EMA model, each the mean of ${1 + o.finalSeeds} evaluations with sampling seeds 0–${o.finalSeeds} ` +
+      `(the evaluation's own noise is large: see under each table): ${o.evalSamples} class-balanced samples (UniPC, 10 steps, no guidance) against ${o.evalSamples} real images, ` +
       "on the shipped LeNet's features (lenet-mnist for the digits, lenet-emoji for the emoji); accuracy = the LeNet's accuracy on the samples " +
       "w.r.t. their labels. Mean ± sample std over seeds; Δ FD is paired by seed (the same data order and noise; negative = SADM better).",
   );
@@ -572,8 +609,9 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
       L.push("");
       L.push(`Evaluation noise: plain seed ${o.seeds[0]}'s final model evaluated again with ${noise.length} other sampling seeds gives ` +
         `FD ${pm(noise.map((p) => p.fd), 1)}, KID ${pm(noise.map((p) => p.kid), 1)}, precision ${pm(noise.map((p) => p.precision), 3)}, ` +
-        `recall ${pm(noise.map((p) => p.recall), 3)}, accuracy ${pm(noise.map((p) => p.accuracy), 3)}: a difference within that std ` +
-        "is the evaluation's, not the model's (every run above is evaluated with sampling seed 0, so paired differences share it).");
+        `recall ${pm(noise.map((p) => p.recall), 3)}, accuracy ${pm(noise.map((p) => p.accuracy), 3)}. That is one evaluation's noise; ` +
+        `the table's means over ${1 + o.finalSeeds} sampling seeds have about 1/√${1 + o.finalSeeds} of it (every run uses the same seeds, so paired ` +
+        "differences share part of it). The curves are seed 0's evaluations alone.");
     }
     const batch = mine.filter((r) => r.group === "batch");
     if (batch.length > 0) {
@@ -649,6 +687,7 @@ async function main(): Promise<void> {
     .option("seeds", { type: "string", default: "0,1,2" })
     .option("lambdas", { type: "string", default: "0.003,0.01,0.03" })
     .option("option-lambda", { type: "number", default: 0.01, describe: "λ of the discriminator-option arms" })
+    .option("final-seeds", { type: "number", default: 4, describe: "Evaluate each arm's final model with this many more sampling seeds and report the mean" })
     .option("noise-seeds", { type: "number", default: 5, describe: "Sampling seeds of the evaluation-noise measurement (0: none)" })
     .option("screen-options", { type: "boolean", default: true, describe: "Run an option arm's later seeds only where its first seed beat plain" })
     .option("stage1-chunk", { type: "number", default: 2000, describe: "Stage 1 grows by this many steps until FD plateaus" })
@@ -675,6 +714,7 @@ async function main(): Promise<void> {
     optionLambda: a["option-lambda"],
     screenOptions: a["screen-options"],
     noiseSeeds: quick ? 2 : Math.max(0, a["noise-seeds"]),
+    finalSeeds: quick ? 1 : Math.max(0, a["final-seeds"]),
     stage1Chunk: quick ? 4 : a["stage1-chunk"],
     stage1Max: quick ? 24 : a["stage1-max"],
     plateauWindow: quick ? 2 : a["plateau-window"],
@@ -692,6 +732,7 @@ async function main(): Promise<void> {
     ],
   };
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
+  finalSeedsWanted = o.finalSeeds;
   const jobs = plan(o);
   const earlier = readJson<{ results: RunResult[] }>(path.join(o.out, "results.json"));
   recorded = new Map((earlier?.results ?? []).map((r) => [r.id, r]));
