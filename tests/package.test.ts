@@ -147,6 +147,12 @@ describe("the npm packages, installed without a toolchain (Linux x64)", () => {
     const train = await sadm(dir, ["train", "--steps", "3", "--limit", "128", "--eval-every", "0", "--out", "run", "-q"], 300_000);
     expect(train.status, train.stderr).toBe(0);
     expect(fs.existsSync(path.join(dir, "run", "checkpoints", "step-00000003", "state.json"))).toBe(true);
+    // The run report, with the uPlot and page script the package carries (dist/report/).
+    const html = fs.readFileSync(path.join(dir, "run", "report.html"), "utf8");
+    expect(html).toContain('id="sadm-data"');
+    expect(html).toContain("var uPlot");
+    const again = await sadm(dir, ["report", "run", "--out", "again.html"], 60_000);
+    expect(again.status, again.stderr).toBe(0);
 
     const grid = await sadm(dir, ["sample", "--checkpoint", "run", "--classes", "0,1", "--per-class", "2", "--steps", "5", "--out", "g.png"]);
     expect(grid.status, grid.stderr).toBe(0);

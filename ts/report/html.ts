@@ -46,7 +46,7 @@ export function renderReport(data: ReportData): string {
 <style>${STYLE}</style>
 </head>
 <body>
-<header><h1>${esc(data.title)}</h1><p class="muted">written ${esc(data.written)} by sadm · refresh to update</p></header>
+<header><h1>${esc(data.title)}</h1><p class="muted">written ${esc(data.written)} · refresh to update</p></header>
 <main id="app"><noscript>The report draws its charts with JavaScript; enable it for this file.</noscript></main>
 <script type="application/json" id="sadm-data">${jsonScript(data)}</script>
 <script>${a.uplot}</script>

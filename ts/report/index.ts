@@ -42,9 +42,11 @@ export function writeReport(runs: string | string[], opts: ReportOptions = {}): 
   read.forEach((r, i) => {
     if (alike[i]) r.name = `${path.basename(path.dirname(r.dir))}/${r.name}`;
   });
+  const now = new Date();
   const data: ReportData = {
     title: opts.title ?? `sadm ${read.length === 1 ? "run" : "runs"}: ${read.map((r) => r.name).join(" · ")}`,
-    written: `${new Date().toISOString().replace("T", " ").slice(0, 19)} UTC, sadm ${version()}`,
+    written: `${now.toISOString().replace("T", " ").slice(0, 19)} UTC, sadm ${version()}`,
+    writtenAt: now.toISOString(),
     runs: read,
   };
   writeFileAtomic(out, renderReport(data));

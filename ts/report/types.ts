@@ -64,6 +64,8 @@ export interface ReportRun {
 /** The page's data: the runs, and when the report was written. */
 export interface ReportData {
   title: string;
+  /** When and by which sadm it was written, for the header; `writtenAt` is the same moment as an ISO time. */
   written: string;
+  writtenAt: string;
   runs: ReportRun[];
 }

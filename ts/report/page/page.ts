@@ -253,9 +253,24 @@ function trainControls(): HTMLElement {
   return el("div", { class: "controls" }, el("label", {}, "Smoothing ", smoothing, " ", shown), el("label", {}, log, " log scale (curves with positive values)"));
 }
 
+/**
+ * How old the page is, in the header: a page that says "running" but was written an hour ago is of a run whose
+ * process was killed before it could say so (training rewrites it at every checkpoint).
+ */
+function showAge(): void {
+  const p = document.querySelector("header .muted");
+  const at = Date.parse(data.writtenAt);
+  if (!p || !Number.isFinite(at)) return;
+  const min = Math.max(0, Math.round((Date.now() - at) / 60_000));
+  const age = min < 1 ? "just now" : min < 120 ? `${min} min ago` : `${(min / 60).toFixed(1)} h ago`;
+  const running = data.runs.some((r) => r.status.state === "running");
+  p.textContent = `written ${data.written} (${age}) · ${running ? "refresh to update; training rewrites it at every checkpoint" : "refresh to update"}`;
+}
+
 function main(): void {
   const app = document.getElementById("app");
   if (!app) return;
+  showAge();
   app.replaceChildren();
   app.append(el("section", {}, el("h2", {}, data.runs.length > 1 ? "Runs" : "Run"), el("div", { class: "runs" }, ...data.runs.map(runCard))));
   app.append(chartSection("Training", "train", trainControls()));
