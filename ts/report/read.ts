@@ -10,26 +10,11 @@ import { listCheckpoints, readState, type CheckpointExtra } from "../checkpoint.
 import { METRICS_FILE } from "../logging.js";
 import { CONFIG_FILE, SAMPLES_DIR, readRunStatus, writerAlive, type RunStatusFile } from "../rundir.js";
 import { emaDecayAt, lambdaAt, lrAt } from "../schedule.js";
+import type { SadmConfig } from "../config.js";
 import type { GridImage, ReportRun, RunStatus, SkippedStep, StepSeries, TornLine } from "./types.js";
 
-/** The config fields the report reads (a run's config.json; older runs may lack some). */
-interface RunConfig {
-  preset?: string;
-  steps?: number;
-  batchSize?: number;
-  lambda?: number;
-  lr?: number;
-  lrWarmupSteps?: number;
-  advWarmupSteps?: number;
-  advRampSteps?: number;
-  emaDecay?: number;
-  emaWarmup?: boolean;
-  maxBadSteps?: number;
-  device?: string;
-  precision?: string;
-  model?: { inputSize?: number; inChannels?: number; hiddenSize?: number; depth?: number; patchSize?: number; numClasses?: number; learnSigma?: boolean };
-  data?: { name?: string; path?: string; classNames?: string[] };
-}
+/** A run's config.json: a resolved {@link SadmConfig}, though an older run's may lack fields. */
+type RunConfig = Partial<Omit<SadmConfig, "model" | "data">> & { model?: Partial<SadmConfig["model"]>; data?: Partial<SadmConfig["data"]> & { classNames?: string[] } };
 
 /** How a report shows the sample grids: paths relative to the report's folder, or inlined as data URLs. */
 export interface ReadOptions {
@@ -70,7 +55,8 @@ export function readRun(dir: string, opts: ReadOptions): ReportRun {
   const extra = newestExtra(checkpoints);
   const step = Math.max(0, ...records.map((r) => r.step), ...checkpoints.map((c) => c.step));
   const steps = config.steps ?? step;
-  const status = runStatus(readRunStatus(abs), { step, steps, skipped, records, config, checkpoints });
+  const statusFile = readRunStatus(abs);
+  const status = runStatus(statusFile, { step, steps, skipped, records, config, checkpoints });
   const resume = status.state === "running" ? undefined : `sadm train --resume ${shellQuote(abs)}${status.state === "finished" ? " --steps " + (steps * 2) : ""}`;
   return {
     name: path.basename(abs),
@@ -86,7 +72,7 @@ export function readRun(dir: string, opts: ReadOptions): ReportRun {
     grids: readGrids(abs, opts),
     checkpoints,
     resume,
-    facts: facts(config, extra, records, readRunStatus(abs)),
+    facts: facts(config, extra, records, statusFile),
     config: JSON.stringify(config, null, 2),
   };
 }
