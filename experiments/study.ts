@@ -30,7 +30,7 @@ import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 const { checkpointName, version } = sadm;
 
 type DomainKey = "digits" | "emoji";
-type Group = "stage1" | "main" | "option" | "batch" | "pretrain" | "finetune" | "noise";
+type Group = "stage1" | "main" | "option" | "batch" | "pretrain" | "finetune" | "noise" | "extractor";
 
 interface Domain {
   key: DomainKey;
@@ -66,6 +66,10 @@ interface Options {
   seeds: number[];
   lambdas: number[];
   optionLambda: number;
+  /** Epochs of the second LeNet (default: train-classifier's). */
+  extractorEpochs?: number;
+  /** Sampling seeds (from 0) of each emoji arm's final model scored on the second LeNet. */
+  crossSeeds: number;
   /** Sampling seeds beyond 0 whose evaluations of each arm's final model are averaged into its final metrics. */
   finalSeeds: number;
   /** Sampling seeds of the evaluation-noise measurement (one checkpoint evaluated again with each). */
@@ -134,11 +138,15 @@ let recorded = new Map<string, RunResult>();
 
 function finished(j: Job): boolean {
   if (!j.plateau && recorded.has(j.id) && !fs.existsSync(j.runDir)) return true;
-  return readDone(j.runDir) !== undefined && (!averaged(j) || seedPoints(finalEvalDir(j)).length >= finalSeedsWanted);
+  return (
+    readDone(j.runDir) !== undefined &&
+    (!averaged(j) || seedPoints(finalEvalDir(j)).length >= wanted.finalSeeds) &&
+    (!crossChecked(j) || seedPoints(crossEvalDir(j)).length >= wanted.crossSeeds)
+  );
 }
 
-/** `--final-seeds`, for {@link finished} (set once in main). */
-let finalSeedsWanted = 0;
+/** `--final-seeds` and `--cross-seeds`, for {@link finished} (set once in main). */
+const wanted = { finalSeeds: 0, crossSeeds: 0 };
 
 /** The newest complete checkpoint's step of a run directory, if any. */
 function latestStep(runDir: string): number | undefined {
@@ -247,6 +255,10 @@ function plan(o: Options): Job[] {
       }
     }
   }
+  if (o.domains.includes("emoji") && o.crossSeeds > 0) {
+    jobs.unshift(extractorJob(o));
+    for (const j of jobs) if (crossChecked(j)) j.deps.push("emoji-lenet2");
+  }
   return jobs;
 }
 
@@ -269,22 +281,24 @@ const seedFile = (dir: string, seed: number): string => path.join(dir, `seed-${s
  * Evaluates `checkpoint` (a run dir: its newest checkpoint) with sampling seeds 1…n into `dir`/seed-k.json, each
  * kept as it comes (an interruption loses one evaluation). Resolves to the seconds it took.
  */
-async function evalSeeds(checkpoint: string, dir: string, n: number, threads: number): Promise<number> {
+async function evalSeeds(checkpoint: string, dir: string, seeds: number[], threads: number, extra: string[] = []): Promise<number> {
   fs.mkdirSync(dir, { recursive: true });
   let seconds = 0;
-  for (let seed = 1; seed <= n; seed++) {
+  for (const seed of seeds) {
     const file = seedFile(dir, seed);
     if (fs.existsSync(file)) continue;
     const tmp = `${file}.partial`;
-    seconds += await runCli(["eval", "-k", checkpoint, "--no-append", "--json", "--seed", String(seed)], path.join(dir, "eval.log"), threads, tmp);
+    seconds += await runCli(["eval", "-k", checkpoint, "--no-append", "--json", "--seed", String(seed), ...extra], path.join(dir, "eval.log"), threads, tmp);
     fs.renameSync(tmp, file);
   }
   return seconds;
 }
 
+const range = (from: number, to: number): number[] => Array.from({ length: Math.max(0, to - from + 1) }, (_, i) => from + i);
+
 async function runNoise(job: Job, o: Options, threads: number): Promise<Done> {
   const args = job.start(0);
-  const seconds = await evalSeeds(args[2], job.runDir, o.noiseSeeds, threads);
+  const seconds = await evalSeeds(args[2], job.runDir, range(1, o.noiseSeeds), threads);
   return { seconds, command: `${commandLine(args)} --seed 1…${o.noiseSeeds}`, steps: 0 };
 }
 
@@ -301,6 +315,26 @@ function seedPoints(dir: string): EvalPoint[] {
 const finalEvalDir = (j: Job): string => path.join(j.runDir, "final-evals");
 /** Jobs whose final model is evaluated with several sampling seeds: every comparison arm. */
 const averaged = (j: Job): boolean => ["main", "option", "batch", "finetune"].includes(j.group);
+
+/**
+ * The emoji's second feature network: lenet-emoji trained again with another seed. FD on the shipped LeNet's
+ * features alone could reward an arm for matching that one network (the frozen-features discriminator uses it),
+ * so the emoji arms' final models are also scored on this one's.
+ */
+const SECOND_EXTRACTOR_SEED = 1;
+const secondExtractor = (o: Options): string => path.join(o.runs, "emoji", `lenet-emoji-seed${SECOND_EXTRACTOR_SEED}.safetensors`);
+const crossEvalDir = (j: Job): string => path.join(j.runDir, "final-evals-lenet2");
+/** Jobs scored on the second network too: the emoji comparison arms. */
+const crossChecked = (j: Job): boolean => averaged(j) && j.domain === "emoji";
+
+function extractorJob(o: Options): Job {
+  const out = secondExtractor(o);
+  return {
+    id: "emoji-lenet2", domain: "emoji", group: "extractor", arm: `lenet-emoji, seed ${SECOND_EXTRACTOR_SEED}: the second feature network`,
+    seed: SECOND_EXTRACTOR_SEED, lambda: 0, runDir: path.join(o.runs, "emoji", "lenet2"), deps: [], steps: 0, plateau: false,
+    start: () => ["train-classifier", "--arch", "lenet-emoji", "--seed", String(SECOND_EXTRACTOR_SEED), ...(o.extractorEpochs ? ["--epochs", String(o.extractorEpochs)] : []), "--out", out],
+  };
+}
 
 /** Each metric's mean over the points (the final model under several sampling seeds). */
 function meanPoint(points: EvalPoint[]): EvalPoint {
@@ -419,6 +453,12 @@ function plateauAt(curve: EvalPoint[], o: Options, first: number, at: number): {
 /** Runs a job to its end: resuming its last checkpoint if it has one, growing a plateau job chunk by chunk. */
 async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
   if (job.group === "noise") return runNoise(job, o, threads);
+  if (job.group === "extractor") {
+    fs.mkdirSync(job.runDir, { recursive: true });
+    const args = job.start(0);
+    const seconds = await runCli(args, path.join(job.runDir, "train.log"), threads, path.join(job.runDir, "stdout.txt"));
+    return { seconds, command: commandLine(args), steps: 0 };
+  }
   const secondsFile = path.join(job.runDir, SECONDS);
   const logFile = path.join(path.dirname(job.runDir), `${path.basename(job.runDir)}.log`);
   let command = readJson<{ command: string }>(secondsFile)?.command;
@@ -458,7 +498,9 @@ async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void
   await runQueue(jobs, o.jobs, finished, async (job) => {
     const d = readDone(job.runDir) ?? (await runJob(job, o, threads));
     fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
-    if (averaged(job)) await evalSeeds(job.runDir, finalEvalDir(job), o.finalSeeds, threads);
+    if (averaged(job)) await evalSeeds(job.runDir, finalEvalDir(job), range(1, o.finalSeeds), threads);
+    if (crossChecked(job) && o.crossSeeds > 0)
+      await evalSeeds(job.runDir, crossEvalDir(job), range(0, o.crossSeeds - 1), threads, ["--extractor", "lenet-emoji", "--extractor-weights", secondExtractor(o)]);
     onDone();
     return `in ${(job.group === "noise" ? d.seconds : runSeconds(job.runDir)).toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
   });
@@ -475,6 +517,10 @@ interface RunResult extends Pick<Job, "id" | "domain" | "group" | "arm" | "seed"
   noise?: EvalPoint[];
   /** How many sampling seeds `final` is the mean of. */
   finalEvals?: number;
+  /** The final model scored on the emoji's second LeNet (mean over its sampling seeds). */
+  cross?: EvalPoint;
+  /** The second LeNet's held-out accuracy (its job's row). */
+  note?: string;
 }
 
 /** A run's final metrics: its last evaluation (sampling seed 0), averaged with its final-evals/ seeds where it has them. */
@@ -489,6 +535,11 @@ function collect(jobs: Job[]): RunResult[] {
     const d = readDone(j.runDir);
     const before = recorded.get(j.id);
     if (!d) return before && !j.plateau ? [before] : [];
+    if (j.group === "extractor") {
+      const said = fs.existsSync(path.join(j.runDir, "stdout.txt")) ? fs.readFileSync(path.join(j.runDir, "stdout.txt"), "utf8") : "";
+      const note = /test accuracy [\d.]+% on \d+ held-out images/.exec(said)?.[0];
+      return [{ id: j.id, domain: j.domain, group: j.group, arm: j.arm, seed: j.seed, lambda: 0, command: d.command, seconds: d.seconds, steps: 0, curve: [], final: undefined, ...(note ? { note } : {}) }];
+    }
     if (j.group === "noise") {
       const noise = seedPoints(j.runDir);
       return [{ id: j.id, domain: j.domain, group: j.group, arm: j.arm, seed: 0, lambda: 0, command: d.command, seconds: d.seconds, steps: 0, curve: [], final: undefined, noise }];
@@ -509,6 +560,7 @@ function collect(jobs: Job[]): RunResult[] {
       id: j.id, domain: j.domain, group: j.group, arm, seed: j.seed, lambda,
       command: d.command || (Number.isFinite(j.lambda) ? commandLine(j.start(j.steps)) : ""), seconds: runSeconds(j.runDir),
       steps: d.steps, plateau: d.plateau, curve, final: finalOf(j, curve), finalEvals: averaged(j) ? 1 + seedPoints(finalEvalDir(j)).length : 1,
+      ...(crossChecked(j) && seedPoints(crossEvalDir(j)).length > 0 ? { cross: meanPoint(seedPoints(crossEvalDir(j))) } : {}),
     }];
   });
 }
@@ -518,25 +570,34 @@ function lambdaOf(command: string): number {
   return m ? Number(m[1]) : Number.NaN;
 }
 
-const HEADER = [
-  "| arm | seeds | FD ↓ | Δ FD vs plain (paired) | KID ↓ | precision ↑ | recall ↑ | accuracy ↑ | min/run |",
-  "|---|---|---|---|---|---|---|---|---|",
-];
-
-/** One table: an arm per row, mean ± std over seeds, Δ FD paired by seed with `baseline`'s runs. */
+/**
+ * One table: an arm per row, mean ± std over seeds, Δ FD paired by seed with `baseline`'s runs; with the second
+ * LeNet's FD and its paired Δ where the rows have it (the emoji).
+ */
 function table(rows: RunResult[], baseline: RunResult[]): string[] {
   const arms = [...new Set(rows.map((r) => r.arm))];
-  const out = [...HEADER];
+  const cross = rows.some((r) => r.cross);
+  const out = [
+    `| arm | seeds | FD ↓ | Δ FD vs plain (paired) | ${cross ? "FD, 2nd LeNet ↓ | Δ (paired) | " : ""}KID ↓ | precision ↑ | recall ↑ | accuracy ↑ | min/run |`,
+    `|---|---|---|---|${cross ? "---|---|" : ""}---|---|---|---|---|`,
+  ];
+  const paired = (rs: RunResult[], pick: (r: RunResult) => EvalPoint | undefined): number[] =>
+    rs.flatMap((r) => {
+      const b = pick(baseline.find((x) => x.seed === r.seed) ?? r);
+      const v = pick(r);
+      return b && v && baseline.some((x) => x.seed === r.seed) ? [v.fd - b.fd] : [];
+    });
   for (const a of arms) {
     const rs = rows.filter((r) => r.arm === a && r.final);
     const f = rs.map((r) => r.final as EvalPoint);
     const isBase = baseline.some((b) => b.arm === a);
-    const deltas = rs.flatMap((r) => {
-      const b = baseline.find((x) => x.seed === r.seed)?.final;
-      return b ? [(r.final as EvalPoint).fd - b.fd] : [];
-    });
+    const delta = (pick: (r: RunResult) => EvalPoint | undefined): string => {
+      const d = paired(rs, pick);
+      return isBase || d.length === 0 ? "–" : pm(d, 1);
+    };
+    const crossCells = cross ? `${pm(rs.flatMap((r) => (r.cross ? [r.cross.fd] : [])), 1)} | ${delta((r) => r.cross)} | ` : "";
     out.push(
-      `| ${a} | ${rs.map((r) => r.seed).join(", ")} | ${pm(f.map((p) => p.fd), 1)} | ${isBase || deltas.length === 0 ? "–" : pm(deltas, 1)} | ` +
+      `| ${a} | ${rs.map((r) => r.seed).join(", ")} | ${pm(f.map((p) => p.fd), 1)} | ${delta((r) => r.final)} | ${crossCells}` +
         `${pm(f.map((p) => p.kid), 1)} | ${pm(f.map((p) => p.precision), 3)} | ${pm(f.map((p) => p.recall), 3)} | ` +
         `${pm(f.map((p) => p.accuracy), 3)} | ${(meanStd(rs.map((r) => r.seconds))[0] / 60).toFixed(0)} |`,
     );
@@ -604,6 +665,13 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
     L.push(`### Stage 2: ${o.stage2Steps} more steps from the plateau`);
     L.push("");
     L.push(...table(mine.filter((r) => r.group === "main" || r.group === "option"), base));
+    const lenet2 = mine.find((r) => r.group === "extractor");
+    if (lenet2) {
+      L.push("");
+      L.push(`"FD, 2nd LeNet" scores the same final models (sampling seeds 0–${o.crossSeeds - 1}) on a second lenet-emoji, trained with seed ` +
+        `${SECOND_EXTRACTOR_SEED} (${lenet2.note ?? "accuracy not recorded"}): an arm that only matched the shipped LeNet's features ` +
+        "(the frozen-features discriminator is that network) would gain on FD but not here.");
+    }
     const noise = mine.find((r) => r.group === "noise")?.noise ?? [];
     if (noise.length > 0) {
       L.push("");
@@ -687,6 +755,7 @@ async function main(): Promise<void> {
     .option("seeds", { type: "string", default: "0,1,2" })
     .option("lambdas", { type: "string", default: "0.003,0.01,0.03" })
     .option("option-lambda", { type: "number", default: 0.01, describe: "λ of the discriminator-option arms" })
+    .option("cross-seeds", { type: "number", default: 2, describe: "Score each emoji arm's final model on a second LeNet with this many sampling seeds (0: not)" })
     .option("final-seeds", { type: "number", default: 4, describe: "Evaluate each arm's final model with this many more sampling seeds and report the mean" })
     .option("noise-seeds", { type: "number", default: 5, describe: "Sampling seeds of the evaluation-noise measurement (0: none)" })
     .option("screen-options", { type: "boolean", default: true, describe: "Run an option arm's later seeds only where its first seed beat plain" })
@@ -715,6 +784,8 @@ async function main(): Promise<void> {
     screenOptions: a["screen-options"],
     noiseSeeds: quick ? 2 : Math.max(0, a["noise-seeds"]),
     finalSeeds: quick ? 1 : Math.max(0, a["final-seeds"]),
+    crossSeeds: quick ? 1 : Math.max(0, a["cross-seeds"]),
+    ...(quick ? { extractorEpochs: 1 } : {}),
     stage1Chunk: quick ? 4 : a["stage1-chunk"],
     stage1Max: quick ? 24 : a["stage1-max"],
     plateauWindow: quick ? 2 : a["plateau-window"],
@@ -732,7 +803,8 @@ async function main(): Promise<void> {
     ],
   };
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
-  finalSeedsWanted = o.finalSeeds;
+  wanted.finalSeeds = o.finalSeeds;
+  wanted.crossSeeds = o.crossSeeds;
   const jobs = plan(o);
   const earlier = readJson<{ results: RunResult[] }>(path.join(o.out, "results.json"));
   recorded = new Map((earlier?.results ?? []).map((r) => [r.id, r]));
