@@ -195,10 +195,17 @@ describe("run report in headless Chromium", () => {
     expect(fs.statSync(path.join(root, "report.png")).size).toBeGreaterThan(10_000);
   });
 
-  it("renders a one-step run and a run stopped on non-finite steps", async () => {
+  it("renders a one-step run, a run stopped on non-finite steps and a run in progress", async () => {
+    // In progress: its status names a live process (this one), as a training process's report does mid-run.
+    const running = path.join(root, "running");
+    fs.cpSync(one, running, { recursive: true });
+    const status = JSON.parse(fs.readFileSync(path.join(running, "status.json"), "utf8")) as Record<string, unknown>;
+    fs.writeFileSync(path.join(running, "status.json"), JSON.stringify({ ...status, state: "running", pid: process.pid }));
+    writeReport([running]);
     for (const [dir, series, text] of [
       [one, 1, "finished"],
       [stopped, trainRecords(stopped), "3 steps in a row were skipped"],
+      [running, 1, "running: step 1 of 1"],
     ] as const) {
       const { page, errors } = await openReport(browser, path.join(dir, REPORT_FILE));
       expect(errors, dir).toEqual([]);
