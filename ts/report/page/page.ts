@@ -86,6 +86,17 @@ function compact(v: number): string {
   return String(+v.toPrecision(4));
 }
 
+/** uPlot's padded range, except for a flat series (λ = 0 throughout), which gets a unit-wide band around it instead of 0–100. */
+function linearRange(_u: Plot, min: number | null, max: number | null): [number, number] {
+  if (min === null || max === null) return [0, 1];
+  if (min === max) {
+    const pad = Math.abs(min) > 0 ? Math.abs(min) * 0.5 : 0.5;
+    return [min - pad, max + pad];
+  }
+  const [lo, hi] = uPlot.rangeNum(min, max, 0.1, true);
+  return [lo ?? min, hi ?? max];
+}
+
 /** Vertical marks at `steps` (skipped steps, the current step) drawn over a chart. */
 function markSteps(marks: Array<{ steps: number[]; color: string; dash: number[] }>): (u: Plot) => void {
   return (u) => {
@@ -151,7 +162,7 @@ function drawChart(spec: ChartSpec, box: HTMLElement): boolean {
     width: Math.max(300, box.clientWidth - 12),
     height: 220,
     series,
-    scales: { x: { time: false }, y: state.log && positive && spec.kind !== "schedule" ? { distr: 3 } : {} },
+    scales: { x: { time: false }, y: state.log && positive && spec.kind !== "schedule" ? { distr: 3 } : { range: linearRange } },
     axes: [{ label: "step" }, { size: 56, values: (_u, ticks) => ticks.map(compact) }],
     legend: { live: true },
     hooks: { draw: [markSteps(marks)] },
