@@ -502,7 +502,8 @@ async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void
     if (crossChecked(job) && o.crossSeeds > 0)
       await evalSeeds(job.runDir, crossEvalDir(job), range(0, o.crossSeeds - 1), threads, ["--extractor", "lenet-emoji", "--extractor-weights", secondExtractor(o)]);
     onDone();
-    return `in ${(job.group === "noise" ? d.seconds : runSeconds(job.runDir)).toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
+    const trained = job.group !== "noise" && job.group !== "extractor";
+    return `in ${(trained ? runSeconds(job.runDir) : d.seconds).toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
   });
 }
 
