@@ -83,10 +83,13 @@ export function runSeconds(runDir: string): number {
   return sadm.wallSeconds(sadm.readMetrics(path.join(runDir, "metrics.jsonl")));
 }
 
+/** A markdown link to `file` from a document in `fromDir`. */
+const mdLink = (text: string, fromDir: string, file: string): string => `[${text}](${path.relative(fromDir, file).split(path.sep).join("/")})`;
+
 /** A markdown link from `fromDir` (where results.md is) to a run's `report.html`, or "–" when it has none. */
 export function reportLink(fromDir: string, runDir: string, text = "report"): string {
   const file = path.join(runDir, sadm.REPORT_FILE);
-  return fs.existsSync(file) ? `[${text}](${path.relative(fromDir, file).split(path.sep).join("/")})` : "–";
+  return fs.existsSync(file) ? mdLink(text, fromDir, file) : "–";
 }
 
 /**
@@ -98,7 +101,7 @@ export function compareReports(groups: Array<{ name: string; title: string; runD
     const runs = g.runDirs.filter((d) => fs.existsSync(path.join(d, "config.json")));
     if (runs.length === 0) return [];
     const file = sadm.writeReport(runs, { out: path.join(dir, `${g.name}.html`), title: g.title });
-    return [`[${g.title}](${path.relative(fromDir, file).split(path.sep).join("/")})`];
+    return [mdLink(g.title, fromDir, file)];
   });
 }
 

@@ -117,7 +117,7 @@ interface Done {
 }
 
 const DONE = "done.json";
-const SECONDS = "seconds.json";
+const COMMAND = "command.json";
 
 function readJson<T>(file: string): T | undefined {
   try {
@@ -459,10 +459,12 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
     const seconds = await runCli(args, path.join(job.runDir, "train.log"), threads, path.join(job.runDir, "stdout.txt"));
     return { seconds, command: commandLine(args), steps: 0 };
   }
-  const secondsFile = path.join(job.runDir, SECONDS);
+  const commandFile = path.join(job.runDir, COMMAND);
   const logFile = path.join(path.dirname(job.runDir), `${path.basename(job.runDir)}.log`);
-  let command = readJson<{ command: string }>(secondsFile)?.command;
-  let seconds = readJson<{ seconds: number }>(secondsFile)?.seconds ?? 0;
+  // Runs started before the command had its own file kept it in seconds.json.
+  let command = (readJson<{ command: string }>(commandFile) ?? readJson<{ command: string }>(path.join(job.runDir, "seconds.json")))?.command ?? "";
+  // What it cost comes from its metrics.jsonl (each resume restarts the clock there): nothing to add up here.
+  const done = (steps: number, plateau?: string): Done => ({ seconds: runSeconds(job.runDir), command, steps, ...(plateau ? { plateau } : {}) });
   let target = job.steps;
   for (;;) {
     const at = latestStep(job.runDir);
@@ -470,10 +472,10 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
       // Tested at the chunk boundaries only, on the evaluations up to each: where a run stops does not depend on
       // when the study was interrupted and resumed.
       const stop = plateauAt(evalPoints(job.runDir), o, job.steps, at);
-      if (stop) return { seconds, command: command ?? "", steps: stop.step, plateau: stop.why };
+      if (stop) return done(stop.step, stop.why);
       target = nextBoundary(job.steps, o.stage1Chunk, at);
     } else if (at !== undefined && at >= target) {
-      return { seconds, command: command ?? "", steps: at };
+      return done(at);
     }
     let args: string[];
     if (at === undefined) {
@@ -482,14 +484,13 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
       command = commandLine(args);
       // Recorded before it runs: a run killed mid-way and resumed still reports how it was started.
       fs.mkdirSync(job.runDir, { recursive: true });
-      fs.writeFileSync(secondsFile, JSON.stringify({ seconds, command }) + "\n");
+      fs.writeFileSync(commandFile, JSON.stringify({ command }) + "\n");
     } else {
       args = ["train", "--resume", job.runDir, "--steps", String(target), "-q"];
     }
-    seconds += await runCli(args, logFile, threads).catch((e: unknown) => {
+    await runCli(args, logFile, threads).catch((e: unknown) => {
       throw new Error(`${job.id}: ${e instanceof Error ? e.message : String(e)}`);
     });
-    fs.writeFileSync(secondsFile, JSON.stringify({ seconds, command }) + "\n");
   }
 }
 
@@ -502,8 +503,7 @@ async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void
     if (crossChecked(job) && o.crossSeeds > 0)
       await evalSeeds(job.runDir, crossEvalDir(job), range(0, o.crossSeeds - 1), threads, ["--extractor", "lenet-emoji", "--extractor-weights", secondExtractor(o)]);
     onDone();
-    const trained = job.group !== "noise" && job.group !== "extractor";
-    return `in ${(trained ? runSeconds(job.runDir) : d.seconds).toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
+    return `in ${d.seconds.toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
   });
 }
 

@@ -8,16 +8,13 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { Browser } from "puppeteer-core";
 import { NumericalError, REPORT_FILE, readMetrics, readRun, setNativeModule, train, writeReport, type SadmConfigInput } from "../ts/index";
 import { makeFakeNative } from "./fake-native";
-import { runCli, tmpDir } from "./helpers";
+import { TINY_NETS, runCli, tmpDir } from "./helpers";
 import { drawn, launch, openReport } from "./browser";
 
 function tiny(outDir: string, extra: SadmConfigInput = {}): SadmConfigInput {
   return {
+    ...TINY_NETS,
     outDir,
-    model: { hiddenSize: 32, depth: 1, numHeads: 2 },
-    discriminator: { width: 32, depth: 1, numHeads: 2, projDim: 16 },
-    data: { name: "mnist", limit: 64 },
-    batchSize: 8,
     steps: 12,
     sampleEvery: 4,
     checkpointEvery: 4,

@@ -17,15 +17,12 @@ import {
   type SadmConfigInput,
 } from "../ts/index";
 import { makeFakeNative } from "./fake-native";
-import { tmpDir } from "./helpers";
+import { TINY_NETS, tmpDir } from "./helpers";
 
 function tiny(outDir: string, extra: SadmConfigInput = {}): SadmConfigInput {
   return {
+    ...TINY_NETS,
     outDir,
-    model: { hiddenSize: 32, depth: 1, numHeads: 2 },
-    discriminator: { width: 32, depth: 1, numHeads: 2, projDim: 16 },
-    data: { name: "mnist", limit: 64 },
-    batchSize: 8,
     steps: 10,
     lr: 1e-3,
     sampleEvery: 5,

@@ -39,23 +39,43 @@ export class MetricsLog {
 
 /** Reads a metrics.jsonl file (skipping unparsable lines, e.g. a torn last line). */
 export function readMetrics(file: string): Array<Record<string, unknown>> {
+  return readMetricsLines(file).records.map((r) => r.record);
+}
+
+/** A metrics.jsonl line that is not a JSON object (a killed writer leaves a torn last line): 1-based number, text. */
+export interface UnreadLine {
+  line: number;
+  text: string;
+}
+
+/** A metrics.jsonl record and where it stands in the file. */
+export interface MetricsLine extends UnreadLine {
+  record: Record<string, unknown>;
+}
+
+/** metrics.jsonl's records with their lines, and the lines that are not JSON objects (empty lines are neither). */
+export function readMetricsLines(file: string): { records: MetricsLine[]; unread: UnreadLine[] } {
   let text: string;
   try {
     text = fs.readFileSync(file, "utf8");
   } catch {
-    return [];
+    return { records: [], unread: [] };
   }
-  const out: Array<Record<string, unknown>> = [];
-  for (const line of text.split("\n")) {
-    if (!line.trim()) continue;
+  const records: MetricsLine[] = [];
+  const unread: UnreadLine[] = [];
+  text.split("\n").forEach((line, i) => {
+    if (!line.trim()) return;
+    let v: unknown;
     try {
-      const v: unknown = JSON.parse(line);
-      if (typeof v === "object" && v !== null && !Array.isArray(v)) out.push(v as Record<string, unknown>);
+      v = JSON.parse(line);
     } catch {
-      // torn line: skip
+      v = undefined;
     }
-  }
-  return out;
+    const at = { line: i + 1, text: line.slice(0, 200) };
+    if (typeof v === "object" && v !== null && !Array.isArray(v)) records.push({ ...at, record: v as Record<string, unknown> });
+    else unread.push(at);
+  });
+  return { records, unread };
 }
 
 /** Averages numeric fields over a window of steps. */

@@ -4,7 +4,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ConfigError, DataError, NativeError, NumericalError, fsError, isFsError } from "./errors.js";
+import { ConfigError, DataError, NativeError, NumericalError, errorMessage, fsError, isFsError } from "./errors.js";
 import { toCoreConfig, type SadmConfig, type SadmConfigInput } from "./config.js";
 import { BatchLoader, classLabels, type DataPosition, type OpenedData, type PositionedBatch } from "./data/index.js";
 import { emaDecayAt, lambdaAt, lrAt } from "./schedule.js";
@@ -282,7 +282,7 @@ class Run {
    */
   record(state: RunStatusFile["state"], err?: unknown): void {
     const { cfg, plan } = this;
-    const error = err instanceof Error ? { name: err.name, message: err.message } : err === undefined ? undefined : { name: "Error", message: String(err) };
+    const error = err === undefined ? undefined : { name: err instanceof Error ? err.name : "Error", message: errorMessage(err) };
     try {
       writeRunStatus(plan.outDir, {
         state, step: this.step, steps: cfg.steps, device: cfg.device, sadmVersion: version(), started: this.started,
@@ -292,7 +292,7 @@ class Run {
     } catch (e) {
       if (this.reportFailed) return;
       this.reportFailed = true;
-      this.progress.log(`sadm: note: cannot write the run's status or report (${e instanceof Error ? e.message : String(e)}); training goes on`);
+      this.progress.log(`sadm: note: cannot write the run's status or report (${errorMessage(e)}); training goes on`);
     }
   }
 

@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { CheckpointError } from "../errors.js";
 import { listCheckpoints, readState, type CheckpointExtra } from "../checkpoint.js";
-import { METRICS_FILE } from "../logging.js";
+import { METRICS_FILE, readMetricsLines } from "../logging.js";
 import { CONFIG_FILE, SAMPLES_DIR, readRunStatus, writerAlive, type RunStatusFile } from "../rundir.js";
 import { emaDecayAt, lambdaAt, lrAt } from "../schedule.js";
 import type { SadmConfig } from "../config.js";
@@ -88,27 +88,16 @@ function readConfig(file: string): RunConfig {
 
 type MetricsRow = { step: number } & Record<string, unknown>;
 
-/** metrics.jsonl's records, and the lines that did not parse (a killed writer's torn last line). */
+/** metrics.jsonl's records with a step, and the lines that are not (a killed writer's torn last line). */
 function readRecords(file: string): { records: MetricsRow[]; torn: TornLine[] } {
-  let text = "";
-  try {
-    text = fs.readFileSync(file, "utf8");
-  } catch {
-    return { records: [], torn: [] };
+  const { records, unread } = readMetricsLines(file);
+  const torn: TornLine[] = [...unread];
+  const rows: MetricsRow[] = [];
+  for (const { line, text, record } of records) {
+    if (typeof record.step === "number") rows.push(record as MetricsRow);
+    else torn.push({ line, text });
   }
-  const records: MetricsRow[] = [];
-  const torn: TornLine[] = [];
-  text.split("\n").forEach((line, i) => {
-    if (!line.trim()) return;
-    try {
-      const v: unknown = JSON.parse(line);
-      if (typeof v === "object" && v !== null && typeof (v as { step?: unknown }).step === "number") records.push(v as MetricsRow);
-      else torn.push({ line: i + 1, text: line.slice(0, 200) });
-    } catch {
-      torn.push({ line: i + 1, text: line.slice(0, 200) });
-    }
-  });
-  return { records, torn };
+  return { records: rows, torn: torn.sort((x, y) => x.line - y.line) };
 }
 
 function push(into: Record<string, StepSeries>, key: string, step: number, v: unknown): void {

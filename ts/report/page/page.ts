@@ -29,26 +29,30 @@ interface ChartSpec {
   title: string;
   /** [metric key, label] pairs; each run draws each key. */
   keys: Array<[string, string]>;
-  source: (run: ReportRun) => Record<string, StepSeries>;
   /** Training curves: smoothed, log toggle, skipped steps marked. Schedules: the current step marked. */
   kind: "train" | "schedule" | "eval";
 }
 
 const CHARTS: ChartSpec[] = [
-  { id: "loss", title: "Denoising loss (MSE)", keys: [["mse", "mse"]], source: (r) => r.train, kind: "train" },
-  { id: "vb", title: "Variational bound term (learned Σ)", keys: [["vb", "vb"]], source: (r) => r.train, kind: "train" },
-  { id: "structure", title: "Structure distance D (real vs generated batch)", keys: [["structure", "D"]], source: (r) => r.train, kind: "train" },
-  { id: "disc", title: "Discriminator loss", keys: [["discLoss", "disc loss"]], source: (r) => r.train, kind: "train" },
-  { id: "gradnorm", title: "Gradient norms", keys: [["gradNormDit", "DiT"], ["gradNormDisc", "discriminator"]], source: (r) => r.train, kind: "train" },
-  { id: "throughput", title: "Throughput (it/s)", keys: [["itPerSec", "it/s"]], source: (r) => r.train, kind: "train" },
-  { id: "lambda", title: "λ schedule", keys: [["lambda", "λ"]], source: (r) => r.schedules, kind: "schedule" },
-  { id: "lr", title: "Learning-rate schedule", keys: [["lr", "lr"]], source: (r) => r.schedules, kind: "schedule" },
-  { id: "emaDecay", title: "EMA-decay schedule", keys: [["emaDecay", "EMA decay"]], source: (r) => r.schedules, kind: "schedule" },
-  { id: "fd", title: "Fréchet distance ↓", keys: [["fd", "FD"]], source: (r) => r.evals, kind: "eval" },
-  { id: "kid", title: "KID ↓", keys: [["kid", "KID"]], source: (r) => r.evals, kind: "eval" },
-  { id: "pr", title: "Precision and recall ↑", keys: [["precision", "precision"], ["recall", "recall"]], source: (r) => r.evals, kind: "eval" },
-  { id: "accuracy", title: "Classifier accuracy on samples ↑", keys: [["accuracy", "accuracy"]], source: (r) => r.evals, kind: "eval" },
+  { id: "loss", title: "Denoising loss (MSE)", keys: [["mse", "mse"]], kind: "train" },
+  { id: "vb", title: "Variational bound term (learned Σ)", keys: [["vb", "vb"]], kind: "train" },
+  { id: "structure", title: "Structure distance D (real vs generated batch)", keys: [["structure", "D"]], kind: "train" },
+  { id: "disc", title: "Discriminator loss", keys: [["discLoss", "disc loss"]], kind: "train" },
+  { id: "gradnorm", title: "Gradient norms", keys: [["gradNormDit", "DiT"], ["gradNormDisc", "discriminator"]], kind: "train" },
+  { id: "throughput", title: "Throughput (it/s)", keys: [["itPerSec", "it/s"]], kind: "train" },
+  { id: "lambda", title: "λ schedule", keys: [["lambda", "λ"]], kind: "schedule" },
+  { id: "lr", title: "Learning-rate schedule", keys: [["lr", "lr"]], kind: "schedule" },
+  { id: "emaDecay", title: "EMA-decay schedule", keys: [["emaDecay", "EMA decay"]], kind: "schedule" },
+  { id: "fd", title: "Fréchet distance ↓", keys: [["fd", "FD"]], kind: "eval" },
+  { id: "kid", title: "KID ↓", keys: [["kid", "KID"]], kind: "eval" },
+  { id: "pr", title: "Precision and recall ↑", keys: [["precision", "precision"], ["recall", "recall"]], kind: "eval" },
+  { id: "accuracy", title: "Classifier accuracy on samples ↑", keys: [["accuracy", "accuracy"]], kind: "eval" },
 ];
+
+/** Where a chart's series live in a run. */
+function seriesOf(run: ReportRun, kind: ChartSpec["kind"]): Record<string, StepSeries> {
+  return kind === "train" ? run.train : kind === "schedule" ? run.schedules : run.evals;
+}
 
 const data = JSON.parse(document.getElementById("sadm-data")?.textContent ?? "{}") as ReportData;
 const state = { smoothing: 0.6, log: false };
@@ -129,7 +133,7 @@ function drawChart(spec: ChartSpec, box: HTMLElement): boolean {
   const drawn: DrawnChart = { title: spec.title, series: [] };
   data.runs.forEach((run, ri) => {
     spec.keys.forEach(([key, label], ki) => {
-      const s = spec.source(run)[key];
+      const s = seriesOf(run, spec.kind)[key];
       // A curve of zeros is one the run did not have (no learned Σ, no discriminator at λ = 0); a schedule of
       // zeros is a fact (λ stays 0).
       if (!s || !s.values.some((v) => v !== null && (v !== 0 || spec.kind === "schedule"))) return;
