@@ -16,9 +16,14 @@
  *    embeddings never trained: DiffFit's fresh class table), `trainable: efficient` and `all`, λ = 0 against the best stage-2 SADM arm.
  *
  * Every run is a `sadm` CLI call (recorded in the report). Runs checkpoint as they go, and an interrupted run
- * resumes from its last checkpoint (exactly: sadm's resume is bit-exact), so the study survives across sessions;
- * a finished run (its `done.json`) never runs again. The report (`results.md`, `results.json`, plots) is rewritten
- * after every finished run, so it always shows what is done so far.
+ * resumes from its last checkpoint (exactly: sadm's resume is bit-exact); a finished run (its `done.json`) never
+ * runs again. The report (`results.md`, `results.json`, plots) is rewritten after every finished run, so it always
+ * shows what is done so far.
+ *
+ * The run directories need not outlive the machine: what a later session needs is kept next to the report, to be
+ * committed with it. results.json holds every finished run's figures; `branch/` each plateau's EMA weights (what
+ * the second stages start from) and `lenet-emoji-seed1.safetensors` the second LeNet; `--park` copies the
+ * unfinished plateau runs' newest checkpoints to `parked/`, where the next start picks them up.
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -28,6 +33,8 @@ import { CLI, COLORS, QUICK_SET, commandLine, evalPoints, meanStd, parseList, pm
 import { chartSvg, writePng, type Panel, type Series } from "./plot.js";
 
 const { checkpointName, version } = sadm;
+/** A checkpoint's EMA weights (ts/checkpoint.ts lists a checkpoint's files). */
+const EMA_FILE = "ema.safetensors";
 
 type DomainKey = "digits" | "emoji";
 type Group = "stage1" | "main" | "option" | "batch" | "pretrain" | "finetune" | "noise" | "extractor";
@@ -131,13 +138,15 @@ const readDone = (dir: string): Done | undefined => readJson<Done>(path.join(dir
 
 /**
  * The finished runs of an earlier report (its results.json, committed with the repository): a run whose directory
- * is gone (a fresh machine) keeps its figures instead of running again. A plateau run is not taken from here: its
- * checkpoint is what the second stages continue, so without its directory it runs again (deterministically).
+ * is gone (a fresh machine: the run directories do not outlive a session here) keeps its figures instead of running
+ * again. A plateau run counts as finished that way only where its branch weights are committed too (see
+ * {@link branchFile}); without them it runs again (deterministically, to the same weights).
  */
 let recorded = new Map<string, RunResult>();
 
 function finished(j: Job): boolean {
-  if (!j.plateau && recorded.has(j.id) && !fs.existsSync(j.runDir)) return true;
+  if (j.group === "extractor") return fs.existsSync(secondExtractor(store.dir));
+  if (recorded.has(j.id) && !fs.existsSync(j.runDir) && (!j.plateau || fs.existsSync(branchFile(j.id)))) return true;
   return (
     readDone(j.runDir) !== undefined &&
     (!averaged(j) || seedPoints(finalEvalDir(j)).length >= wanted.finalSeeds) &&
@@ -174,11 +183,68 @@ function plateau(curve: EvalPoint[], o: Options): { reached: boolean; why: strin
     : { reached: false, why: `${span} improved the best FD by ${(100 * gain).toFixed(1)} % (${bestBefore.toFixed(1)} → ${bestLast.toFixed(1)})` };
 }
 
-/** The checkpoint a finished plateau job hands to its second stages: its last one. */
-function branchPoint(runDir: string): string {
-  const step = readDone(runDir)?.steps ?? latestStep(runDir);
-  if (step === undefined) throw new Error(`${runDir} has no checkpoint to continue from`);
-  return path.join(runDir, "checkpoints", checkpointName(step));
+/**
+ * What the study keeps next to its report, committed with it, so that a fresh machine continues where the last
+ * one stopped: each plateau's EMA weights (`branch/<job>.safetensors`, what every second stage starts from) and
+ * the second LeNet. Set once in main.
+ */
+const store = { dir: "" };
+
+/** A plateau job's committed branch weights: its stopping checkpoint's EMA weights. */
+const branchFile = (id: string): string => path.join(store.dir, "branch", `${id}.safetensors`);
+
+/** Copies a finished plateau job's stopping checkpoint's EMA weights to {@link branchFile} (atomically). */
+function keepBranch(job: Job, steps: number): void {
+  const file = branchFile(job.id);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.copyFileSync(path.join(job.runDir, "checkpoints", checkpointName(steps), EMA_FILE), `${file}.partial`);
+  fs.renameSync(`${file}.partial`, file);
+}
+
+/**
+ * A plateau run in progress, kept in the store (`parked/<job>/`) so the next machine resumes it instead of starting
+ * over: a stage 1 takes longer than a session here. What resuming needs: the run's files (config, metrics,
+ * command) and its newest checkpoint; not the sample grids, the report or older checkpoints.
+ */
+const parkedDir = (id: string): string => path.join(store.dir, "parked", id);
+
+/** `--park`: parks every unfinished plateau run that has a checkpoint. The ids parked. */
+function park(jobs: Job[]): string[] {
+  return jobs.flatMap((j) => {
+    const at = j.plateau && !finished(j) ? latestStep(j.runDir) : undefined;
+    if (at === undefined) return [];
+    const to = parkedDir(j.id);
+    const tmp = `${to}.partial`;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    fs.mkdirSync(path.join(tmp, "checkpoints"), { recursive: true });
+    for (const f of fs.readdirSync(j.runDir)) {
+      const from = path.join(j.runDir, f);
+      if (fs.statSync(from).isFile() && f !== "report.html") fs.copyFileSync(from, path.join(tmp, f));
+    }
+    fs.cpSync(path.join(j.runDir, "checkpoints", checkpointName(at)), path.join(tmp, "checkpoints", checkpointName(at)), { recursive: true });
+    fs.rmSync(to, { recursive: true, force: true });
+    fs.renameSync(tmp, to);
+    return [`${j.id} (step ${at})`];
+  });
+}
+
+/** Puts a parked run back where it runs, when its directory is not here (a fresh machine). */
+function unpark(jobs: Job[]): void {
+  for (const j of jobs) {
+    if (fs.existsSync(parkedDir(j.id)) && !fs.existsSync(j.runDir)) fs.cpSync(parkedDir(j.id), j.runDir, { recursive: true });
+  }
+}
+
+/**
+ * Where a plateau job's second stages start: its stopping checkpoint while its directory is here (as every arm
+ * did before the weights were committed), else the committed EMA weights, the same tensors (`finetune --from` a
+ * checkpoint takes its EMA weights; tests/finetune.test.ts checks the two start the same run).
+ */
+function branchPoint(id: string, runDir: string): string {
+  const step = readDone(runDir)?.steps;
+  if (step !== undefined) return path.join(runDir, "checkpoints", checkpointName(step));
+  if (fs.existsSync(branchFile(id))) return branchFile(id);
+  throw new Error(`${runDir} has no checkpoint to continue from`);
 }
 
 function plan(o: Options): Job[] {
@@ -210,7 +276,7 @@ function plan(o: Options): Job[] {
       id: `${key}-${name}-s${seed}`, domain: key, group, arm: label, seed, lambda, runDir, deps: [`${key}-stage1`, ...deps],
       steps: o.stage2Steps, plateau: false,
       start: (steps) => [
-        "finetune", "--from", branchPoint(dir(key, "stage1")), "--preset", d.preset, ...d.data, "--seed", String(seed),
+        "finetune", "--from", branchPoint(`${key}-stage1`, dir(key, "stage1")), "--preset", d.preset, ...d.data, "--seed", String(seed),
         "--steps", String(steps), "--lambda", String(lambda), ...(lambda > 0 ? [...ramp(steps), ...STRUCTURE] : []),
         ...every(steps), ...extra(), "--out", runDir,
       ],
@@ -256,7 +322,8 @@ function plan(o: Options): Job[] {
     }
   }
   if (o.domains.includes("emoji") && o.crossSeeds > 0) {
-    jobs.unshift(extractorJob(o));
+    // After the stage-1 runs (the longest, started first) and before the arms that need it.
+    jobs.splice(jobs.findIndex((j) => j.group !== "stage1"), 0, extractorJob(o));
     for (const j of jobs) if (crossChecked(j)) j.deps.push("emoji-lenet2");
   }
   return jobs;
@@ -322,13 +389,13 @@ const averaged = (j: Job): boolean => ["main", "option", "batch", "finetune"].in
  * so the emoji arms' final models are also scored on this one's.
  */
 const SECOND_EXTRACTOR_SEED = 1;
-const secondExtractor = (o: Options): string => path.join(o.runs, "emoji", `lenet-emoji-seed${SECOND_EXTRACTOR_SEED}.safetensors`);
+const secondExtractor = (storeDir: string): string => path.join(storeDir, `lenet-emoji-seed${SECOND_EXTRACTOR_SEED}.safetensors`);
 const crossEvalDir = (j: Job): string => path.join(j.runDir, "final-evals-lenet2");
 /** Jobs scored on the second network too: the emoji comparison arms. */
 const crossChecked = (j: Job): boolean => averaged(j) && j.domain === "emoji";
 
 function extractorJob(o: Options): Job {
-  const out = secondExtractor(o);
+  const out = secondExtractor(o.out);
   return {
     id: "emoji-lenet2", domain: "emoji", group: "extractor", arm: `lenet-emoji, seed ${SECOND_EXTRACTOR_SEED}: the second feature network`,
     seed: SECOND_EXTRACTOR_SEED, lambda: 0, runDir: path.join(o.runs, "emoji", "lenet2"), deps: [], steps: 0, plateau: false,
@@ -425,7 +492,7 @@ function finetuneJob(o: Options, trainable: string, seed: number, best: (() => R
     arm: `fine-tune, trainable ${trainable}, ${best ? "the best stage-2 SADM arm" : "plain (λ = 0)"}`,
     seed, lambda: best ? Number.NaN : 0, runDir, deps: ["emoji-pretrain", ...deps], steps: o.finetuneSteps, plateau: false,
     start: (steps) => [
-      "finetune", "--from", branchPoint(path.join(o.runs, "emoji", "pretrain")), "--preset", d.preset, ...d.data,
+      "finetune", "--from", branchPoint("emoji-pretrain", path.join(o.runs, "emoji", "pretrain")), "--preset", d.preset, ...d.data,
       "--classes", FINETUNE_CLASSES.join(","), "--trainable", trainable, "--seed", String(seed), "--steps", String(steps),
       "--lambda", "0", ...every(steps), "--out", runDir,
     ],
@@ -498,10 +565,14 @@ async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void
   const threads = threadsPerRun(o.jobs);
   await runQueue(jobs, o.jobs, finished, async (job) => {
     const d = readDone(job.runDir) ?? (await runJob(job, o, threads));
+    if (job.plateau) {
+      keepBranch(job, d.steps);
+      fs.rmSync(parkedDir(job.id), { recursive: true, force: true });
+    }
     fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
     if (averaged(job)) await evalSeeds(job.runDir, finalEvalDir(job), range(1, o.finalSeeds), threads);
     if (crossChecked(job) && o.crossSeeds > 0)
-      await evalSeeds(job.runDir, crossEvalDir(job), range(0, o.crossSeeds - 1), threads, ["--extractor", "lenet-emoji", "--extractor-weights", secondExtractor(o)]);
+      await evalSeeds(job.runDir, crossEvalDir(job), range(0, o.crossSeeds - 1), threads, ["--extractor", "lenet-emoji", "--extractor-weights", secondExtractor(o.out)]);
     onDone();
     return `in ${d.seconds.toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
   });
@@ -535,7 +606,7 @@ function collect(jobs: Job[]): RunResult[] {
   return jobs.flatMap((j) => {
     const d = readDone(j.runDir);
     const before = recorded.get(j.id);
-    if (!d) return before && !j.plateau ? [before] : [];
+    if (!d) return before && finished(j) ? [before] : [];
     if (j.group === "extractor") {
       const said = fs.existsSync(path.join(j.runDir, "stdout.txt")) ? fs.readFileSync(path.join(j.runDir, "stdout.txt"), "utf8") : "";
       const note = /test accuracy [\d.]+% on \d+ held-out images/.exec(said)?.[0];
@@ -547,8 +618,9 @@ function collect(jobs: Job[]): RunResult[] {
     }
     // A stage-2 curve starts where its arms branch: the plateau's last evaluation, at step 0.
     const stage1 = path.join(path.dirname(path.dirname(j.runDir)), "stage1");
-    const branchStep = readDone(stage1)?.steps ?? Infinity;
-    const branch = ["main", "option", "batch"].includes(j.group) ? evalPoints(stage1).filter((p) => p.step <= branchStep).slice(-1) : [];
+    const branchStep = readDone(stage1)?.steps;
+    const stage1Curve = branchStep !== undefined ? evalPoints(stage1).filter((p) => p.step <= branchStep) : (recorded.get(`${j.domain}-stage1`)?.curve ?? []);
+    const branch = ["main", "option", "batch"].includes(j.group) ? stage1Curve.slice(-1) : [];
     // A plateau run may have trained past the step where it stopped (an interrupted chunk): its curve ends there.
     const own = evalPoints(j.runDir).filter((p) => !j.plateau || p.step <= d.steps);
     const curve = [...branch.map((p) => ({ ...p, step: 0 })), ...own];
@@ -772,6 +844,7 @@ async function main(): Promise<void> {
     .option("runs", { type: "string", default: "runs/study", describe: "Where the run directories go" })
     .option("out", { type: "string", default: "experiments/results/study", describe: "Where the report goes" })
     .option("set", { type: "string", array: true, default: [] as string[], describe: "Config overrides for every run" })
+    .option("park", { type: "boolean", describe: "Keep the unfinished plateau runs' newest checkpoints next to the report (to commit), and exit" })
     .strict()
     .parseAsync();
   const quick = a.quick === true;
@@ -805,10 +878,17 @@ async function main(): Promise<void> {
   };
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
   wanted.finalSeeds = o.finalSeeds;
+  store.dir = o.out;
   wanted.crossSeeds = o.crossSeeds;
   const jobs = plan(o);
   const earlier = readJson<{ results: RunResult[] }>(path.join(o.out, "results.json"));
   recorded = new Map((earlier?.results ?? []).map((r) => [r.id, r]));
+  if (a.park === true) {
+    const parked = park(jobs);
+    process.stdout.write(parked.length ? `parked ${parked.join(", ")} in ${path.join(o.out, "parked")}\n` : "no plateau run in progress to park\n");
+    return;
+  }
+  unpark(jobs);
   write(o, jobs);
   await runAll(jobs, o, () => write(o, jobs));
   write(o, jobs);

@@ -420,6 +420,17 @@ describe("evaluation and fine-tuning end to end (native addon)", () => {
     const names = t.trainableNames();
     expect(names).toContain("blocks.0.attn.qkv.bias");
     expect(names).not.toContain("blocks.0.attn.qkv.weight");
+    // A checkpoint's ema.safetensors alone starts the same run as the checkpoint (the study commits only those).
+    const args = (from: string, to: string): string[] =>
+      ["finetune", "--from", from, "--config", cfgFile, "--lambda", "0.1", "--steps", "3", "--out", to, "--sample-every", "0", "--eval-every", "0", "-q"];
+    const [viaDir, viaFile] = [path.join(dir, "via-dir"), path.join(dir, "via-file")];
+    const checkpoint = path.join(out, "checkpoints", "step-00000006");
+    expect((await runCliAsync(args(checkpoint, viaDir), { timeoutMs: 300_000 })).status).toBe(0);
+    expect((await runCliAsync(args(path.join(checkpoint, "ema.safetensors"), viaFile), { timeoutMs: 300_000 })).status).toBe(0);
+    for (const f of ["model.safetensors", "ema.safetensors", "discriminator.safetensors"]) {
+      const a = fs.readFileSync(path.join(viaDir, "checkpoints", "step-00000003", f));
+      expect(a.equals(fs.readFileSync(path.join(viaFile, "checkpoints", "step-00000003", f))), f).toBe(true);
+    }
     // Another architecture is refused with the tensor named.
     const bad = await runCliAsync(["finetune", "--from", out, "--set", "model.depth=2", "--steps", "1", "--out", path.join(dir, "bad")]);
     expect(bad.status).toBe(1);
