@@ -145,7 +145,7 @@ const readDone = (dir: string): Done | undefined => readJson<Done>(path.join(dir
 let recorded = new Map<string, RunResult>();
 
 function finished(j: Job): boolean {
-  if (j.group === "extractor") return fs.existsSync(secondExtractor(store.dir));
+  if (j.group === "extractor") return fs.existsSync(secondExtractor());
   if (recorded.has(j.id) && !fs.existsSync(j.runDir) && (!j.plateau || fs.existsSync(branchFile(j.id)))) return true;
   return (
     readDone(j.runDir) !== undefined &&
@@ -238,7 +238,7 @@ function unpark(jobs: Job[]): void {
 /**
  * Where a plateau job's second stages start: its stopping checkpoint while its directory is here (as every arm
  * did before the weights were committed), else the committed EMA weights, the same tensors (`finetune --from` a
- * checkpoint takes its EMA weights; tests/finetune.test.ts checks the two start the same run).
+ * checkpoint takes its EMA weights; tests/e2e.test.ts checks the two start the same run).
  */
 function branchPoint(id: string, runDir: string): string {
   const step = readDone(runDir)?.steps;
@@ -389,13 +389,13 @@ const averaged = (j: Job): boolean => ["main", "option", "batch", "finetune"].in
  * so the emoji arms' final models are also scored on this one's.
  */
 const SECOND_EXTRACTOR_SEED = 1;
-const secondExtractor = (storeDir: string): string => path.join(storeDir, `lenet-emoji-seed${SECOND_EXTRACTOR_SEED}.safetensors`);
+const secondExtractor = (): string => path.join(store.dir, `lenet-emoji-seed${SECOND_EXTRACTOR_SEED}.safetensors`);
 const crossEvalDir = (j: Job): string => path.join(j.runDir, "final-evals-lenet2");
 /** Jobs scored on the second network too: the emoji comparison arms. */
 const crossChecked = (j: Job): boolean => averaged(j) && j.domain === "emoji";
 
 function extractorJob(o: Options): Job {
-  const out = secondExtractor(o.out);
+  const out = secondExtractor();
   return {
     id: "emoji-lenet2", domain: "emoji", group: "extractor", arm: `lenet-emoji, seed ${SECOND_EXTRACTOR_SEED}: the second feature network`,
     seed: SECOND_EXTRACTOR_SEED, lambda: 0, runDir: path.join(o.runs, "emoji", "lenet2"), deps: [], steps: 0, plateau: false,
@@ -572,7 +572,7 @@ async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void
     fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
     if (averaged(job)) await evalSeeds(job.runDir, finalEvalDir(job), range(1, o.finalSeeds), threads);
     if (crossChecked(job) && o.crossSeeds > 0)
-      await evalSeeds(job.runDir, crossEvalDir(job), range(0, o.crossSeeds - 1), threads, ["--extractor", "lenet-emoji", "--extractor-weights", secondExtractor(o.out)]);
+      await evalSeeds(job.runDir, crossEvalDir(job), range(0, o.crossSeeds - 1), threads, ["--extractor", "lenet-emoji", "--extractor-weights", secondExtractor()]);
     onDone();
     return `in ${d.seconds.toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
   });
@@ -878,8 +878,8 @@ async function main(): Promise<void> {
   };
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
   wanted.finalSeeds = o.finalSeeds;
-  store.dir = o.out;
   wanted.crossSeeds = o.crossSeeds;
+  store.dir = o.out;
   const jobs = plan(o);
   const earlier = readJson<{ results: RunResult[] }>(path.join(o.out, "results.json"));
   recorded = new Map((earlier?.results ?? []).map((r) => [r.id, r]));
