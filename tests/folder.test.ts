@@ -11,6 +11,7 @@ import { tmpDir } from "./helpers";
 import {
   DataError,
   MnistDataset,
+  scanEmoji,
   findData,
   loadNative,
   readImages,
@@ -18,6 +19,7 @@ import {
   type DataConfig,
   type OpenedData,
 } from "../ts/index";
+import { cacheKey } from "../ts/data/cache";
 import { decodeRgb } from "../ts/data/decode";
 
 const CACHE = tmpDir("sadm-cache-");
@@ -273,6 +275,26 @@ describe("image folders through the decoder", () => {
     // Another preprocessing is another cache, next to the first.
     await open({ path: d, resize: "stretch" });
     expect(caches()).toHaveLength(2);
+  });
+
+  it("identifies the built-in emoji by the package's version, not by its files' mtimes (a reinstall stamps new ones)", () => {
+    const scan = scanEmoji();
+    const pkg = JSON.parse(fs.readFileSync(path.join(scan.root, "..", "..", "..", "package.json"), "utf8")) as { name: string; version: string };
+    expect(scan.package).toBe(`${pkg.name}@${pkg.version}`);
+    const cfg = resolveConfig({ data: { name: "emoji" } }).data;
+    const before = findData(cfg).fingerprint;
+    // As `npm ci` leaves it: the same files with the time of the install.
+    const file = scan.files[0].abs;
+    const { atime, mtime } = fs.statSync(file);
+    try {
+      fs.utimesSync(file, atime, new Date(mtime.getTime() + 86_400_000));
+      expect(findData(cfg).fingerprint).toBe(before);
+    } finally {
+      fs.utimesSync(file, atime, mtime);
+    }
+    // The version keys the decoded cache and so the fingerprint: another release of the images is other data.
+    const pre = { resolution: 32, channels: 3 as const, resize: "crop" as const, background: [255, 255, 255] as [number, number, number] };
+    expect(cacheKey(scan.files, pre, "emoji-datasource-google@17.0.0")).not.toBe(cacheKey(scan.files, pre, scan.package));
   });
 
   it("matches Pillow's DiT pipeline (convert, ADM centre crop) bit for bit: PNG, JPEG and transparent emoji", async () => {

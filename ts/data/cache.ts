@@ -70,6 +70,8 @@ export interface CacheOptions {
   dir?: string;
   /** The start of the cache's file name (default: the folder's name). */
   name?: string;
+  /** The npm package (`name@version`) the files come from, which keys the cache in place of their mtimes. */
+  package?: string;
   /** Progress output. */
   quiet?: boolean;
   tty?: boolean;
@@ -92,10 +94,10 @@ function slotOrder(files: readonly ImageFile[]): ImageFile[] {
   return [...files].sort((a, b) => comparePy(a.rel, b.rel));
 }
 
-/** The key of a cache: the files (path, size, mtime) and the preprocessing. */
-export function cacheKey(files: readonly ImageFile[], p: Preprocess): string {
+/** The key of a cache: the files (path, size, mtime), the package they come from if any, and the preprocessing. */
+export function cacheKey(files: readonly ImageFile[], p: Preprocess, pkg?: string): string {
   const list = slotOrder(files).map((f) => [f.rel, f.size, f.mtimeMs]);
-  return sha256(JSON.stringify({ v: CACHE_VERSION, p, list }));
+  return sha256(JSON.stringify({ v: CACHE_VERSION, p, list, ...(pkg === undefined ? {} : { pkg }) }));
 }
 
 /** The name shared by every cache of one folder and preprocessing; the key follows it. */
@@ -185,7 +187,7 @@ function prune(dir: string, prefix: string, keep: string): void {
  */
 export async function openCache(root: string, files: readonly ImageFile[], p: Preprocess, opts: CacheOptions): Promise<ImageCache> {
   const dir = path.join(opts.dir ?? cacheRoot(), "images");
-  const key = cacheKey(files, p);
+  const key = cacheKey(files, p, opts.package);
   const prefix = cachePrefix(root, p, opts.name);
   const name = `${prefix}${key.slice(0, 16)}${EXT}`;
   const file = path.join(dir, name);

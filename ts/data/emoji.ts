@@ -31,6 +31,18 @@ function packageDir(): string {
   }
 }
 
+/** The installed package's version: with the file list and sizes, it identifies the images. */
+function packageVersion(): string {
+  const file = path.join(packageDir(), "package.json");
+  try {
+    const v = (JSON.parse(fs.readFileSync(file, "utf8")) as { version?: unknown }).version;
+    if (typeof v === "string") return v;
+  } catch (e) {
+    throw new DataError(`cannot read ${file}: reinstall ${EMOJI_PACKAGE}`, { cause: e });
+  }
+  throw new DataError(`${file} names no version: reinstall ${EMOJI_PACKAGE}`);
+}
+
 let entries: Array<{ image: string; category: string }> | undefined;
 
 /** (image file, category) for every emoji the package has a Google image of. */
@@ -82,7 +94,7 @@ export function scanEmoji(): ScanResult {
       missing.push(image);
       continue;
     }
-    files.push({ rel: image, abs, size: stat.size, mtimeMs: stat.mtimeMs, label: at.get(category) ?? 0 });
+    files.push({ rel: image, abs, size: stat.size, mtimeMs: 0, label: at.get(category) ?? 0 });
   }
   if (missing.length > 0)
     throw new DataError(`${EMOJI_PACKAGE} is incomplete: ${missing.length} image(s) such as ${missing[0]} are missing; reinstall it`);
@@ -93,5 +105,6 @@ export function scanEmoji(): ScanResult {
     classNames: names,
     files,
     ignored: { notImages: [], outsideClasses: [], notInMetadata: [], brokenLinks: [] },
+    package: `${EMOJI_PACKAGE}@${packageVersion()}`,
   };
 }

@@ -26,6 +26,7 @@ export interface ImageFile {
   /** Absolute path. */
   abs: string;
   size: number;
+  /** Modification time; 0 for the files of a versioned package, which {@link ScanResult.package} identifies instead. */
   mtimeMs: number;
   /** Class index (0 when the data has no labels). */
   label: number;
@@ -54,6 +55,11 @@ export interface ScanResult {
   /** The images, by label, then by path. */
   files: ImageFile[];
   ignored: Ignored;
+  /**
+   * `name@version` when the files come from an npm package: that identifies their content, where their mtimes do
+   * not (npm stamps each file with the time of the install, so a reinstall would look like new data).
+   */
+  package?: string;
 }
 
 /** Python's string order (by code point), which `sorted()` and so torchvision use; JS's `<` compares UTF-16 units. */

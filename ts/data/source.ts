@@ -122,7 +122,7 @@ function imageSource(cfg: DataConfig, description: string, scan: ScanResult): Da
   const split = cfg.split ?? "all";
   const onBadImage = cfg.onBadImage ?? IMAGE_DEFAULTS.onBadImage;
   const fingerprint = sha256({
-    images: cacheKey(scan.files, pre),
+    images: cacheKey(scan.files, pre, scan.package),
     labels: scan.files.map((f) => [f.rel, f.label]),
     classNames: scan.classNames ?? null,
     view: { classes: classes ?? null, split, limit: cfg.limit ?? null },
@@ -134,7 +134,7 @@ function imageSource(cfg: DataConfig, description: string, scan: ScanResult): Da
     fingerprint,
     notes: ignored ? [ignored] : [],
     open: async (opts = {}) => {
-      const cache = await openCache(scan.root, scan.files, pre, { name: cfg.name === "emoji" ? "emoji" : undefined, ...opts, onBadImage });
+      const cache = await openCache(scan.root, scan.files, pre, { name: cfg.name === "emoji" ? "emoji" : undefined, package: scan.package, ...opts, onBadImage });
       const good = scan.files.filter((f) => cache.slotOf.has(f.rel));
       if (good.length === 0)
         throw new DataError(
