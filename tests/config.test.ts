@@ -9,6 +9,7 @@ import {
   toCoreConfig,
   presetNames,
 } from "../ts/index";
+import { DEFAULT_SAMPLING } from "../ts/config";
 
 describe("discriminator encoders", () => {
   it("gives a features encoder the run's own LeNet, with the shipped weights as a resolved path", () => {
@@ -59,7 +60,8 @@ describe("resolveConfig defaults", () => {
     expect(c.lr).toBe(2e-3);
     expect(c.lambda).toBe(0.01);
     expect(c.discLr).toBe(1e-4);
-    expect(c.eval).toMatchObject({ every: 500, samples: 500, steps: 25 });
+    // The digits evaluate with the default sampler, as grids and `sadm eval` do.
+    expect(c.eval).toMatchObject({ every: 500, samples: 500, ...DEFAULT_SAMPLING });
     expect(c.emaDecay).toBe(0.9999);
     expect(c.emaWarmup).toBe(true);
     expect(c.outDir).toBe("runs/mnist");
@@ -146,7 +148,7 @@ describe("resolveConfig defaults", () => {
     ]);
     expect(toCoreConfig(resolveConfig({ trainable: ["blocks.*.attn.*"] })).trainable).toEqual(["blocks.*.attn.*"]);
     const c = resolveConfig({ eval: { every: 100 } });
-    expect(c.eval).toEqual({ every: 100, samples: 500, sampler: "unipc", steps: 25, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } });
+    expect(c.eval).toEqual({ every: 100, samples: 500, sampler: "unipc", steps: 10, cfgScale: 1, seed: 0, extractor: { arch: "lenet-mnist" } });
     // The emoji set at 32² is evaluated with its own shipped LeNet.
     expect(resolveConfig({ data: { name: "emoji" } }).eval.extractor).toEqual({ arch: "lenet-emoji" });
     expect(resolveConfig({ data: { name: "emoji" }, eval: { extractor: { arch: "lenet-mnist" } } }).eval.extractor.arch).toBe("lenet-mnist");

@@ -382,7 +382,7 @@ export const RUN_PRESETS: Readonly<Record<string, RunPreset>> = {
       lambda: 0.01,
       sampleEvery: 500,
       checkpointEvery: 500,
-      eval: { every: 500, samples: 500, steps: 25 },
+      eval: { every: 500, samples: 500 },
     },
   },
   "mnist-small": {
@@ -399,7 +399,7 @@ export const RUN_PRESETS: Readonly<Record<string, RunPreset>> = {
       lambda: 0.01,
       sampleEvery: 500,
       checkpointEvery: 500,
-      eval: { every: 500, samples: 500, steps: 25 },
+      eval: { every: 500, samples: 500 },
     },
   },
   // RGB image folders and the emoji set, sized like the digits' presets: the DiT sees 8×8 patches of 4×4 pixels
@@ -486,13 +486,13 @@ export function defaultPreset(data: { name?: DataConfig["name"]; resolution?: nu
   return (data.resolution ?? IMAGE_DEFAULTS.resolution) > 32 ? "rgb-64" : "rgb-32";
 }
 
-/** Defaults under every preset (a DiT model preset gets these training settings). */
 /**
  * The default few-step sampler and its step count: the fewest network evaluations that reach DDPM 250's FD on the
  * digits and on the RGB preset (README, "Samplers"). Grids, evaluations and `sample()` all start from it.
  */
 export const DEFAULT_SAMPLING = { sampler: "unipc", steps: 10 } as const satisfies { sampler: SamplerName; steps: number };
 
+/** Defaults under every preset (a DiT model preset gets these training settings). */
 export const BASE_DEFAULTS: SadmConfigInput = {
   model: { mlpRatio: 4, learnSigma: true, classDropoutProb: 0.1 },
   diffusion: { numTimesteps: 1000, schedule: "linear", prediction: "epsilon", lossWeighting: "uniform", minSnrGamma: 5 },
