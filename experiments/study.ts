@@ -22,7 +22,7 @@
  *
  * The run directories need not outlive the machine: what a later session needs is kept next to the report, to be
  * committed with it. results.json holds every finished run's figures; `branch/` each plateau's EMA weights (what
- * the second stages start from) and `lenet-emoji-seed1.safetensors` the second LeNet; `--park` copies the
+ * the second stages start from) and `<lenet>-seed1.safetensors` each domain's second LeNet; `--park` copies the
  * unfinished plateau runs' newest checkpoints to `parked/`, where the next start picks them up.
  */
 import * as fs from "node:fs";
@@ -75,7 +75,7 @@ interface Options {
   optionLambda: number;
   /** Epochs of the second LeNet (default: train-classifier's). */
   extractorEpochs?: number;
-  /** Sampling seeds (from 0) of each emoji arm's final model scored on the second LeNet. */
+  /** Sampling seeds (from 0) of each arm's final model scored on the second LeNet. */
   crossSeeds: number;
   /** Sampling seeds beyond 0 whose evaluations of each arm's final model are averaged into its final metrics. */
   finalSeeds: number;
@@ -145,7 +145,7 @@ const readDone = (dir: string): Done | undefined => readJson<Done>(path.join(dir
 let recorded = new Map<string, RunResult>();
 
 function finished(j: Job): boolean {
-  if (j.group === "extractor") return fs.existsSync(secondExtractor());
+  if (j.group === "extractor") return fs.existsSync(secondExtractor(j.domain));
   if (recorded.has(j.id) && !fs.existsSync(j.runDir) && (!j.plateau || fs.existsSync(branchFile(j.id)))) return true;
   return (
     readDone(j.runDir) !== undefined &&
@@ -321,10 +321,10 @@ function plan(o: Options): Job[] {
       }
     }
   }
-  if (o.domains.includes("emoji") && o.crossSeeds > 0) {
-    // After the stage-1 runs (the longest, started first) and before the arms that need it.
-    jobs.splice(jobs.findIndex((j) => j.group !== "stage1"), 0, extractorJob(o));
-    for (const j of jobs) if (crossChecked(j)) j.deps.push("emoji-lenet2");
+  if (o.crossSeeds > 0) {
+    // After the stage-1 runs (the longest, started first) and before the arms that need them.
+    jobs.splice(jobs.findIndex((j) => j.group !== "stage1"), 0, ...o.domains.map((key) => extractorJob(o, key)));
+    for (const j of jobs) if (crossChecked(j)) j.deps.push(`${j.domain}-lenet2`);
   }
   return jobs;
 }
@@ -384,22 +384,22 @@ const finalEvalDir = (j: Job): string => path.join(j.runDir, "final-evals");
 const averaged = (j: Job): boolean => ["main", "option", "batch", "finetune"].includes(j.group);
 
 /**
- * The emoji's second feature network: lenet-emoji trained again with another seed. FD on the shipped LeNet's
- * features alone could reward an arm for matching that one network (the frozen-features discriminator uses it),
- * so the emoji arms' final models are also scored on this one's.
+ * A domain's second feature network: its LeNet trained again with another seed. FD on the shipped LeNet's
+ * features alone could reward an arm for matching that one network (the frozen-features discriminator is that
+ * network), so every arm's final model is also scored on this one's.
  */
 const SECOND_EXTRACTOR_SEED = 1;
-const secondExtractor = (): string => path.join(store.dir, `lenet-emoji-seed${SECOND_EXTRACTOR_SEED}.safetensors`);
+const secondExtractor = (key: DomainKey): string => path.join(store.dir, `${DOMAINS[key].extractor}-seed${SECOND_EXTRACTOR_SEED}.safetensors`);
 const crossEvalDir = (j: Job): string => path.join(j.runDir, "final-evals-lenet2");
-/** Jobs scored on the second network too: the emoji comparison arms. */
-const crossChecked = (j: Job): boolean => averaged(j) && j.domain === "emoji";
+/** Jobs scored on the second network too: every comparison arm. */
+const crossChecked = (j: Job): boolean => averaged(j);
 
-function extractorJob(o: Options): Job {
-  const out = secondExtractor();
+function extractorJob(o: Options, key: DomainKey): Job {
+  const arch = DOMAINS[key].extractor;
   return {
-    id: "emoji-lenet2", domain: "emoji", group: "extractor", arm: `lenet-emoji, seed ${SECOND_EXTRACTOR_SEED}: the second feature network`,
-    seed: SECOND_EXTRACTOR_SEED, lambda: 0, runDir: path.join(o.runs, "emoji", "lenet2"), deps: [], steps: 0, plateau: false,
-    start: () => ["train-classifier", "--arch", "lenet-emoji", "--seed", String(SECOND_EXTRACTOR_SEED), ...(o.extractorEpochs ? ["--epochs", String(o.extractorEpochs)] : []), "--out", out],
+    id: `${key}-lenet2`, domain: key, group: "extractor", arm: `${arch}, seed ${SECOND_EXTRACTOR_SEED}: the second feature network`,
+    seed: SECOND_EXTRACTOR_SEED, lambda: 0, runDir: path.join(o.runs, key, "lenet2"), deps: [], steps: 0, plateau: false,
+    start: () => ["train-classifier", "--arch", arch, "--seed", String(SECOND_EXTRACTOR_SEED), ...(o.extractorEpochs ? ["--epochs", String(o.extractorEpochs)] : []), "--out", secondExtractor(key)],
   };
 }
 
@@ -572,7 +572,7 @@ async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void
     fs.writeFileSync(path.join(job.runDir, DONE), JSON.stringify(d, null, 2) + "\n");
     if (averaged(job)) await evalSeeds(job.runDir, finalEvalDir(job), range(1, o.finalSeeds), threads);
     if (crossChecked(job) && o.crossSeeds > 0)
-      await evalSeeds(job.runDir, crossEvalDir(job), range(0, o.crossSeeds - 1), threads, ["--extractor", "lenet-emoji", "--extractor-weights", secondExtractor()]);
+      await evalSeeds(job.runDir, crossEvalDir(job), range(0, o.crossSeeds - 1), threads, ["--extractor", DOMAINS[job.domain].extractor, "--extractor-weights", secondExtractor(job.domain)]);
     onDone();
     return `in ${d.seconds.toFixed(0)}s${d.plateau ? ` (${d.plateau})` : ""}`;
   });
@@ -587,9 +587,11 @@ interface RunResult extends Pick<Job, "id" | "domain" | "group" | "arm" | "seed"
   final: EvalPoint | undefined;
   /** The evaluation-noise job: its checkpoint's metrics under each sampling seed. */
   noise?: EvalPoint[];
+  /** How its evaluations sample ("unipc, 10 steps"): the preset's setting when the run started. */
+  sampling?: string;
   /** How many sampling seeds `final` is the mean of. */
   finalEvals?: number;
-  /** The final model scored on the emoji's second LeNet (mean over its sampling seeds). */
+  /** The final model scored on the domain's second LeNet (mean over its sampling seeds). */
   cross?: EvalPoint;
   /** The second LeNet's held-out accuracy (its job's row). */
   note?: string;
@@ -634,8 +636,21 @@ function collect(jobs: Job[]): RunResult[] {
       command: d.command || (Number.isFinite(j.lambda) ? commandLine(j.start(j.steps)) : ""), seconds: runSeconds(j.runDir),
       steps: d.steps, plateau: d.plateau, curve, final: finalOf(j, curve), finalEvals: averaged(j) ? 1 + seedPoints(finalEvalDir(j)).length : 1,
       ...(crossChecked(j) && seedPoints(crossEvalDir(j)).length > 0 ? { cross: meanPoint(seedPoints(crossEvalDir(j))) } : {}),
+      ...(evalSampling(j.runDir) ? { sampling: evalSampling(j.runDir) } : {}),
     }];
   });
+}
+
+/** How a run's evaluations sample, from its config.json. */
+function evalSampling(runDir: string): string | undefined {
+  const e = readJson<{ eval?: { sampler?: string; steps?: number } }>(path.join(runDir, "config.json"))?.eval;
+  return e?.sampler && e.steps ? `${e.sampler}, ${e.steps} steps` : undefined;
+}
+
+/** The samplings of `rs`' evaluations, one line (evaluations that differ between runs are named, not hidden). */
+function samplingOf(rs: RunResult[]): string {
+  const all = [...new Set(rs.flatMap((r) => (r.sampling ? [r.sampling] : [])))];
+  return all.length > 0 ? all.join(" / ") : "not recorded";
 }
 
 function lambdaOf(command: string): number {
@@ -645,7 +660,7 @@ function lambdaOf(command: string): number {
 
 /**
  * One table: an arm per row, mean ± std over seeds, Δ FD paired by seed with `baseline`'s runs; with the second
- * LeNet's FD and its paired Δ where the rows have it (the emoji).
+ * LeNet's FD and its paired Δ where the rows have it.
  */
 function table(rows: RunResult[], baseline: RunResult[]): string[] {
   const arms = [...new Set(rows.map((r) => r.arm))];
@@ -713,7 +728,7 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
       `Every stage-2 arm continues that checkpoint's EMA weights (fresh optimizers, the preset's LR warm-up) for ${o.stage2Steps} steps, ` +
       `seeds ${o.seeds.join(", ")}; SADM arms use the Gaussian kernel and cross pairs, λ ramped over the first 10 %. ` +
       `Metrics on the final EMA model, each the mean of ${1 + o.finalSeeds} evaluations with sampling seeds 0–${o.finalSeeds} ` +
-      `(the evaluation's own noise is large: see under each table): ${o.evalSamples} class-balanced samples (UniPC, 10 steps, no guidance) against ${o.evalSamples} real images, ` +
+      `(the evaluation's own noise is large: see under each table): ${o.evalSamples} class-balanced samples (the preset's evaluation sampler, named under each domain; no guidance) against ${o.evalSamples} real images, ` +
       "on the shipped LeNet's features (lenet-mnist for the digits, lenet-emoji for the emoji); accuracy = the LeNet's accuracy on the samples " +
       "w.r.t. their labels. Mean ± sample std over seeds; Δ FD is paired by seed (the same data order and noise; negative = SADM better).",
   );
@@ -733,6 +748,10 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
       L.push(`Stage 1: ${s1.steps} steps, ${(s1.seconds / 60).toFixed(0)} min; ${s1.plateau}. FD by step: ` +
         s1.curve.map((p) => `${p.step}: ${p.fd.toFixed(1)}`).join(", ") + ".");
     } else L.push("Stage 1 has not finished yet.");
+    const arms = mine.filter((r) => r.group !== "stage1" && r.group !== "extractor");
+    L.push("");
+    L.push(`Evaluation sampler: ${s1 ? `stage 1 ${samplingOf([s1])}; ` : ""}the other runs ${samplingOf(arms)}. ` +
+      "A stage-2 curve's step 0 is the plateau's last evaluation, with stage 1's sampler.");
     const base = mine.filter((r) => r.group === "main" && r.lambda === 0);
     L.push("");
     L.push(`### Stage 2: ${o.stage2Steps} more steps from the plateau`);
@@ -741,7 +760,7 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
     const lenet2 = mine.find((r) => r.group === "extractor");
     if (lenet2) {
       L.push("");
-      L.push(`"FD, 2nd LeNet" scores the same final models (sampling seeds 0–${o.crossSeeds - 1}) on a second lenet-emoji, trained with seed ` +
+      L.push(`"FD, 2nd LeNet" scores the same final models (sampling seeds 0–${o.crossSeeds - 1}) on a second ${d.extractor}, trained with seed ` +
         `${SECOND_EXTRACTOR_SEED} (${lenet2.note ?? "accuracy not recorded"}): an arm that only matched the shipped LeNet's features ` +
         "(the frozen-features discriminator is that network) would gain on FD but not here.");
     }
@@ -828,7 +847,7 @@ async function main(): Promise<void> {
     .option("seeds", { type: "string", default: "0,1,2" })
     .option("lambdas", { type: "string", default: "0.003,0.01,0.03" })
     .option("option-lambda", { type: "number", default: 0.01, describe: "λ of the discriminator-option arms" })
-    .option("cross-seeds", { type: "number", default: 2, describe: "Score each emoji arm's final model on a second LeNet with this many sampling seeds (0: not)" })
+    .option("cross-seeds", { type: "number", default: 2, describe: "Score each arm's final model on a second LeNet with this many sampling seeds (0: not)" })
     .option("final-seeds", { type: "number", default: 4, describe: "Evaluate each arm's final model with this many more sampling seeds and report the mean" })
     .option("noise-seeds", { type: "number", default: 5, describe: "Sampling seeds of the evaluation-noise measurement (0: none)" })
     .option("screen-options", { type: "boolean", default: true, describe: "Run an option arm's later seeds only where its first seed beat plain" })

@@ -52,3 +52,65 @@ describe("npm run experiment -- --quick", () => {
     expect(again.stdout).not.toContain("start ");
   }, 600_000);
 });
+
+interface StudyResults {
+  results: Array<{ id: string; group: string; final?: { fd: number }; cross?: { fd: number }; curve: Array<{ step: number; fd: number }> }>;
+}
+
+describe("npm run experiment:study -- --quick", () => {
+  it("runs both domains, then continues on a fresh machine from what it keeps next to the report, a parked stage 1 included", async () => {
+    const dir = tmpDir();
+    const runs = path.join(dir, "runs");
+    const out = path.join(dir, "out");
+    const args = [path.join(ROOT, "dist-experiments", "experiments", "study.js"), "--quick", "--seeds", "0,1", "--lambdas", "0.01", "--runs", runs, "--out", out];
+    const read = (): StudyResults => JSON.parse(fs.readFileSync(path.join(out, "results.json"), "utf8")) as StudyResults;
+
+    const first = await runNodeAsync(args, { timeoutMs: 600_000 });
+    expect(first.stderr).toBe("");
+    expect(first.status).toBe(0);
+    const done = read();
+    const ids = done.results.map((r) => r.id).sort();
+    for (const id of ["digits-stage1", "emoji-stage1", "digits-lenet2", "emoji-lenet2", "emoji-pretrain", "digits-plain-s1", "emoji-ft-all-sadm-best-s1", "digits-best-b128-s0"])
+      expect(ids).toContain(id);
+    // Every comparison arm of both domains is also scored on the domain's second LeNet.
+    for (const r of done.results.filter((x) => ["main", "option", "batch", "finetune"].includes(x.group))) {
+      expect(Number.isFinite(r.final?.fd), r.id).toBe(true);
+      expect(Number.isFinite(r.cross?.fd), r.id).toBe(true);
+    }
+    const md = fs.readFileSync(path.join(out, "results.md"), "utf8");
+    expect(md).toMatch(/## Digits[\s\S]*FD, 2nd LeNet[\s\S]*## Emoji[\s\S]*FD, 2nd LeNet/);
+    expect(md).toContain("Evaluation sampler: stage 1 unipc, 2 steps; the other runs unipc, 2 steps.");
+    for (const f of ["branch/digits-stage1.safetensors", "branch/emoji-stage1.safetensors", "branch/emoji-pretrain.safetensors", "lenet-mnist-seed1.safetensors", "lenet-emoji-seed1.safetensors", "fd.png"])
+      expect(fs.existsSync(path.join(out, f)), f).toBe(true);
+
+    // Finished runs are not run again.
+    const again = await runNodeAsync(args, { timeoutMs: 600_000 });
+    expect(again.status).toBe(0);
+    expect(again.stdout).not.toContain("start ");
+
+    // The digits' stage 1 as if the session had ended mid-way: no done.json, no branch weights. --park keeps its
+    // newest checkpoint next to the report; then the machine is gone, run directories and all.
+    fs.rmSync(path.join(runs, "digits", "stage1", "done.json"));
+    fs.rmSync(path.join(out, "branch", "digits-stage1.safetensors"));
+    const park = await runNodeAsync([...args, "--park"]);
+    expect(park.stdout).toMatch(/^parked digits-stage1 \(step \d+\) in /);
+    expect(fs.readdirSync(path.join(out, "parked", "digits-stage1", "checkpoints"))).toHaveLength(1);
+    fs.rmSync(runs, { recursive: true });
+
+    // The next machine resumes the parked stage 1 (which finds its plateau in the evaluations it has) and keeps
+    // every other run's figures from results.json: nothing else starts.
+    const fresh = await runNodeAsync(args, { timeoutMs: 600_000 });
+    expect(fresh.stderr).toBe("");
+    expect(fresh.status).toBe(0);
+    expect(fresh.stdout.match(/start \S+/g)).toEqual(["start digits-stage1"]);
+    expect(fs.existsSync(path.join(out, "branch", "digits-stage1.safetensors"))).toBe(true);
+    expect(fs.existsSync(path.join(out, "parked", "digits-stage1"))).toBe(false);
+    const after = read();
+    expect(after.results.map((r) => r.id).sort()).toEqual(ids);
+    for (const r of done.results) {
+      const same = after.results.find((x) => x.id === r.id);
+      expect(same?.final, r.id).toEqual(r.final);
+      expect(same?.curve, r.id).toEqual(r.curve);
+    }
+  }, 900_000);
+});
