@@ -114,10 +114,11 @@ export function meanStd(xs: number[]): [number, number] {
   return [m, s];
 }
 
-/** "mean ± std" with `digits` decimals, or "–". */
+/** "mean ± std" with `digits` decimals; the value alone for one (a spread of one is not 0); or "–". */
 export function pm(xs: number[], digits: number): string {
   const [m, s] = meanStd(xs);
-  return Number.isFinite(m) ? `${m.toFixed(digits)} ± ${s.toFixed(digits)}` : "–";
+  if (!Number.isFinite(m)) return "–";
+  return xs.filter((x) => Number.isFinite(x)).length === 1 ? m.toFixed(digits) : `${m.toFixed(digits)} ± ${s.toFixed(digits)}`;
 }
 
 export const COLORS = ["#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];

@@ -658,6 +658,22 @@ function lambdaOf(command: string): number {
   return m ? Number(m[1]) : Number.NaN;
 }
 
+/** Student's t quantile 0.975 for 1–10 degrees of freedom. */
+const T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+
+/**
+ * The paired differences' 95 % confidence interval (Student's t over the seeds), marked where it excludes 0: the
+ * difference is then beyond what the seeds' spread explains. Empty for fewer than 2 seeds.
+ */
+function ciText(d: number[]): string {
+  if (d.length < 2 || d.length > T975.length + 1) return "";
+  const [m, s] = meanStd(d);
+  const half = (T975[d.length - 2] * s) / Math.sqrt(d.length);
+  const [lo, hi] = [m - half, m + half];
+  const mark = hi < 0 ? " **better**" : lo > 0 ? " **worse**" : "";
+  return ` [${lo.toFixed(0)}, ${hi.toFixed(0)}]${mark}`;
+}
+
 /**
  * One table: an arm per row, mean ± std over seeds, Δ FD paired by seed with `baseline`'s runs; with the second
  * LeNet's FD and its paired Δ where the rows have it.
@@ -681,7 +697,7 @@ function table(rows: RunResult[], baseline: RunResult[]): string[] {
     const isBase = baseline.some((b) => b.arm === a);
     const delta = (pick: (r: RunResult) => EvalPoint | undefined): string => {
       const d = paired(rs, pick);
-      return isBase || d.length === 0 ? "–" : pm(d, 1);
+      return isBase || d.length === 0 ? "–" : `${pm(d, 1)}${ciText(d)}`;
     };
     const crossCells = cross ? `${pm(rs.flatMap((r) => (r.cross ? [r.cross.fd] : [])), 1)} | ${delta((r) => r.cross)} | ` : "";
     out.push(
@@ -730,7 +746,7 @@ function report(o: Options, jobs: Job[], results: RunResult[]): string {
       `Metrics on the final EMA model, each the mean of ${1 + o.finalSeeds} evaluations with sampling seeds 0–${o.finalSeeds} ` +
       `(the evaluation's own noise is large: see under each table): ${o.evalSamples} class-balanced samples (the preset's evaluation sampler, named under each domain; no guidance) against ${o.evalSamples} real images, ` +
       "on the shipped LeNet's features (lenet-mnist for the digits, lenet-emoji for the emoji); accuracy = the LeNet's accuracy on the samples " +
-      "w.r.t. their labels. Mean ± sample std over seeds; Δ FD is paired by seed (the same data order and noise; negative = SADM better).",
+      "w.r.t. their labels. Mean ± sample std over seeds; Δ FD is paired by seed (the same data order and noise; negative = SADM better), with its 95 % confidence interval over the seeds (Student's t) in brackets: **better** or **worse** where it excludes 0.",
   );
   if (o.screenOptions && o.seeds.length > 1) {
     L.push("");
@@ -863,6 +879,7 @@ async function main(): Promise<void> {
     .option("runs", { type: "string", default: "runs/study", describe: "Where the run directories go" })
     .option("out", { type: "string", default: "experiments/results/study", describe: "Where the report goes" })
     .option("set", { type: "string", array: true, default: [] as string[], describe: "Config overrides for every run" })
+    .option("report-only", { type: "boolean", describe: "Rewrite the report from the runs so far, and exit" })
     .option("park", { type: "boolean", describe: "Keep the unfinished plateau runs' newest checkpoints next to the report (to commit), and exit" })
     .strict()
     .parseAsync();
@@ -909,6 +926,10 @@ async function main(): Promise<void> {
   }
   unpark(jobs);
   write(o, jobs);
+  if (a["report-only"] === true) {
+    process.stdout.write(`wrote ${path.join(o.out, "results.md")}\n`);
+    return;
+  }
   await runAll(jobs, o, () => write(o, jobs));
   write(o, jobs);
   process.stdout.write(`wrote ${path.join(o.out, "results.md")}, results.json and fd.png\n`);
