@@ -56,8 +56,12 @@ const DOMAINS: Record<DomainKey, Domain> = {
 const PRETRAIN_CLASSES = ["Animals & Nature", "Food & Drink", "People & Body", "Smileys & Emotion", "Travel & Places"];
 const FINETUNE_CLASSES = ["Activities", "Flags", "Objects", "Symbols"];
 
-/** The structure settings of every SADM arm: the two that hurt least in the first experiment. */
-const STRUCTURE = ["--set", "discriminator.kernel=gaussian", "--set", "discriminator.pairs=cross"];
+/**
+ * The structure settings of every SADM arm: the two that hurt least in the first experiment, on the design's
+ * transformer encoder (named, so that a preset that changes its default does not change the arms; an option's
+ * flags come after these and win).
+ */
+const STRUCTURE = ["--set", "discriminator.encoder=transformer", "--set", "discriminator.kernel=gaussian", "--set", "discriminator.pairs=cross"];
 
 /**
  * The discriminator options, each tried at `--option-lambda` on top of {@link STRUCTURE}: id, label, flags, and
