@@ -12,6 +12,18 @@ import {
 import { DEFAULT_SAMPLING } from "../ts/config";
 
 describe("discriminator encoders", () => {
+  it("gives the RGB presets the setting the study measured to help (conv encoder, Gaussian kernel, cross pairs)", () => {
+    for (const data of [{ name: "emoji" as const }, { name: "emoji" as const, resolution: 64 }]) {
+      const c = resolveConfig({ data });
+      expect([c.preset, c.discriminator.encoder, c.discriminator.kernel, c.discriminator.pairs]).toEqual([
+        data.resolution ? "rgb-64" : "rgb-32", "conv", "gaussian", "cross",
+      ]);
+      expect(c.lambda).toBe(0.01);
+    }
+    // The digits keep the design's transformer encoder until their half of the study says otherwise.
+    expect(resolveConfig({}).discriminator.encoder).toBe("transformer");
+  });
+
   it("gives a features encoder the run's own LeNet, with the shipped weights as a resolved path", () => {
     const digits = toCoreConfig(resolveConfig({ discriminator: { encoder: "features" } })).discriminator;
     expect(digits.featureNet?.arch).toBe("lenet-mnist");

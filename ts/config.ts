@@ -405,13 +405,16 @@ export const RUN_PRESETS: Readonly<Record<string, RunPreset>> = {
   // RGB image folders and the emoji set, sized like the digits' presets: the DiT sees 8×8 patches of 4×4 pixels
   // at 32² (a 2-pixel patch is 4× the tokens and ~5× the step time on this CPU) and of 8×8 pixels at 64². A folder's
   // metrics need an extractor for its images (Inception-v3, weights the user brings; the emoji at 32² have the
-  // shipped lenet-emoji), so they do not evaluate themselves by default.
+  // shipped lenet-emoji), so they do not evaluate themselves by default. Their SADM stage compares structure on a
+  // small conv encoder with the Gaussian kernel and cross pairs: in the converged-model study (README, "Does SADM
+  // help?") that is the one general setting that beat plain training on the emoji beyond the seeds' spread, on the
+  // shipped LeNet and on an independent second one; the transformer encoder at any λ did not.
   "rgb-32": {
     description: "Tiny DiT on 32×32 RGB images (your folder, or --data emoji): under an hour on 2 CPU cores",
     config: {
       model: { patchSize: 4, hiddenSize: 128, depth: 4, numHeads: 4, mlpRatio: 4, learnSigma: false },
       diffusion: { prediction: "v" },
-      discriminator: { patchSize: 4, width: 64, depth: 2, numHeads: 4, projDim: 64 },
+      discriminator: { encoder: "conv", kernel: "gaussian", pairs: "cross", patchSize: 4, width: 64, depth: 2, numHeads: 4, projDim: 64 },
       ditOptim: { gradClip: 1 },
       batchSize: 64,
       steps: 4000,
@@ -428,7 +431,7 @@ export const RUN_PRESETS: Readonly<Record<string, RunPreset>> = {
     config: {
       model: { patchSize: 8, hiddenSize: 192, depth: 6, numHeads: 6, mlpRatio: 4, learnSigma: false },
       diffusion: { prediction: "v" },
-      discriminator: { patchSize: 8, width: 64, depth: 2, numHeads: 4, projDim: 64 },
+      discriminator: { encoder: "conv", kernel: "gaussian", pairs: "cross", patchSize: 8, width: 64, depth: 2, numHeads: 4, projDim: 64 },
       ditOptim: { gradClip: 1 },
       batchSize: 64,
       steps: 6000,
