@@ -457,8 +457,9 @@ function withRecipe(job: Job, best: () => Recipe): Job {
 }
 
 /**
- * The stage-2 SADM arm (a λ, or an option) with the lowest mean final FD in `key` over all the seeds: an option
- * the screen stopped after one seed does not compete. Ties: the earlier arm.
+ * The stage-2 SADM arm (a λ, or an option) with the lowest mean final FD in `key` over all the seeds, on the second
+ * LeNet where every run has it (the frozen-features arm's discriminator is the shipped LeNet, so FD on that one
+ * could favour it unfairly): an option the screen stopped after one seed does not compete. Ties: the earlier arm.
  */
 function bestRecipe(jobs: Job[], key: DomainKey, o: Options): Recipe {
   const rs = collect(jobs).filter((r) => r.domain === key && (r.group === "main" || r.group === "option") && r.lambda > 0 && r.final);
@@ -466,10 +467,12 @@ function bestRecipe(jobs: Job[], key: DomainKey, o: Options): Recipe {
     ...o.lambdas.map((l) => ({ lambda: l, flags: [], label: `SADM λ = ${l}` })),
     ...OPTIONS.map(([, label, flags]) => ({ lambda: o.optionLambda, flags, label: `SADM λ = ${o.optionLambda}, ${label}` })),
   ];
-  const scored = recipes.flatMap((rc) => {
+  const whole = recipes.flatMap((rc) => {
     const mine = rs.filter((r) => r.arm === rc.label);
-    return mine.length === o.seeds.length ? [{ rc, fd: meanStd(mine.map((r) => (r.final as EvalPoint).fd))[0] }] : [];
+    return mine.length === o.seeds.length ? [{ rc, mine }] : [];
   });
+  const independent = whole.every((w) => w.mine.every((r) => r.cross));
+  const scored = whole.map(({ rc, mine }) => ({ rc, fd: meanStd(mine.map((r) => ((independent ? r.cross : r.final) as EvalPoint).fd))[0] }));
   scored.sort((a, b) => a.fd - b.fd);
   return scored[0]?.rc ?? { lambda: o.optionLambda, flags: [], label: `SADM λ = ${o.optionLambda}` };
 }
