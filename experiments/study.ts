@@ -131,7 +131,12 @@ interface Done {
   steps: number;
   /** A plateau job: why it stopped. */
   plateau?: string;
+  /** The CPU it finished on (a run resumed on another machine keeps the last one's). */
+  cpu?: string;
 }
+
+/** This machine's CPU, as the report names it. */
+const CPU = os.cpus()[0]?.model.trim() ?? "unknown CPU";
 
 const DONE = "done.json";
 const COMMAND = "command.json";
@@ -376,7 +381,7 @@ const range = (from: number, to: number): number[] => Array.from({ length: Math.
 async function runNoise(job: Job, o: Options, threads: number): Promise<Done> {
   const args = job.start(0);
   const seconds = await evalSeeds(args[2], job.runDir, range(1, o.noiseSeeds), threads);
-  return { seconds, command: `${commandLine(args)} --seed 1…${o.noiseSeeds}`, steps: 0 };
+  return { seconds, command: `${commandLine(args)} --seed 1…${o.noiseSeeds}`, steps: 0, cpu: CPU };
 }
 
 /** The evaluations in `dir`, one per sampling seed (seed-k.json). */
@@ -537,14 +542,14 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
     fs.mkdirSync(job.runDir, { recursive: true });
     const args = job.start(0);
     const seconds = await runCli(args, path.join(job.runDir, "train.log"), threads, path.join(job.runDir, "stdout.txt"));
-    return { seconds, command: commandLine(args), steps: 0 };
+    return { seconds, command: commandLine(args), steps: 0, cpu: CPU };
   }
   const commandFile = path.join(job.runDir, COMMAND);
   const logFile = path.join(path.dirname(job.runDir), `${path.basename(job.runDir)}.log`);
   // Runs started before the command had its own file kept it in seconds.json.
   let command = (readJson<{ command: string }>(commandFile) ?? readJson<{ command: string }>(path.join(job.runDir, "seconds.json")))?.command ?? "";
   // What it cost comes from its metrics.jsonl (each resume restarts the clock there): nothing to add up here.
-  const done = (steps: number, plateau?: string): Done => ({ seconds: runSeconds(job.runDir), command, steps, ...(plateau ? { plateau } : {}) });
+  const done = (steps: number, plateau?: string): Done => ({ seconds: runSeconds(job.runDir), command, steps, cpu: CPU, ...(plateau ? { plateau } : {}) });
   let target = job.steps;
   for (;;) {
     const at = latestStep(job.runDir);
@@ -608,6 +613,8 @@ interface RunResult extends Pick<Job, "id" | "domain" | "group" | "arm" | "seed"
   cross?: EvalPoint;
   /** The second LeNet's held-out accuracy (its job's row). */
   note?: string;
+  /** The CPU it finished on: its done.json's, else this machine's (its directory is here, so it ran here last). */
+  cpu?: string;
 }
 
 /** A run's final metrics: its last evaluation (sampling seed 0), averaged with its final-evals/ seeds where it has them. */
@@ -622,14 +629,15 @@ function collect(jobs: Job[]): RunResult[] {
     const d = readDone(j.runDir);
     const before = recorded.get(j.id);
     if (!d) return before && finished(j) ? [before] : [];
+    const cpu = d.cpu ?? CPU;
     if (j.group === "extractor") {
       const said = fs.existsSync(path.join(j.runDir, "stdout.txt")) ? fs.readFileSync(path.join(j.runDir, "stdout.txt"), "utf8") : "";
       const note = /test accuracy [\d.]+% on \d+ held-out images/.exec(said)?.[0];
-      return [{ id: j.id, domain: j.domain, group: j.group, arm: j.arm, seed: j.seed, lambda: 0, command: d.command, seconds: d.seconds, steps: 0, curve: [], final: undefined, ...(note ? { note } : {}) }];
+      return [{ id: j.id, domain: j.domain, group: j.group, arm: j.arm, seed: j.seed, lambda: 0, command: d.command, seconds: d.seconds, steps: 0, curve: [], final: undefined, cpu, ...(note ? { note } : {}) }];
     }
     if (j.group === "noise") {
       const noise = seedPoints(j.runDir);
-      return [{ id: j.id, domain: j.domain, group: j.group, arm: j.arm, seed: 0, lambda: 0, command: d.command, seconds: d.seconds, steps: 0, curve: [], final: undefined, noise }];
+      return [{ id: j.id, domain: j.domain, group: j.group, arm: j.arm, seed: 0, lambda: 0, command: d.command, seconds: d.seconds, steps: 0, curve: [], final: undefined, noise, cpu }];
     }
     // A stage-2 curve starts where its arms branch: the plateau's last evaluation, at step 0.
     const stage1 = path.join(path.dirname(path.dirname(j.runDir)), "stage1");
@@ -647,7 +655,7 @@ function collect(jobs: Job[]): RunResult[] {
       // depended on results then) starts the same way again.
       id: j.id, domain: j.domain, group: j.group, arm, seed: j.seed, lambda,
       command: d.command || (Number.isFinite(j.lambda) ? commandLine(j.start(j.steps)) : ""), seconds: runSeconds(j.runDir),
-      steps: d.steps, plateau: d.plateau, curve, final: finalOf(j, curve), finalEvals: averaged(j) ? 1 + seedPoints(finalEvalDir(j)).length : 1,
+      steps: d.steps, plateau: d.plateau, cpu, curve, final: finalOf(j, curve), finalEvals: averaged(j) ? 1 + seedPoints(finalEvalDir(j)).length : 1,
       ...(crossChecked(j) && seedPoints(crossEvalDir(j)).length > 0 ? { cross: meanPoint(seedPoints(crossEvalDir(j))) } : {}),
       ...(evalSampling(j.runDir) ? { sampling: evalSampling(j.runDir) } : {}),
     }];
@@ -742,13 +750,17 @@ function fdPanel(results: RunResult[], title: string, offset: (r: RunResult) => 
 }
 
 function report(o: Options, jobs: Job[], results: RunResult[]): string {
-  const cpu = os.cpus()[0]?.model ?? "unknown CPU";
+  const cpus = [...new Set(results.map((r) => r.cpu ?? "an unrecorded CPU"))];
+  const cpu = cpus.length === 1 ? cpus[0] : cpus.map((c) => {
+    const n = results.filter((r) => (r.cpu ?? "an unrecorded CPU") === c).length;
+    return `${c} (${n} run${n === 1 ? "" : "s"})`;
+  }).join(", ");
   const total = results.reduce((a, r) => a + r.seconds, 0);
   const L: string[] = [];
   L.push("# Does SADM help a converged model? The study");
   L.push("");
   L.push(`Written by \`npm run experiment:study\` (experiments/study.ts), sadm ${version()}, ${new Date().toISOString().slice(0, 10)}; ` +
-    `${results.length} of ${jobs.length} runs done (${(total / 3600).toFixed(1)} h of run time on ${cpu}, ${os.cpus().length} cores, ${o.jobs} runs at a time). ` +
+    `${results.length} of ${jobs.length} runs done (${(total / 3600).toFixed(1)} h of run time on ${cpu}; ${os.cpus().length} cores, ${o.jobs} runs at a time). ` +
     "The command resumes where it stopped; this file is rewritten after every finished run.");
   L.push("");
   L.push(
