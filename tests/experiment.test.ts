@@ -4,6 +4,7 @@
  * what is checked.
  */
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { PNG } from "pngjs";
@@ -54,7 +55,7 @@ describe("npm run experiment -- --quick", () => {
 });
 
 interface StudyResults {
-  results: Array<{ id: string; group: string; final?: { fd: number }; cross?: { fd: number }; curve: Array<{ step: number; fd: number }> }>;
+  results: Array<{ id: string; group: string; cpu?: string; final?: { fd: number }; cross?: { fd: number }; curve: Array<{ step: number; fd: number }> }>;
 }
 
 describe("npm run experiment:study -- --quick", () => {
@@ -72,12 +73,16 @@ describe("npm run experiment:study -- --quick", () => {
     const ids = done.results.map((r) => r.id).sort();
     for (const id of ["digits-stage1", "emoji-stage1", "digits-lenet2", "emoji-lenet2", "emoji-pretrain", "digits-plain-s1", "emoji-ft-all-sadm-best-s1", "digits-best-b128-s0"])
       expect(ids).toContain(id);
+    // Every run names the CPU it ran on, and the report says it: a study spans sessions, and machines.
+    const cpu = os.cpus()[0]?.model.trim();
+    for (const r of done.results) expect(r.cpu, r.id).toBe(cpu);
     // Every comparison arm of both domains is also scored on the domain's second LeNet.
     for (const r of done.results.filter((x) => ["main", "option", "batch", "finetune"].includes(x.group))) {
       expect(Number.isFinite(r.final?.fd), r.id).toBe(true);
       expect(Number.isFinite(r.cross?.fd), r.id).toBe(true);
     }
     const md = fs.readFileSync(path.join(out, "results.md"), "utf8");
+    expect(md).toContain(`h of run time on ${cpu}; `);
     expect(md).toMatch(/## Digits[\s\S]*FD, 2nd LeNet[\s\S]*## Emoji[\s\S]*FD, 2nd LeNet/);
     expect(md).toContain("Evaluation sampler: stage 1 unipc, 2 steps; the other runs unipc, 2 steps.");
     for (const f of ["branch/digits-stage1.safetensors", "branch/emoji-stage1.safetensors", "branch/emoji-pretrain.safetensors", "lenet-mnist-seed1.safetensors", "lenet-emoji-seed1.safetensors", "fd.png"])
