@@ -381,7 +381,7 @@ const range = (from: number, to: number): number[] => Array.from({ length: Math.
 async function runNoise(job: Job, o: Options, threads: number): Promise<Done> {
   const args = job.start(0);
   const seconds = await evalSeeds(args[2], job.runDir, range(1, o.noiseSeeds), threads);
-  return { seconds, command: `${commandLine(args)} --seed 1…${o.noiseSeeds}`, steps: 0, cpu: CPU };
+  return { seconds, command: `${commandLine(args)} --seed 1…${o.noiseSeeds}`, steps: 0 };
 }
 
 /** The evaluations in `dir`, one per sampling seed (seed-k.json). */
@@ -542,14 +542,14 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
     fs.mkdirSync(job.runDir, { recursive: true });
     const args = job.start(0);
     const seconds = await runCli(args, path.join(job.runDir, "train.log"), threads, path.join(job.runDir, "stdout.txt"));
-    return { seconds, command: commandLine(args), steps: 0, cpu: CPU };
+    return { seconds, command: commandLine(args), steps: 0 };
   }
   const commandFile = path.join(job.runDir, COMMAND);
   const logFile = path.join(path.dirname(job.runDir), `${path.basename(job.runDir)}.log`);
   // Runs started before the command had its own file kept it in seconds.json.
   let command = (readJson<{ command: string }>(commandFile) ?? readJson<{ command: string }>(path.join(job.runDir, "seconds.json")))?.command ?? "";
   // What it cost comes from its metrics.jsonl (each resume restarts the clock there): nothing to add up here.
-  const done = (steps: number, plateau?: string): Done => ({ seconds: runSeconds(job.runDir), command, steps, cpu: CPU, ...(plateau ? { plateau } : {}) });
+  const done = (steps: number, plateau?: string): Done => ({ seconds: runSeconds(job.runDir), command, steps, ...(plateau ? { plateau } : {}) });
   let target = job.steps;
   for (;;) {
     const at = latestStep(job.runDir);
@@ -582,7 +582,7 @@ async function runJob(job: Job, o: Options, threads: number): Promise<Done> {
 async function runAll(jobs: Job[], o: Options, onDone: () => void): Promise<void> {
   const threads = threadsPerRun(o.jobs);
   await runQueue(jobs, o.jobs, finished, async (job) => {
-    const d = readDone(job.runDir) ?? (await runJob(job, o, threads));
+    const d = readDone(job.runDir) ?? { ...(await runJob(job, o, threads)), cpu: CPU };
     if (job.plateau) {
       keepBranch(job, d.steps);
       fs.rmSync(parkedDir(job.id), { recursive: true, force: true });
@@ -750,11 +750,12 @@ function fdPanel(results: RunResult[], title: string, offset: (r: RunResult) => 
 }
 
 function report(o: Options, jobs: Job[], results: RunResult[]): string {
-  const cpus = [...new Set(results.map((r) => r.cpu ?? "an unrecorded CPU"))];
-  const cpu = cpus.length === 1 ? cpus[0] : cpus.map((c) => {
-    const n = results.filter((r) => (r.cpu ?? "an unrecorded CPU") === c).length;
-    return `${c} (${n} run${n === 1 ? "" : "s"})`;
-  }).join(", ");
+  const runsOn = new Map<string, number>();
+  for (const r of results) {
+    const c = r.cpu ?? "an unrecorded CPU";
+    runsOn.set(c, (runsOn.get(c) ?? 0) + 1);
+  }
+  const cpu = runsOn.size === 1 ? [...runsOn.keys()][0] : [...runsOn].map(([c, n]) => `${c} (${n} run${n === 1 ? "" : "s"})`).join(", ");
   const total = results.reduce((a, r) => a + r.seconds, 0);
   const L: string[] = [];
   L.push("# Does SADM help a converged model? The study");
