@@ -626,7 +626,9 @@ function finalOf(j: Job, curve: EvalPoint[]): EvalPoint | undefined {
 
 function collect(jobs: Job[]): RunResult[] {
   return jobs.flatMap((j) => {
-    const d = readDone(j.runDir);
+    // A run still scoring its final model has its done.json already; reporting it then would record a partial mean
+    // that a fresh machine takes for finished (see recorded).
+    const d = finished(j) ? readDone(j.runDir) : undefined;
     const before = recorded.get(j.id);
     if (!d) return before && finished(j) ? [before] : [];
     const cpu = d.cpu ?? CPU;

@@ -93,6 +93,17 @@ describe("npm run experiment:study -- --quick", () => {
     expect(again.status).toBe(0);
     expect(again.stdout).not.toContain("start ");
 
+    // A run still scoring its final model (done.json written, a sampling seed to go) is left out of results.json:
+    // a fresh machine takes every run there for finished.
+    const lastSeed = path.join(runs, "digits", "plain", "seed-1", "final-evals", "seed-1.json");
+    const kept = fs.readFileSync(lastSeed);
+    fs.rmSync(lastSeed);
+    expect((await runNodeAsync([...args, "--report-only"])).status).toBe(0);
+    expect(read().results.map((r) => r.id)).not.toContain("digits-plain-s1");
+    fs.writeFileSync(lastSeed, kept);
+    expect((await runNodeAsync([...args, "--report-only"])).status).toBe(0);
+    expect(read().results.map((r) => r.id).sort()).toEqual(ids);
+
     // The digits' stage 1 as if the session had ended mid-way: no done.json, no branch weights. --park keeps its
     // newest checkpoint next to the report; then the machine is gone, run directories and all.
     fs.rmSync(path.join(runs, "digits", "stage1", "done.json"));
